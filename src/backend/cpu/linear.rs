@@ -1,0 +1,158 @@
+//! Linear layer with fused epilogue: `act(x·Wᵀ + b) + residual`.
+
+use anyhow::{ensure, Result};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use super::{math, Mat, ROW_CHUNK};
+use crate::backend::Activation;
+use crate::model::weights::Tensor;
+
+/// `dst[m×n] = alpha·dst + beta·(a[m×k] · b[k×n])` with explicit strides (row stride, col stride).
+/// The GEMM is parallelised over the rayon pool unless the problem is tiny.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+    parallel: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    // bounds: the last element each operand touches must be inside its slice
+    assert!((m - 1) * dst_rs + n <= dst.len(), "gemm dst out of bounds");
+    if k > 0 {
+        assert!(
+            (m - 1) * a_rs + (k - 1) * a_cs < a.len(),
+            "gemm lhs out of bounds"
+        );
+        assert!(
+            (k - 1) * b_rs + (n - 1) * b_cs < b.len(),
+            "gemm rhs out of bounds"
+        );
+    }
+    let threads = rayon::current_num_threads();
+    let par = if parallel && threads > 1 && m * n * k >= 1 << 18 {
+        Parallelism::Rayon(threads)
+    } else {
+        Parallelism::None
+    };
+    // SAFETY: the bounds of every operand were checked above; dst does not alias a or b.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+pub fn linear(
+    x: &Mat,
+    w: &Tensor,
+    b: &Tensor,
+    act: Activation,
+    residual: Option<&Mat>,
+) -> Result<Mat> {
+    ensure!(
+        w.shape().len() == 2,
+        "linear: weight must be 2-D, got {:?}",
+        w.shape()
+    );
+    let (n, k) = (w.shape()[0], w.shape()[1]);
+    ensure!(
+        x.cols == k,
+        "linear: input has {} columns, weight expects {k}",
+        x.cols
+    );
+    ensure!(
+        b.data().len() == n,
+        "linear: bias has {} entries, expected {n}",
+        b.data().len()
+    );
+    if let Some(r) = residual {
+        ensure!(
+            r.rows == x.rows && r.cols == n,
+            "linear: residual is {}x{}, expected {}x{n}",
+            r.rows,
+            r.cols,
+            x.rows
+        );
+    }
+    let m = x.rows;
+    let mut out = Mat::zeros(m, n);
+    let bias = b.data();
+    out.data.par_chunks_mut(n * ROW_CHUNK).for_each(|rows| {
+        for row in rows.chunks_mut(n) {
+            row.copy_from_slice(bias);
+        }
+    });
+    // out += x · Wᵀ ; Wᵀ[kk][j] = W[j][kk] → row stride 1, column stride k
+    gemm_strided(
+        m,
+        n,
+        k,
+        &mut out.data,
+        n,
+        true,
+        &x.data,
+        k,
+        1,
+        w.data(),
+        1,
+        k,
+        true,
+    );
+    if act != Activation::Identity || residual.is_some() {
+        out.data
+            .par_chunks_mut(n * ROW_CHUNK)
+            .enumerate()
+            .for_each(|(c, rows)| {
+                apply_activation(act, rows);
+                if let Some(r) = residual {
+                    let start = c * n * ROW_CHUNK;
+                    let len = rows.len();
+                    for (o, r) in rows.iter_mut().zip(&r.data[start..start + len]) {
+                        *o += r;
+                    }
+                }
+            });
+    }
+    Ok(out)
+}
+
+pub fn apply_activation(act: Activation, xs: &mut [f32]) {
+    match act {
+        Activation::Identity => {}
+        Activation::Gelu => math::gelu_inplace(xs),
+        Activation::Relu => math::relu_inplace(xs),
+        Activation::Tanh => math::tanh_inplace(xs),
+        Activation::Silu => math::silu_inplace(xs),
+    }
+}

@@ -1,0 +1,175 @@
+//! Vectorisable scalar math for the CPU backend's element-wise epilogues.
+//!
+//! `exp` and `erf` here are branch-free polynomial forms so that loops over slices vectorise; the
+//! slice functions are compiled twice (baseline and AVX2+FMA) and dispatched at run time.
+//! Accuracy: `exp` relative error < 2e-7 on [-87, 88]; `erf` absolute error < 2e-7
+//! (Abramowitz & Stegun 7.1.26), far below the f32 engine's 1e-4 tolerance on hidden states.
+
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+const LN2_HI: f32 = 0.693_145_75;
+const LN2_LO: f32 = 1.428_606_8e-6;
+
+/// e^x for x in [-87.3, 88.3] (clamped outside).
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    let x = x.clamp(-87.3, 88.3);
+    // round(x·log2 e) via the 1.5·2^23 trick, so that no libm call breaks vectorisation
+    const SHIFT: f32 = 12_582_912.0;
+    let t = x * LOG2E + SHIFT;
+    let n = t - SHIFT;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0
+                    + r * (1.0 / 24.0
+                        + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    let bits = ((n as i32 + 127) as u32) << 23;
+    p * f32::from_bits(bits)
+}
+
+/// erf(x), absolute error < 2e-7.
+#[inline(always)]
+pub fn erf(x: f32) -> f32 {
+    let a = x.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let poly = t
+        * (0.254_829_6
+            + t * (-0.284_496_74 + t * (1.421_413_8 + t * (-1.453_152 + t * 1.061_405_4))));
+    let y = 1.0 - poly * exp(-a * a);
+    y.copysign(x)
+}
+
+/// Exact (erf) GELU: `x/2 · (1 + erf(x/√2))`.
+#[inline(always)]
+pub fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+#[inline(always)]
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + exp(-x))
+}
+
+#[inline(always)]
+pub fn tanh(x: f32) -> f32 {
+    // tanh(x) = 1 - 2/(e^{2x}+1), exact enough and vectorisable; saturates cleanly
+    let e = exp(2.0 * x.clamp(-20.0, 20.0));
+    1.0 - 2.0 / (e + 1.0)
+}
+
+macro_rules! dispatch_slice_fn {
+    ($(#[$doc:meta])* $name:ident, |$v:ident| $body:expr) => {
+        $(#[$doc])*
+        pub fn $name(xs: &mut [f32]) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    #[target_feature(enable = "avx2,fma")]
+                    unsafe fn fast(xs: &mut [f32]) {
+                        for $v in xs.iter_mut() {
+                            *$v = $body;
+                        }
+                    }
+                    // SAFETY: the features were detected just above.
+                    return unsafe { fast(xs) };
+                }
+            }
+            for $v in xs.iter_mut() {
+                *$v = $body;
+            }
+        }
+    };
+}
+
+dispatch_slice_fn!(
+    /// In place exact GELU.
+    gelu_inplace, |v| gelu(*v));
+dispatch_slice_fn!(
+    /// In place ReLU.
+    relu_inplace, |v| v.max(0.0));
+dispatch_slice_fn!(
+    /// In place tanh.
+    tanh_inplace, |v| tanh(*v));
+dispatch_slice_fn!(
+    /// In place SiLU.
+    silu_inplace, |v| silu(*v));
+
+/// In place softmax of one row (max-subtracted).
+pub fn softmax_inplace(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for v in row.iter_mut() {
+        *v -= max;
+    }
+    exp_inplace(row);
+    let inv = 1.0 / row.iter().sum::<f32>();
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+}
+
+dispatch_slice_fn!(
+    /// In place e^x.
+    exp_inplace, |v| exp(*v));
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_matches_std() {
+        let mut worst = 0.0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let rel = ((exp(x) as f64 - (x as f64).exp()) / (x as f64).exp()).abs();
+            worst = worst.max(rel);
+            x += 0.0137;
+        }
+        assert!(worst < 3e-7, "exp relative error {worst}");
+    }
+
+    #[test]
+    fn erf_and_gelu_match_f64_reference() {
+        // erf by its Taylor series (|x| <= 3) in f64 as the independent reference
+        fn erf64(x: f64) -> f64 {
+            let mut sum = 0.0;
+            let mut term = x;
+            let mut n = 0.0;
+            while term.abs() > 1e-17 {
+                sum += term / (2.0 * n + 1.0);
+                n += 1.0;
+                term *= -x * x / n;
+            }
+            sum * 2.0 / std::f64::consts::PI.sqrt()
+        }
+        let mut x = -3.0f64;
+        while x < 3.0 {
+            let e = (erf(x as f32) as f64 - erf64(x)).abs();
+            assert!(e < 3e-7, "erf({x}) error {e}");
+            let g = 0.5 * x * (1.0 + erf64(x / 2f64.sqrt()));
+            let eg = (gelu(x as f32) as f64 - g).abs();
+            assert!(eg < 1e-6, "gelu({x}) error {eg}");
+            x += 0.0071;
+        }
+        assert_eq!(erf(10.0), 1.0);
+        assert_eq!(erf(-10.0), -1.0);
+    }
+
+    #[test]
+    fn slice_functions_agree_with_scalar() {
+        let xs: Vec<f32> = (0..1000).map(|i| (i as f32 - 500.0) * 0.013).collect();
+        let mut g = xs.clone();
+        gelu_inplace(&mut g);
+        let mut t = xs.clone();
+        tanh_inplace(&mut t);
+        for ((x, g), t) in xs.iter().zip(&g).zip(&t) {
+            assert!((g - gelu(*x)).abs() < 1e-6);
+            assert!((t - (*x as f64).tanh() as f32).abs() < 1e-6, "tanh({x})");
+        }
+        let mut row = vec![1.0, 2.0, 3.0, -1e30];
+        softmax_inplace(&mut row);
+        let z: f64 = [1.0f64, 2.0, 3.0].iter().map(|v| v.exp()).sum();
+        assert!((row[2] as f64 - 3f64.exp() / z).abs() < 1e-6);
+        assert_eq!(row[3], 0.0);
+    }
+}

@@ -1,0 +1,110 @@
+//! The inference engine: tokenizer + encoder (+ adapter + head) on one backend.
+
+use anyhow::{bail, Result};
+
+use crate::adapter::{Adapter, ClassificationHead};
+use crate::backend::Backend;
+use crate::model::bert::Bert;
+use crate::model::tokenizer::{TextInput, TextTokenizer, TokenBatch};
+use crate::model::weights::Tensor;
+use crate::model::ModelDir;
+
+pub struct Engine<B: Backend> {
+    pub backend: B,
+    pub tokenizer: TextTokenizer,
+    pub bert: Bert<B::Weight>,
+    pub adapter: Option<Adapter<B::Weight>>,
+    pub head: Option<ClassificationHead<B::Weight>>,
+}
+
+/// Class probabilities and the predicted label of one input.
+#[derive(Clone, Debug)]
+pub struct Prediction {
+    pub label: usize,
+    pub logits: Vec<f32>,
+    pub probs: Vec<f32>,
+}
+
+impl<B: Backend> Engine<B> {
+    pub fn new(
+        backend: B,
+        model: ModelDir,
+        adapter: Option<Adapter<Tensor>>,
+        head: Option<ClassificationHead<Tensor>>,
+    ) -> Result<Self> {
+        let bert = model.bert()?.to_backend(&backend)?;
+        let adapter = adapter.map(|a| a.to_backend(&backend)).transpose()?;
+        let head = head.map(|h| h.to_backend(&backend)).transpose()?;
+        Ok(Engine {
+            backend,
+            tokenizer: model.tokenizer,
+            bert,
+            adapter,
+            head,
+        })
+    }
+
+    pub fn tokenize(&self, inputs: &[TextInput]) -> Result<TokenBatch> {
+        if inputs.is_empty() {
+            bail!("no inputs");
+        }
+        self.tokenizer.encode(inputs)
+    }
+
+    /// Last hidden state `[B*S, H]` of a token batch.
+    pub fn encode(&self, batch: &TokenBatch) -> Result<B::Act> {
+        self.bert
+            .encode(&self.backend, batch, self.adapter.as_ref(), |_, _| {})
+    }
+
+    /// L2-normalised mean-pooled sentence embeddings, one row per input.
+    pub fn embed_batch(&self, batch: &TokenBatch) -> Result<Vec<Vec<f32>>> {
+        let hidden = self.encode(batch)?;
+        let pooled = self.backend.mean_pool_l2(&hidden, &batch.lens, batch.seq)?;
+        let (_, cols, data) = self.backend.download(&pooled)?;
+        Ok(data.chunks(cols).map(|r| r.to_vec()).collect())
+    }
+
+    /// Logits `[B][labels]` of the classification head.
+    pub fn logits_batch(&self, batch: &TokenBatch) -> Result<Vec<Vec<f32>>> {
+        let Some(head) = &self.head else {
+            bail!("no classification head loaded")
+        };
+        let hidden = self.encode(batch)?;
+        let logits = head.forward(&self.backend, &hidden, batch.batch, batch.seq)?;
+        let (_, cols, data) = self.backend.download(&logits)?;
+        Ok(data.chunks(cols).map(|r| r.to_vec()).collect())
+    }
+
+    pub fn classify_batch(&self, batch: &TokenBatch) -> Result<Vec<Prediction>> {
+        Ok(self
+            .logits_batch(batch)?
+            .into_iter()
+            .map(prediction)
+            .collect())
+    }
+}
+
+/// Softmax probabilities and argmax of a logit vector.
+pub fn prediction(logits: Vec<f32>) -> Prediction {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f64> = logits.iter().map(|&l| ((l - max) as f64).exp()).collect();
+    let z: f64 = exps.iter().sum();
+    let probs: Vec<f32> = exps.iter().map(|e| (e / z) as f32).collect();
+    let label = probs
+        .iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, &p)| {
+            if p > best.1 {
+                (i, p)
+            } else {
+                best
+            }
+        })
+        .0;
+    Prediction {
+        label,
+        logits,
+        probs,
+    }
+}

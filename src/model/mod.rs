@@ -1,0 +1,68 @@
+//! The encoder: config, weights (mmap), tokenizer and the BERT orchestration.
+
+pub mod bert;
+pub mod config;
+pub mod tokenizer;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use self::config::BertConfig;
+use self::tokenizer::TextTokenizer;
+use self::weights::WeightFile;
+
+/// A Hugging Face model directory: `config.json`, `model.safetensors`, `tokenizer.json`.
+pub struct ModelDir {
+    pub dir: PathBuf,
+    pub config: BertConfig,
+    pub weights: WeightFile,
+    pub tokenizer: TextTokenizer,
+}
+
+impl ModelDir {
+    pub fn open(dir: &Path, max_len: usize) -> Result<Self> {
+        if !dir.is_dir() {
+            bail!(
+                "model directory {} does not exist (run `admix fetch` for the default model)",
+                dir.display()
+            );
+        }
+        let config = BertConfig::from_file(&dir.join("config.json"))?;
+        if max_len > config.max_position_embeddings {
+            bail!(
+                "max length {max_len} exceeds the model's {} positions",
+                config.max_position_embeddings
+            );
+        }
+        let weights_path = dir.join("model.safetensors");
+        if !weights_path.exists() {
+            bail!(
+                "{} does not exist (admix reads safetensors weights)",
+                weights_path.display()
+            );
+        }
+        let weights = WeightFile::open(&weights_path)?;
+        let tokenizer = tokenizer::load_tokenizer(dir, max_len)?;
+        if tokenizer.vocab_size() > config.vocab_size {
+            bail!(
+                "{}: tokenizer has {} tokens but the model's vocabulary is {}",
+                dir.display(),
+                tokenizer.vocab_size(),
+                config.vocab_size
+            );
+        }
+        Ok(ModelDir {
+            dir: dir.to_path_buf(),
+            config,
+            weights,
+            tokenizer,
+        })
+    }
+
+    /// The encoder weights as validated host tensors.
+    pub fn bert(&self) -> Result<bert::Bert<weights::Tensor>> {
+        bert::load_host(&self.weights, &self.config).context("loading encoder weights")
+    }
+}

@@ -1,0 +1,175 @@
+//! Tokenization with the engine's own padding and truncation policy.
+//!
+//! `tokenizer.json` files often carry a fixed padding/truncation setting (MiniLM's pads everything to
+//! 128). We switch both off and apply ours: truncate each input (or pair, longest first) to
+//! `max_len` tokens including special tokens, then pad the batch to its longest member.
+
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use tokenizers::{
+    EncodeInput, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
+};
+
+/// One input: a text, or a sentence pair.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TextInput {
+    pub text: String,
+    pub pair: Option<String>,
+}
+
+impl TextInput {
+    pub fn single(text: impl Into<String>) -> Self {
+        TextInput {
+            text: text.into(),
+            pair: None,
+        }
+    }
+    pub fn pair(a: impl Into<String>, b: impl Into<String>) -> Self {
+        TextInput {
+            text: a.into(),
+            pair: Some(b.into()),
+        }
+    }
+}
+
+/// A padded batch of token ids, row-major `[batch, seq]`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TokenBatch {
+    pub batch: usize,
+    pub seq: usize,
+    pub ids: Vec<u32>,
+    pub type_ids: Vec<u32>,
+    /// number of valid (non-pad) tokens of each row; valid tokens come first
+    pub lens: Vec<usize>,
+    /// rows that were cut to `max_len`
+    pub truncated: Vec<bool>,
+}
+
+impl TokenBatch {
+    /// Builds a batch from unpadded rows, padding with `pad_id` to the longest row.
+    pub fn from_rows(rows: &[(Vec<u32>, Vec<u32>)], pad_id: u32) -> Self {
+        let batch = rows.len();
+        let seq = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+        let mut ids = vec![pad_id; batch * seq];
+        let mut type_ids = vec![0; batch * seq];
+        let mut lens = Vec::with_capacity(batch);
+        for (b, (r_ids, r_types)) in rows.iter().enumerate() {
+            ids[b * seq..b * seq + r_ids.len()].copy_from_slice(r_ids);
+            type_ids[b * seq..b * seq + r_types.len()].copy_from_slice(r_types);
+            lens.push(r_ids.len());
+        }
+        TokenBatch {
+            batch,
+            seq,
+            ids,
+            type_ids,
+            lens,
+            truncated: vec![false; batch],
+        }
+    }
+
+    pub fn tokens(&self) -> usize {
+        self.batch * self.seq
+    }
+}
+
+pub struct TextTokenizer {
+    inner: Tokenizer,
+    max_len: usize,
+    pad_id: u32,
+}
+
+impl TextTokenizer {
+    pub fn from_file(path: &Path, max_len: usize) -> Result<Self> {
+        if !path.exists() {
+            bail!("tokenizer not found: {} does not exist", path.display());
+        }
+        let inner = Tokenizer::from_file(path)
+            .map_err(|e| anyhow!("{}: cannot load tokenizer ({e})", path.display()))?;
+        Self::new(inner, max_len)
+    }
+
+    pub fn new(mut inner: Tokenizer, max_len: usize) -> Result<Self> {
+        if max_len < 3 {
+            bail!("max length must be at least 3 tokens (got {max_len})");
+        }
+        inner.with_padding(None);
+        inner
+            .with_truncation(Some(TruncationParams {
+                direction: TruncationDirection::Right,
+                max_length: max_len,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+            }))
+            .map_err(|e| anyhow!("cannot set truncation: {e}"))?;
+        let pad_id = inner.token_to_id("[PAD]").unwrap_or(0);
+        Ok(TextTokenizer {
+            inner,
+            max_len,
+            pad_id,
+        })
+    }
+
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    pub fn pad_id(&self) -> u32 {
+        self.pad_id
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    /// Tokenizes and pads a batch.
+    pub fn encode(&self, inputs: &[TextInput]) -> Result<TokenBatch> {
+        let encode_inputs: Vec<EncodeInput> = inputs
+            .iter()
+            .map(|i| match &i.pair {
+                None => EncodeInput::Single(i.text.as_str().into()),
+                Some(p) => EncodeInput::Dual(i.text.as_str().into(), p.as_str().into()),
+            })
+            .collect();
+        let encodings = self
+            .inner
+            .encode_batch(encode_inputs, true)
+            .map_err(|e| anyhow!("tokenization failed: {e}"))?;
+        let rows: Vec<(Vec<u32>, Vec<u32>)> = encodings
+            .iter()
+            .map(|e| (e.get_ids().to_vec(), e.get_type_ids().to_vec()))
+            .collect();
+        let mut batch = TokenBatch::from_rows(&rows, self.pad_id);
+        batch.truncated = encodings
+            .iter()
+            .map(|e| !e.get_overflowing().is_empty())
+            .collect();
+        Ok(batch)
+    }
+
+    /// Word pieces of one text (no special tokens, no truncation), for display and tests.
+    pub fn tokens(&self, text: &str) -> Result<Vec<String>> {
+        let mut t = self.inner.clone();
+        t.with_truncation(None).map_err(|e| anyhow!("{e}"))?;
+        let enc = t
+            .encode(text, false)
+            .map_err(|e| anyhow!("tokenization failed: {e}"))?;
+        Ok(enc.get_tokens().to_vec())
+    }
+}
+
+/// The tokenizer file of a model directory.
+pub fn tokenizer_path(model_dir: &Path) -> std::path::PathBuf {
+    model_dir.join("tokenizer.json")
+}
+
+/// Convenience: `TextTokenizer::from_file` with context naming the model.
+pub fn load_tokenizer(model_dir: &Path, max_len: usize) -> Result<TextTokenizer> {
+    TextTokenizer::from_file(&tokenizer_path(model_dir), max_len)
+        .with_context(|| format!("model {}", model_dir.display()))
+}
