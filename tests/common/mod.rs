@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use admix::model::weights::WeightFile;
 
 /// ../shared/fixtures/minilm-oracle (HF transformers + AdapterHub reference outputs).
+pub mod tiny;
+
 pub fn fixture_dir() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/minilm-oracle");
     assert!(dir.is_dir(), "fixtures not found at {}", dir.display());
