@@ -315,20 +315,18 @@ fn read_inputs(args: &RunArgs) -> Result<Vec<Record>> {
             input::read(BufReader::new(f), format, &args.input)?
         }
     };
+    if got.records.is_empty() {
+        let source = if args.input == "-" {
+            "stdin"
+        } else {
+            &args.input
+        };
+        bail!("no input texts in {source}");
+    }
     if got.empty_lines > 0 {
         eprintln!(
             "note: skipped {} empty line(s); outputs carry their input line numbers",
             got.empty_lines
-        );
-    }
-    if got.records.is_empty() {
-        bail!(
-            "no input texts in {}",
-            if args.input == "-" {
-                "stdin"
-            } else {
-                &args.input
-            }
         );
     }
     Ok(got.records)
