@@ -18,7 +18,8 @@ fn admix(args: &[&str], stdin: &[u8]) -> Output {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    // the child may exit before reading (e.g. on a usage error): a closed pipe is fine here
+    let _ = child.stdin.take().unwrap().write_all(stdin);
     child.wait_with_output().unwrap()
 }
 
