@@ -5,12 +5,21 @@ use std::path::PathBuf;
 
 use admix::model::weights::WeightFile;
 
-/// ../shared/fixtures/minilm-oracle (HF transformers + AdapterHub reference outputs).
 pub mod tiny;
 
+/// The MiniLM oracle (HF transformers + AdapterHub reference outputs): `$ADMIX_FIXTURES`, or
+/// ../shared/fixtures/minilm-oracle beside the checkout.
 pub fn fixture_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/minilm-oracle");
-    assert!(dir.is_dir(), "fixtures not found at {}", dir.display());
+    let dir = std::env::var_os("ADMIX_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/minilm-oracle")
+        });
+    assert!(
+        dir.is_dir(),
+        "fixtures not found at {} (set ADMIX_FIXTURES)",
+        dir.display()
+    );
     dir
 }
 
