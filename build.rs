@@ -21,9 +21,7 @@ fn main() {
         println!("cargo:rerun-if-env-changed={var}");
     }
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());
-    let required = std::env::var("ADMIX_REQUIRE_NVCC")
-        .map(|v| v == "1")
-        .unwrap_or(false);
+    let required = std::env::var("ADMIX_REQUIRE_NVCC").map(|v| v == "1").unwrap_or(false);
     let mut sources: Vec<PathBuf> = std::fs::read_dir("kernels")
         .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
         .unwrap_or_default();
@@ -63,12 +61,11 @@ fn main() {
     let mut rs = String::from("/// Kernel modules compiled by build.rs: (family, fatbin bytes).\n");
     rs.push_str("pub const MODULES: &[(&str, &[u8])] = &[\n");
     for (name, path) in &modules {
-        rs.push_str(&format!(
-            "    ({name:?}, include_bytes!({:?})),\n",
-            path.display().to_string()
-        ));
+        rs.push_str(&format!("    ({name:?}, include_bytes!({:?})),\n", path.display().to_string()));
     }
-    rs.push_str("];\n/// `nvcc --version` release line of the compiler that built them (empty without nvcc).\n");
+    rs.push_str(
+        "];\n/// `nvcc --version` release line of the compiler that built them (empty without nvcc).\n",
+    );
     rs.push_str(&format!("pub const NVCC_VERSION: &str = {version:?};\n"));
     std::fs::write(out_dir.join("kernels.rs"), rs).unwrap();
 }
@@ -94,10 +91,7 @@ fn find_nvcc() -> Option<PathBuf> {
     // the PyPI wheels (nvidia-cuda-nvcc & co.) install under site-packages/nvidia/cu13
     let python = std::env::var("ADMIX_PYTHON").unwrap_or_else(|_| "python3".into());
     let out = Command::new(python)
-        .args([
-            "-c",
-            "import sysconfig; print(sysconfig.get_paths()['purelib'])",
-        ])
+        .args(["-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
         .output()
         .ok()?;
     let purelib = String::from_utf8(out.stdout).ok()?;
@@ -111,11 +105,7 @@ fn nvcc_version(nvcc: &Path) -> String {
         .output()
         .ok()
         .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.contains("release"))
-                .map(|l| l.trim().to_string())
-        })
+        .and_then(|s| s.lines().find(|l| l.contains("release")).map(|l| l.trim().to_string()))
         .unwrap_or_default()
 }
 
@@ -125,15 +115,7 @@ fn compile(nvcc: &Path, src: &Path, out: &Path) -> Result<(), String> {
     let output = Command::new(nvcc)
         .arg("-fatbin")
         .args(ARCHS)
-        .args([
-            "-O3",
-            "-std=c++17",
-            "-lineinfo",
-            "-Werror",
-            "all-warnings",
-            "-Xptxas",
-            "-warn-spills",
-        ])
+        .args(["-O3", "-std=c++17", "-lineinfo", "-Werror", "all-warnings", "-Xptxas", "-warn-spills"])
         .arg(format!("-I{}", cuda_home.join("include").display()))
         .arg("-Ikernels")
         .arg("-o")

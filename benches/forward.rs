@@ -17,14 +17,10 @@ use admix::model::ModelDir;
 
 /// Deterministic pseudo-random values in [-scale, scale).
 fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
         })
         .collect()
@@ -35,10 +31,8 @@ fn tensor(shape: &[usize], seed: u64) -> Tensor {
 }
 
 fn batch(b: usize, s: usize, seed: u64) -> TokenBatch {
-    let ids: Vec<u32> = random(b * s, seed, 1.0)
-        .iter()
-        .map(|v| 1000 + ((v.abs() * 28000.0) as u32))
-        .collect();
+    let ids: Vec<u32> =
+        random(b * s, seed, 1.0).iter().map(|v| 1000 + ((v.abs() * 28000.0) as u32)).collect();
     let rows: Vec<(Vec<u32>, Vec<u32>)> = ids.chunks(s).map(|r| (r.to_vec(), vec![0; s])).collect();
     TokenBatch::from_rows(&rows, 0)
 }
@@ -61,21 +55,12 @@ fn time(name: &str, reps: usize, mut f: impl FnMut()) {
         ms[0],
         ms[ms.len() - 1]
     );
-    println!(
-        "{{\"bench\":\"{name}\",\"median_ms\":{med:.3},\"min_ms\":{:.3},\"reps\":{reps}}}",
-        ms[0]
-    );
+    println!("{{\"bench\":\"{name}\",\"median_ms\":{med:.3},\"min_ms\":{:.3},\"reps\":{reps}}}", ms[0]);
 }
 
 fn main() {
-    let threads: usize = std::env::var("ADMIX_BENCH_THREADS")
-        .ok()
-        .and_then(|t| t.parse().ok())
-        .unwrap_or(2);
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build_global()
-        .unwrap();
+    let threads: usize = std::env::var("ADMIX_BENCH_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(2);
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().unwrap();
     let dir = admix::assets::default_model_dir();
     let model = match ModelDir::open(&dir, 128) {
         Ok(m) => m,

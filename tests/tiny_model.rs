@@ -25,9 +25,7 @@ fn check(
     let ad = Adapter::load(&file, "a", tiny::LAYERS, H, Activation::Relu).unwrap();
     let head = ClassificationHead::load(&file, "a", H).unwrap();
     for with_adapter in [false, true] {
-        let hidden = bert
-            .encode(&Cpu, &batch, with_adapter.then_some(&ad), |_, _| {})
-            .unwrap();
+        let hidden = bert.encode(&Cpu, &batch, with_adapter.then_some(&ad), |_, _| {}).unwrap();
         let (want, want_logits) = tiny::reference_forward(
             weights,
             &batch.ids,
@@ -41,10 +39,7 @@ fn check(
             let rows = b * batch.seq * H..(b * batch.seq + len) * H;
             worst = worst.max(common::max_abs(&hidden.data[rows.clone()], &want[rows]));
         }
-        assert!(
-            worst < 1e-4,
-            "hidden states (adapter: {with_adapter}): max abs error {worst:.2e}"
-        );
+        assert!(worst < 1e-4, "hidden states (adapter: {with_adapter}): max abs error {worst:.2e}");
         if with_adapter {
             let logits = head.forward(&Cpu, &hidden, batch.batch, batch.seq).unwrap();
             assert_eq!((logits.rows, logits.cols), (batch.batch, 3));
@@ -61,37 +56,22 @@ fn sentence_pairs_with_token_types() {
     let w = tiny::write_model(dir.path(), 1, Dtype::F32, "");
     let inputs = [
         TextInput::pair("A man is playing a guitar.", "Someone plays music."),
-        TextInput::pair(
-            "Short.",
-            "A much longer second segment of the pair, with several more words in it.",
-        ),
+        TextInput::pair("Short.", "A much longer second segment of the pair, with several more words in it."),
         TextInput::single("no pair here"),
     ];
     let batch = check(dir.path(), &w, &inputs, 128);
     // [CLS] a [SEP] b [SEP]: type 0 up to the first [SEP], then 1
-    let sep = batch.ids[..batch.seq]
-        .iter()
-        .position(|&t| t == 102)
-        .unwrap();
+    let sep = batch.ids[..batch.seq].iter().position(|&t| t == 102).unwrap();
     assert!(batch.type_ids[..=sep].iter().all(|&t| t == 0));
-    assert!(batch.type_ids[sep + 1..batch.lens[0]]
-        .iter()
-        .all(|&t| t == 1));
-    assert!(batch.type_ids[2 * batch.seq..3 * batch.seq]
-        .iter()
-        .all(|&t| t == 0));
+    assert!(batch.type_ids[sep + 1..batch.lens[0]].iter().all(|&t| t == 1));
+    assert!(batch.type_ids[2 * batch.seq..3 * batch.seq].iter().all(|&t| t == 0));
 }
 
 #[test]
 fn batch_of_one() {
     let dir = tempfile::tempdir().unwrap();
     let w = tiny::write_model(dir.path(), 2, Dtype::F32, "");
-    let batch = check(
-        dir.path(),
-        &w,
-        &[TextInput::single("just one sentence")],
-        128,
-    );
+    let batch = check(dir.path(), &w, &[TextInput::single("just one sentence")], 128);
     assert_eq!((batch.batch, batch.lens[0]), (1, batch.seq));
 }
 
@@ -100,19 +80,11 @@ fn max_length_512_truncates_long_inputs() {
     let dir = tempfile::tempdir().unwrap();
     let w = tiny::write_model(dir.path(), 3, Dtype::F32, "");
     let long = "the quick brown fox jumps over the lazy dog ".repeat(80); // ~720 tokens
-    let batch = check(
-        dir.path(),
-        &w,
-        &[TextInput::single(long), TextInput::single("short one")],
-        512,
-    );
+    let batch = check(dir.path(), &w, &[TextInput::single(long), TextInput::single("short one")], 512);
     assert_eq!(batch.seq, 512);
     assert_eq!(batch.lens[0], 512);
     assert_eq!(batch.truncated, vec![true, false]);
-    assert_eq!(
-        batch.ids[511], 102,
-        "a truncated sequence still ends with [SEP]"
-    );
+    assert_eq!(batch.ids[511], 102, "a truncated sequence still ends with [SEP]");
 }
 
 #[test]
@@ -120,15 +92,7 @@ fn half_precision_storage_and_bert_prefix() {
     for (dtype, prefix) in [(Dtype::F16, "bert."), (Dtype::BF16, "")] {
         let dir = tempfile::tempdir().unwrap();
         let w = tiny::write_model(dir.path(), 4, dtype, prefix);
-        check(
-            dir.path(),
-            &w,
-            &[
-                TextInput::single("half precision weights"),
-                TextInput::single("ok"),
-            ],
-            128,
-        );
+        check(dir.path(), &w, &[TextInput::single("half precision weights"), TextInput::single("ok")], 128);
     }
 }
 
@@ -137,9 +101,6 @@ fn f32_weights_are_memory_mapped_without_copy() {
     let dir = tempfile::tempdir().unwrap();
     tiny::write_model(dir.path(), 5, Dtype::F32, "");
     let m = ModelDir::open(dir.path(), 128).unwrap();
-    let t = m
-        .weights
-        .tensor("embeddings.word_embeddings.weight", &[tiny::VOCAB, H])
-        .unwrap();
+    let t = m.weights.tensor("embeddings.word_embeddings.weight", &[tiny::VOCAB, H]).unwrap();
     assert!(t.is_mapped());
 }

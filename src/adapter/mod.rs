@@ -64,9 +64,7 @@ pub fn adapter_names(file: &WeightFile) -> BTreeSet<String> {
 
 /// Names of the heads stored in a file.
 pub fn head_names(file: &WeightFile) -> BTreeSet<String> {
-    file.names()
-        .filter_map(|n| Some(n.strip_prefix("heads.")?.split('.').next()?.to_string()))
-        .collect()
+    file.names().filter_map(|n| Some(n.strip_prefix("heads.")?.split('.').next()?.to_string())).collect()
 }
 
 /// Picks `name`, or the only adapter/head in the file when `name` is `None`.
@@ -78,18 +76,12 @@ pub fn resolve_name(
 ) -> Result<String> {
     match name {
         Some(n) if available.contains(n) => Ok(n.to_string()),
-        Some(n) => bail!(
-            "{}: no {what} named `{n}` (found: {})",
-            file.path().display(),
-            join(&available)
-        ),
+        Some(n) => bail!("{}: no {what} named `{n}` (found: {})", file.path().display(), join(&available)),
         None if available.len() == 1 => Ok(available.into_iter().next().unwrap()),
         None if available.is_empty() => bail!("{}: no {what} found", file.path().display()),
-        None => bail!(
-            "{}: several {what}s ({}); choose one by name",
-            file.path().display(),
-            join(&available)
-        ),
+        None => {
+            bail!("{}: several {what}s ({}); choose one by name", file.path().display(), join(&available))
+        }
     }
 }
 
@@ -98,10 +90,7 @@ fn join(s: &BTreeSet<String>) -> String {
 }
 
 fn find(file: &WeightFile, name: &str) -> Option<String> {
-    ["bert.", ""]
-        .iter()
-        .map(|p| format!("{p}{name}"))
-        .find(|n| file.contains(n))
+    ["bert.", ""].iter().map(|p| format!("{p}{name}")).find(|n| file.contains(n))
 }
 
 fn bottleneck(file: &WeightFile, base: &str, hidden: usize) -> Result<Option<Bottleneck<Tensor>>> {
@@ -142,22 +131,12 @@ impl Adapter<Tensor> {
     ) -> Result<Self> {
         let mut out = Vec::with_capacity(layers);
         for l in 0..layers {
-            let output = bottleneck(
-                file,
-                &format!("encoder.layer.{l}.output.adapters.{name}"),
-                hidden,
-            )?
-            .with_context(|| {
-                format!(
-                    "{}: adapter `{name}` has no module in layer {l}",
-                    file.path().display()
-                )
-            })?;
-            let attention = bottleneck(
-                file,
-                &format!("encoder.layer.{l}.attention.output.adapters.{name}"),
-                hidden,
-            )?;
+            let output = bottleneck(file, &format!("encoder.layer.{l}.output.adapters.{name}"), hidden)?
+                .with_context(|| {
+                    format!("{}: adapter `{name}` has no module in layer {l}", file.path().display())
+                })?;
+            let attention =
+                bottleneck(file, &format!("encoder.layer.{l}.attention.output.adapters.{name}"), hidden)?;
             out.push(AdapterLayer { output, attention });
         }
         let n_attn = out.iter().filter(|l| l.attention.is_some()).count();
@@ -169,12 +148,7 @@ impl Adapter<Tensor> {
                 file.path().display()
             ),
         };
-        Ok(Adapter {
-            name: name.to_string(),
-            kind,
-            activation,
-            layers: out,
-        })
+        Ok(Adapter { name: name.to_string(), kind, activation, layers: out })
     }
 
     pub fn to_backend<B: Backend>(&self, be: &B) -> Result<Adapter<B::Weight>> {
@@ -196,12 +170,7 @@ impl Adapter<Tensor> {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Adapter {
-            name: self.name.clone(),
-            kind: self.kind,
-            activation: self.activation,
-            layers,
-        })
+        Ok(Adapter { name: self.name.clone(), kind: self.kind, activation: self.activation, layers })
     }
 }
 

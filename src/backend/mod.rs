@@ -59,12 +59,7 @@ pub trait Backend {
     fn download(&self, x: &Self::Act) -> Result<(usize, usize, Vec<f32>)>;
 
     /// `LN(word[id] + position[s] + token_type[tt])` for every token of the batch: `[B*S, H]`.
-    fn embed(
-        &self,
-        batch: &TokenBatch,
-        w: &EmbeddingWeights<Self::Weight>,
-        eps: f32,
-    ) -> Result<Self::Act>;
+    fn embed(&self, batch: &TokenBatch, w: &EmbeddingWeights<Self::Weight>, eps: f32) -> Result<Self::Act>;
     /// `act(x·Wᵀ + b) + residual`, with `W` stored `[out, in]` as in PyTorch.
     fn linear(
         &self,
@@ -86,13 +81,7 @@ pub trait Backend {
     ) -> Result<Self::Act>;
     /// Multi-head self-attention on a fused `[B*S, 3H]` QKV projection; keys at positions
     /// `>= lens[b]` are masked. Returns the context `[B*S, H]`.
-    fn attention(
-        &self,
-        qkv: &Self::Act,
-        lens: &[usize],
-        seq: usize,
-        heads: usize,
-    ) -> Result<Self::Act>;
+    fn attention(&self, qkv: &Self::Act, lens: &[usize], seq: usize, heads: usize) -> Result<Self::Act>;
     /// Rows `rows[i]` of `x`, e.g. the [CLS] rows `b*S`.
     fn gather_rows(&self, x: &Self::Act, rows: &[usize]) -> Result<Self::Act>;
     /// Mean over the valid tokens of each sequence, then L2 normalisation: `[B, H]`.

@@ -45,9 +45,7 @@ impl Device {
         }
         let count = CudaContext::device_count().context("cannot query CUDA devices")?;
         if ordinal >= count.max(0) as usize {
-            bail!(
-                "the cuda device is unavailable: CUDA device {ordinal} requested, {count} present"
-            );
+            bail!("the cuda device is unavailable: CUDA device {ordinal} requested, {count} present");
         }
         let ctx = CudaContext::new(ordinal).context("cannot create a CUDA context")?;
         let name = ctx.name().unwrap_or_else(|_| "unknown".into());
@@ -81,9 +79,7 @@ impl Device {
         eps: f32,
     ) -> Result<Vec<f32>> {
         let rows = x.len() / cols;
-        let f = self
-            .module("layernorm")?
-            .load_function("layernorm_forward_f32")?;
+        let f = self.module("layernorm")?.load_function("layernorm_forward_f32")?;
         let stream = self.ctx.default_stream();
         let dx = stream.clone_htod(x)?;
         let dg = stream.clone_htod(gamma)?;
@@ -97,14 +93,7 @@ impl Device {
             shared_mem_bytes: 0,
         };
         let mut launch = stream.launch_builder(&f);
-        launch
-            .arg(&mut dout)
-            .arg(&dx)
-            .arg(&dg)
-            .arg(&db)
-            .arg(&r)
-            .arg(&c)
-            .arg(&eps);
+        launch.arg(&mut dout).arg(&dx).arg(&dg).arg(&db).arg(&r).arg(&c).arg(&eps);
         // SAFETY: the argument list matches the kernel's signature; buffers hold rows*cols floats.
         unsafe { launch.launch(cfg) }.context("layernorm_forward_f32 launch")?;
         Ok(stream.clone_dtoh(&dout)?)

@@ -20,10 +20,7 @@ pub enum Format {
 impl Format {
     /// From an explicit name, or guessed from the file extension (plain text otherwise).
     pub fn resolve(name: Option<&str>, path: Option<&Path>) -> Result<Self> {
-        let ext = path
-            .and_then(|p| p.extension())
-            .and_then(|e| e.to_str())
-            .unwrap_or("");
+        let ext = path.and_then(|p| p.extension()).and_then(|e| e.to_str()).unwrap_or("");
         Ok(match name.unwrap_or(ext) {
             "tsv" => Format::Tsv,
             "jsonl" | "json" | "ndjson" => Format::Jsonl,
@@ -57,8 +54,8 @@ pub fn read(reader: impl BufRead, format: Format, source: &str) -> Result<Inputs
     for (i, line) in reader.split(b'\n').enumerate() {
         let n = i + 1;
         let bytes = line.with_context(|| format!("{source}: read error"))?;
-        let text = String::from_utf8(bytes)
-            .map_err(|_| anyhow::anyhow!("{source}:{n}: line is not valid UTF-8"))?;
+        let text =
+            String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{source}:{n}: line is not valid UTF-8"))?;
         let text = text.strip_suffix('\r').unwrap_or(&text);
         if text.trim().is_empty() {
             out.empty_lines += 1;
@@ -72,7 +69,9 @@ pub fn read(reader: impl BufRead, format: Format, source: &str) -> Result<Inputs
                 let Some((c_text, c_pair)) = tsv_columns else {
                     let pos = |name: &str| fields.iter().position(|f| f.trim() == name);
                     let c_text = pos("text").with_context(|| {
-                        format!("{source}:{n}: the TSV header must name a `text` column (optional `text_pair`)")
+                        format!(
+                            "{source}:{n}: the TSV header must name a `text` column (optional `text_pair`)"
+                        )
                     })?;
                     tsv_columns = Some((c_text, pos("text_pair")));
                     continue;
@@ -88,10 +87,7 @@ pub fn read(reader: impl BufRead, format: Format, source: &str) -> Result<Inputs
                     out.empty_lines += 1;
                     continue;
                 }
-                TextInput {
-                    text: t,
-                    pair: c_pair.map(get).transpose()?,
-                }
+                TextInput { text: t, pair: c_pair.map(get).transpose()? }
             }
         };
         out.records.push(Record { line: n, input });
@@ -125,14 +121,8 @@ mod tests {
         assert_eq!(
             got.records,
             vec![
-                Record {
-                    line: 1,
-                    input: TextInput::single("a")
-                },
-                Record {
-                    line: 4,
-                    input: TextInput::single("b")
-                }
+                Record { line: 1, input: TextInput::single("a") },
+                Record { line: 4, input: TextInput::single("b") }
             ]
         );
     }
@@ -145,19 +135,10 @@ mod tests {
 
     #[test]
     fn reads_tsv_and_jsonl_pairs() {
-        let tsv = read(
-            &b"label\ttext\ttext_pair\n1\thello\tworld\n"[..],
-            Format::Tsv,
-            "x",
-        )
-        .unwrap();
+        let tsv = read(&b"label\ttext\ttext_pair\n1\thello\tworld\n"[..], Format::Tsv, "x").unwrap();
         assert_eq!(tsv.records[0].input, TextInput::pair("hello", "world"));
-        let j = read(
-            &b"{\"text\":\"a\",\"text_pair\":\"b\"}\n{\"text\":\"c\"}\n"[..],
-            Format::Jsonl,
-            "x",
-        )
-        .unwrap();
+        let j = read(&b"{\"text\":\"a\",\"text_pair\":\"b\"}\n{\"text\":\"c\"}\n"[..], Format::Jsonl, "x")
+            .unwrap();
         assert_eq!(j.records[1].input, TextInput::single("c"));
         let e = read(&b"{\"txt\":1}\n"[..], Format::Jsonl, "x").unwrap_err();
         assert!(format!("{e:#}").contains("no `text` field"));

@@ -57,8 +57,7 @@ impl MrSplits {
 /// The split a movie belongs to.
 pub fn split_of(movie: &str) -> Split {
     let digest = Sha1::digest(movie.as_bytes());
-    let h = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]) as f64
-        / 0xFFFF_FFFFu32 as f64;
+    let h = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]) as f64 / 0xFFFF_FFFFu32 as f64;
     if h < 0.1 {
         Split::Test
     } else if h < 0.2 {
@@ -74,10 +73,7 @@ fn normalise(text: &str) -> String {
 }
 
 fn dedup_key(text: &str) -> String {
-    text.chars()
-        .filter(|c| c.is_alphanumeric())
-        .flat_map(|c| c.to_lowercase())
-        .collect()
+    text.chars().filter(|c| c.is_alphanumeric()).flat_map(|c| c.to_lowercase()).collect()
 }
 
 /// Reads and splits the corpus from its `.csv.bz2` file.
@@ -96,10 +92,7 @@ pub fn parse_csv(bytes: &[u8]) -> Result<MrSplits> {
     let mut reader = csv::Reader::from_reader(bytes);
     let headers = reader.headers()?.clone();
     let col = |name: &str| {
-        headers
-            .iter()
-            .position(|h| h == name)
-            .with_context(|| format!("missing column `{name}`"))
+        headers.iter().position(|h| h == name).with_context(|| format!("missing column `{name}`"))
     };
     let (c_cat, c_text, c_movie) = (col("category")?, col("text")?, col("movie_name")?);
     let mut seen = HashSet::new();
@@ -116,11 +109,7 @@ pub fn parse_csv(bytes: &[u8]) -> Result<MrSplits> {
         if text.is_empty() || !seen.insert(dedup_key(&text)) {
             continue;
         }
-        let example = Example {
-            text,
-            pair: None,
-            label,
-        };
+        let example = Example { text, pair: None, label };
         match split_of(&record[c_movie]) {
             Split::Train => out.train.push(example),
             Split::Dev => out.dev.push(example),
@@ -156,14 +145,7 @@ mod tests {
         assert_eq!(s.train.len(), 2);
         assert_eq!(s.train[0].text, "Tom & Jerry rock");
         assert_eq!(s.train[0].label, 1);
-        assert_eq!(
-            s.train[1],
-            Example {
-                text: "Meh.".into(),
-                pair: None,
-                label: 0
-            }
-        );
+        assert_eq!(s.train[1], Example { text: "Meh.".into(), pair: None, label: 0 });
     }
 
     #[test]

@@ -4,7 +4,7 @@ use anyhow::{bail, Context, Result};
 
 use super::config::BertConfig;
 use super::weights::{Tensor, WeightFile};
-use crate::adapter::{Adapter, AdapterKind};
+use crate::adapter::{Adapter, AdapterKind, Bottleneck};
 use crate::backend::{Activation, Backend, EmbeddingWeights};
 use crate::model::tokenizer::TokenBatch;
 
@@ -52,11 +52,7 @@ pub fn load_host(file: &WeightFile, cfg: &BertConfig) -> Result<Bert<Tensor>> {
     let layer_prefix = format!("{p}encoder.layer.");
     for name in file.names() {
         if let Some(rest) = name.strip_prefix(&layer_prefix) {
-            let idx: usize = rest
-                .split('.')
-                .next()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(usize::MAX);
+            let idx: usize = rest.split('.').next().and_then(|s| s.parse().ok()).unwrap_or(usize::MAX);
             if idx >= cfg.num_hidden_layers {
                 bail!(
                     "{}: tensor `{name}` belongs to layer {idx} but config.json has {} layers",
@@ -69,14 +65,8 @@ pub fn load_host(file: &WeightFile, cfg: &BertConfig) -> Result<Bert<Tensor>> {
     let t = |name: &str, shape: &[usize]| file.tensor(&format!("{p}{name}"), shape);
     let emb = EmbeddingWeights {
         word: t("embeddings.word_embeddings.weight", &[cfg.vocab_size, h])?,
-        position: t(
-            "embeddings.position_embeddings.weight",
-            &[cfg.max_position_embeddings, h],
-        )?,
-        token_type: t(
-            "embeddings.token_type_embeddings.weight",
-            &[cfg.type_vocab_size, h],
-        )?,
+        position: t("embeddings.position_embeddings.weight", &[cfg.max_position_embeddings, h])?,
+        token_type: t("embeddings.token_type_embeddings.weight", &[cfg.type_vocab_size, h])?,
         ln_gamma: t("embeddings.LayerNorm.weight", &[h])?,
         ln_beta: t("embeddings.LayerNorm.bias", &[h])?,
     };
@@ -104,21 +94,14 @@ pub fn load_host(file: &WeightFile, cfg: &BertConfig) -> Result<Bert<Tensor>> {
             out_ln_b: t(&n("output.LayerNorm.bias"), &[h])?,
         });
     }
-    Ok(Bert {
-        cfg: cfg.clone(),
-        emb,
-        layers,
-    })
+    Ok(Bert { cfg: cfg.clone(), emb, layers })
 }
 
 /// Stacks tensors along their first dimension.
 fn concat_rows(parts: &[&Tensor]) -> Tensor {
     let mut shape = parts[0].shape().to_vec();
     shape[0] = parts.iter().map(|t| t.shape()[0]).sum();
-    let data = parts
-        .iter()
-        .flat_map(|t| t.data().iter().copied())
-        .collect();
+    let data = parts.iter().flat_map(|t| t.data().iter().copied()).collect();
     Tensor::from_vec(shape, data)
 }
 
@@ -153,11 +136,7 @@ impl Bert<Tensor> {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Bert {
-            cfg: self.cfg.clone(),
-            emb,
-            layers,
-        })
+        Ok(Bert { cfg: self.cfg.clone(), emb, layers })
     }
 }
 
@@ -179,11 +158,7 @@ impl<W> Bert<W> {
         let eps = cfg.layer_norm_eps as f32;
         if let Some(a) = adapter {
             if a.layers.len() != self.layers.len() {
-                bail!(
-                    "adapter has {} layers, the model {}",
-                    a.layers.len(),
-                    self.layers.len()
-                );
+                bail!("adapter has {} layers, the model {}", a.layers.len(), self.layers.len());
             }
         }
         let mut x = be.embed(batch, &self.emb, eps).context("embeddings")?;
@@ -195,91 +170,39 @@ impl<W> Bert<W> {
             let attn = match ad {
                 Some((a, al)) if a.kind == AdapterKind::DoubleSeqBn => {
                     // Houlsby: LN_attn(o + A_mh(o) + x), o = attention output projection
-                    let o = be.linear(
-                        &ctx,
-                        &w.attn_out_w,
-                        &w.attn_out_b,
-                        Activation::Identity,
-                        None,
-                    )?;
-                    let mh = al
-                        .attention
-                        .as_ref()
-                        .context("double_seq_bn adapter lacks its attention half")?;
-                    let d = be.linear(&o, &mh.down_w, &mh.down_b, a.activation, None)?;
+                    let o = be.linear(&ctx, &w.attn_out_w, &w.attn_out_b, Activation::Identity, None)?;
+                    let mh =
+                        al.attention.as_ref().context("double_seq_bn adapter lacks its attention half")?;
                     let s = be.add(&o, &x)?;
-                    let y = be.linear(&d, &mh.up_w, &mh.up_b, Activation::Identity, Some(&s))?;
+                    let y = bottleneck(be, &o, mh, a.activation, &s)?;
                     be.layernorm(&y, &w.attn_ln_g, &w.attn_ln_b, eps)?
                 }
                 _ => {
-                    let o = be.linear(
-                        &ctx,
-                        &w.attn_out_w,
-                        &w.attn_out_b,
-                        Activation::Identity,
-                        Some(&x),
-                    )?;
+                    let o = be.linear(&ctx, &w.attn_out_w, &w.attn_out_b, Activation::Identity, Some(&x))?;
                     be.layernorm(&o, &w.attn_ln_g, &w.attn_ln_b, eps)?
                 }
             };
             let inter = be.linear(&attn, &w.ffn_in_w, &w.ffn_in_b, Activation::Gelu, None)?;
             x = match ad {
                 None => {
-                    let f = be.linear(
-                        &inter,
-                        &w.ffn_out_w,
-                        &w.ffn_out_b,
-                        Activation::Identity,
-                        Some(&attn),
-                    )?;
+                    let f =
+                        be.linear(&inter, &w.ffn_out_w, &w.ffn_out_b, Activation::Identity, Some(&attn))?;
                     be.layernorm(&f, &w.out_ln_g, &w.out_ln_b, eps)?
                 }
                 Some((a, al)) => {
-                    let f = be.linear(
-                        &inter,
-                        &w.ffn_out_w,
-                        &w.ffn_out_b,
-                        Activation::Identity,
-                        None,
-                    )?;
+                    let f = be.linear(&inter, &w.ffn_out_w, &w.ffn_out_b, Activation::Identity, None)?;
                     match a.kind {
                         // Pfeiffer: y = LN(f + a + A(LN(f + a)))
                         AdapterKind::SeqBn => {
                             let s = be.add(&f, &attn)?;
                             let z = be.layernorm(&s, &w.out_ln_g, &w.out_ln_b, eps)?;
-                            let d = be.linear(
-                                &z,
-                                &al.output.down_w,
-                                &al.output.down_b,
-                                a.activation,
-                                None,
-                            )?;
-                            let y = be.linear(
-                                &d,
-                                &al.output.up_w,
-                                &al.output.up_b,
-                                Activation::Identity,
-                                Some(&s),
-                            )?;
+                            let y = bottleneck(be, &z, &al.output, a.activation, &s)?;
                             be.layernorm(&y, &w.out_ln_g, &w.out_ln_b, eps)?
                         }
                         // Houlsby: y = LN(f + A_out(f) + attn)
                         AdapterKind::DoubleSeqBn => {
-                            let d = be.linear(
-                                &f,
-                                &al.output.down_w,
-                                &al.output.down_b,
-                                a.activation,
-                                None,
-                            )?;
                             let s = be.add(&f, &attn)?;
-                            let y = be.linear(
-                                &d,
-                                &al.output.up_w,
-                                &al.output.up_b,
-                                Activation::Identity,
-                                Some(&s),
-                            )?;
+                            let y = bottleneck(be, &f, &al.output, a.activation, &s)?;
                             be.layernorm(&y, &w.out_ln_g, &w.out_ln_b, eps)?
                         }
                     }
@@ -289,4 +212,16 @@ impl<W> Bert<W> {
         }
         Ok(x)
     }
+}
+
+/// `A(z) + residual` with `A(z) = up · act(down · z + down_b) + up_b`.
+fn bottleneck<B: Backend>(
+    be: &B,
+    z: &B::Act,
+    bn: &Bottleneck<B::Weight>,
+    act: Activation,
+    residual: &B::Act,
+) -> Result<B::Act> {
+    let d = be.linear(z, &bn.down_w, &bn.down_b, act, None)?;
+    be.linear(&d, &bn.up_w, &bn.up_b, Activation::Identity, Some(residual))
 }

@@ -48,8 +48,7 @@ impl BertConfig {
             .with_context(|| format!("cannot read model config {}", path.display()))?;
         let cfg: BertConfig = serde_json::from_str(&text)
             .with_context(|| format!("{}: not a BERT config.json", path.display()))?;
-        cfg.validate()
-            .with_context(|| format!("{}", path.display()))?;
+        cfg.validate().with_context(|| format!("{}", path.display()))?;
         Ok(cfg)
     }
 
@@ -67,10 +66,7 @@ impl BertConfig {
             );
         }
         if self.hidden_act != "gelu" {
-            bail!(
-                "hidden_act `{}` is not supported (only exact erf \"gelu\")",
-                self.hidden_act
-            );
+            bail!("hidden_act `{}` is not supported (only exact erf \"gelu\")", self.hidden_act);
         }
         if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
             bail!(

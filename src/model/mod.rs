@@ -31,17 +31,11 @@ impl ModelDir {
         }
         let config = BertConfig::from_file(&dir.join("config.json"))?;
         if max_len > config.max_position_embeddings {
-            bail!(
-                "max length {max_len} exceeds the model's {} positions",
-                config.max_position_embeddings
-            );
+            bail!("max length {max_len} exceeds the model's {} positions", config.max_position_embeddings);
         }
         let weights_path = dir.join("model.safetensors");
         if !weights_path.exists() {
-            bail!(
-                "{} does not exist (admix reads safetensors weights)",
-                weights_path.display()
-            );
+            bail!("{} does not exist (admix reads safetensors weights)", weights_path.display());
         }
         let weights = WeightFile::open(&weights_path)?;
         let tokenizer = tokenizer::load_tokenizer(dir, max_len)?;
@@ -53,12 +47,7 @@ impl ModelDir {
                 config.vocab_size
             );
         }
-        Ok(ModelDir {
-            dir: dir.to_path_buf(),
-            config,
-            weights,
-            tokenizer,
-        })
+        Ok(ModelDir { dir: dir.to_path_buf(), config, weights, tokenizer })
     }
 
     /// The encoder weights as validated host tensors.

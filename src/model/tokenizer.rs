@@ -7,9 +7,7 @@
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
-use tokenizers::{
-    EncodeInput, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy,
-};
+use tokenizers::{EncodeInput, Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 /// One input: a text, or a sentence pair.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,16 +18,10 @@ pub struct TextInput {
 
 impl TextInput {
     pub fn single(text: impl Into<String>) -> Self {
-        TextInput {
-            text: text.into(),
-            pair: None,
-        }
+        TextInput { text: text.into(), pair: None }
     }
     pub fn pair(a: impl Into<String>, b: impl Into<String>) -> Self {
-        TextInput {
-            text: a.into(),
-            pair: Some(b.into()),
-        }
+        TextInput { text: a.into(), pair: Some(b.into()) }
     }
 }
 
@@ -59,14 +51,7 @@ impl TokenBatch {
             type_ids[b * seq..b * seq + r_types.len()].copy_from_slice(r_types);
             lens.push(r_ids.len());
         }
-        TokenBatch {
-            batch,
-            seq,
-            ids,
-            type_ids,
-            lens,
-            truncated: vec![false; batch],
-        }
+        TokenBatch { batch, seq, ids, type_ids, lens, truncated: vec![false; batch] }
     }
 
     pub fn tokens(&self) -> usize {
@@ -104,11 +89,7 @@ impl TextTokenizer {
             }))
             .map_err(|e| anyhow!("cannot set truncation: {e}"))?;
         let pad_id = inner.token_to_id("[PAD]").unwrap_or(0);
-        Ok(TextTokenizer {
-            inner,
-            max_len,
-            pad_id,
-        })
+        Ok(TextTokenizer { inner, max_len, pad_id })
     }
 
     pub fn max_len(&self) -> usize {
@@ -136,19 +117,12 @@ impl TextTokenizer {
                 Some(p) => EncodeInput::Dual(i.text.as_str().into(), p.as_str().into()),
             })
             .collect();
-        let encodings = self
-            .inner
-            .encode_batch(encode_inputs, true)
-            .map_err(|e| anyhow!("tokenization failed: {e}"))?;
-        let rows: Vec<(Vec<u32>, Vec<u32>)> = encodings
-            .iter()
-            .map(|e| (e.get_ids().to_vec(), e.get_type_ids().to_vec()))
-            .collect();
+        let encodings =
+            self.inner.encode_batch(encode_inputs, true).map_err(|e| anyhow!("tokenization failed: {e}"))?;
+        let rows: Vec<(Vec<u32>, Vec<u32>)> =
+            encodings.iter().map(|e| (e.get_ids().to_vec(), e.get_type_ids().to_vec())).collect();
         let mut batch = TokenBatch::from_rows(&rows, self.pad_id);
-        batch.truncated = encodings
-            .iter()
-            .map(|e| !e.get_overflowing().is_empty())
-            .collect();
+        batch.truncated = encodings.iter().map(|e| !e.get_overflowing().is_empty()).collect();
         Ok(batch)
     }
 
@@ -156,9 +130,7 @@ impl TextTokenizer {
     pub fn tokens(&self, text: &str) -> Result<Vec<String>> {
         let mut t = self.inner.clone();
         t.with_truncation(None).map_err(|e| anyhow!("{e}"))?;
-        let enc = t
-            .encode(text, false)
-            .map_err(|e| anyhow!("tokenization failed: {e}"))?;
+        let enc = t.encode(text, false).map_err(|e| anyhow!("tokenization failed: {e}"))?;
         Ok(enc.get_tokens().to_vec())
     }
 }

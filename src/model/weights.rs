@@ -17,11 +17,7 @@ use safetensors::{Dtype, SafeTensors};
 /// f32 tensor data: a window of a shared mapping, or an owned buffer.
 #[derive(Clone)]
 enum Storage {
-    Mapped {
-        map: Arc<Mmap>,
-        offset: usize,
-        len: usize,
-    },
+    Mapped { map: Arc<Mmap>, offset: usize, len: usize },
     Owned(Arc<Vec<f32>>),
 }
 
@@ -34,15 +30,8 @@ pub struct Tensor {
 
 impl Tensor {
     pub fn from_vec(shape: Vec<usize>, data: Vec<f32>) -> Self {
-        assert_eq!(
-            shape.iter().product::<usize>(),
-            data.len(),
-            "tensor shape and data length"
-        );
-        Tensor {
-            shape,
-            storage: Storage::Owned(Arc::new(data)),
-        }
+        assert_eq!(shape.iter().product::<usize>(), data.len(), "tensor shape and data length");
+        Tensor { shape, storage: Storage::Owned(Arc::new(data)) }
     }
 
     pub fn shape(&self) -> &[usize] {
@@ -51,9 +40,7 @@ impl Tensor {
 
     pub fn data(&self) -> &[f32] {
         match &self.storage {
-            Storage::Mapped { map, offset, len } => {
-                bytemuck::cast_slice(&map[*offset..*offset + *len * 4])
-            }
+            Storage::Mapped { map, offset, len } => bytemuck::cast_slice(&map[*offset..*offset + *len * 4]),
             Storage::Owned(v) => v,
         }
     }
@@ -86,12 +73,11 @@ impl WeightFile {
         let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
         // SAFETY: the mapping is read-only; like every mmap-based loader we assume the file is not
         // truncated by another process while mapped.
-        let map = unsafe { Mmap::map(&file) }
-            .with_context(|| format!("cannot memory-map {}", path.display()))?;
+        let map =
+            unsafe { Mmap::map(&file) }.with_context(|| format!("cannot memory-map {}", path.display()))?;
         let tensors = {
-            let st = SafeTensors::deserialize(&map).map_err(|e| {
-                anyhow::anyhow!("{}: not a valid safetensors file ({e})", path.display())
-            })?;
+            let st = SafeTensors::deserialize(&map)
+                .map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file ({e})", path.display()))?;
             let base = map.as_ptr() as usize;
             let mut tensors = BTreeMap::new();
             for (name, view) in st.tensors() {
@@ -106,11 +92,7 @@ impl WeightFile {
             }
             tensors
         };
-        Ok(WeightFile {
-            path: path.to_path_buf(),
-            map: Arc::new(map),
-            tensors,
-        })
+        Ok(WeightFile { path: path.to_path_buf(), map: Arc::new(map), tensors })
     }
 
     pub fn path(&self) -> &Path {
@@ -160,38 +142,24 @@ impl WeightFile {
         let bytes = &self.map[info.start..info.end];
         let n: usize = info.shape.iter().product();
         let storage = match info.dtype {
-            Dtype::F32 if bytes.as_ptr() as usize % 4 == 0 => Storage::Mapped {
-                map: self.map.clone(),
-                offset: info.start,
-                len: n,
-            },
+            Dtype::F32 if bytes.as_ptr() as usize % 4 == 0 => {
+                Storage::Mapped { map: self.map.clone(), offset: info.start, len: n }
+            }
             Dtype::F32 => Storage::Owned(Arc::new(
-                bytes
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect(),
+                bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
             )),
             Dtype::F16 => Storage::Owned(Arc::new(
-                bytes
-                    .chunks_exact(2)
-                    .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                    .collect(),
+                bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
             )),
             Dtype::BF16 => Storage::Owned(Arc::new(
-                bytes
-                    .chunks_exact(2)
-                    .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                    .collect(),
+                bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
             )),
             other => bail!(
                 "{}: tensor `{name}` has dtype {other:?}; expected F32, F16 or BF16",
                 self.path.display()
             ),
         };
-        Ok(Tensor {
-            shape: info.shape.clone(),
-            storage,
-        })
+        Ok(Tensor { shape: info.shape.clone(), storage })
     }
 
     /// An integer tensor (I64 or I32) as i64 values.
@@ -199,18 +167,13 @@ impl WeightFile {
         let info = self.info(name).with_context(|| self.missing(name))?;
         let bytes = &self.map[info.start..info.end];
         let v = match info.dtype {
-            Dtype::I64 => bytes
-                .chunks_exact(8)
-                .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
-                .collect(),
-            Dtype::I32 => bytes
-                .chunks_exact(4)
-                .map(|b| i32::from_le_bytes(b.try_into().unwrap()) as i64)
-                .collect(),
-            other => bail!(
-                "{}: tensor `{name}` has dtype {other:?}; expected I64 or I32",
-                self.path.display()
-            ),
+            Dtype::I64 => bytes.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect(),
+            Dtype::I32 => {
+                bytes.chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().unwrap()) as i64).collect()
+            }
+            other => {
+                bail!("{}: tensor `{name}` has dtype {other:?}; expected I64 or I32", self.path.display())
+            }
         };
         Ok((info.shape.clone(), v))
     }
@@ -222,17 +185,11 @@ impl WeightFile {
         match info.dtype {
             Dtype::F64 => Ok((
                 info.shape.clone(),
-                bytes
-                    .chunks_exact(8)
-                    .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
-                    .collect(),
+                bytes.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect(),
             )),
             _ => {
                 let t = self.tensor_any_shape(name)?;
-                Ok((
-                    info.shape.clone(),
-                    t.data().iter().map(|&x| x as f64).collect(),
-                ))
+                Ok((info.shape.clone(), t.data().iter().map(|&x| x as f64).collect()))
             }
         }
     }

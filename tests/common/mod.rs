@@ -10,16 +10,10 @@ pub mod tiny;
 /// The MiniLM oracle (HF transformers + AdapterHub reference outputs): `$ADMIX_FIXTURES`, or
 /// ../shared/fixtures/minilm-oracle beside the checkout.
 pub fn fixture_dir() -> PathBuf {
-    let dir = std::env::var_os("ADMIX_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/minilm-oracle")
-        });
-    assert!(
-        dir.is_dir(),
-        "fixtures not found at {} (set ADMIX_FIXTURES)",
-        dir.display()
-    );
+    let dir = std::env::var_os("ADMIX_FIXTURES").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/minilm-oracle")
+    });
+    assert!(dir.is_dir(), "fixtures not found at {} (set ADMIX_FIXTURES)", dir.display());
     dir
 }
 
@@ -41,26 +35,13 @@ pub fn minilm_dir() -> PathBuf {
 pub fn sentences() -> (Vec<String>, Vec<usize>) {
     let text = std::fs::read_to_string(fixture_dir().join("sentences.json")).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let s = v["sentences"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s.as_str().unwrap().to_string())
-        .collect();
-    let n = v["n_valid_tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n.as_u64().unwrap() as usize)
-        .collect();
+    let s = v["sentences"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().to_string()).collect();
+    let n = v["n_valid_tokens"].as_array().unwrap().iter().map(|n| n.as_u64().unwrap() as usize).collect();
     (s, n)
 }
 
 /// Largest absolute difference.
 pub fn max_abs(a: &[f32], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (*x as f64 - y).abs())
-        .fold(0.0, f64::max)
+    a.iter().zip(b).map(|(x, y)| (*x as f64 - y).abs()).fold(0.0, f64::max)
 }

@@ -41,145 +41,31 @@ pub fn random_weights(seed: u64) -> Vec<(String, Vec<usize>, Vec<f32>)> {
         let v = r.vec(n, scale).into_iter().map(|x| x + offset).collect();
         t.push((name, shape, v));
     };
-    add(
-        "embeddings.word_embeddings.weight".into(),
-        vec![VOCAB, H],
-        0.5,
-        0.0,
-        &mut r,
-    );
-    add(
-        "embeddings.position_embeddings.weight".into(),
-        vec![MAX_POS, H],
-        0.5,
-        0.0,
-        &mut r,
-    );
-    add(
-        "embeddings.token_type_embeddings.weight".into(),
-        vec![2, H],
-        0.5,
-        0.0,
-        &mut r,
-    );
-    add(
-        "embeddings.LayerNorm.weight".into(),
-        vec![H],
-        0.2,
-        1.0,
-        &mut r,
-    );
-    add(
-        "embeddings.LayerNorm.bias".into(),
-        vec![H],
-        0.1,
-        0.0,
-        &mut r,
-    );
+    add("embeddings.word_embeddings.weight".into(), vec![VOCAB, H], 0.5, 0.0, &mut r);
+    add("embeddings.position_embeddings.weight".into(), vec![MAX_POS, H], 0.5, 0.0, &mut r);
+    add("embeddings.token_type_embeddings.weight".into(), vec![2, H], 0.5, 0.0, &mut r);
+    add("embeddings.LayerNorm.weight".into(), vec![H], 0.2, 1.0, &mut r);
+    add("embeddings.LayerNorm.bias".into(), vec![H], 0.1, 0.0, &mut r);
     for l in 0..LAYERS {
         let p = format!("encoder.layer.{l}.");
         for m in ["query", "key", "value"] {
-            add(
-                format!("{p}attention.self.{m}.weight"),
-                vec![H, H],
-                0.3,
-                0.0,
-                &mut r,
-            );
-            add(
-                format!("{p}attention.self.{m}.bias"),
-                vec![H],
-                0.1,
-                0.0,
-                &mut r,
-            );
+            add(format!("{p}attention.self.{m}.weight"), vec![H, H], 0.3, 0.0, &mut r);
+            add(format!("{p}attention.self.{m}.bias"), vec![H], 0.1, 0.0, &mut r);
         }
-        add(
-            format!("{p}attention.output.dense.weight"),
-            vec![H, H],
-            0.3,
-            0.0,
-            &mut r,
-        );
-        add(
-            format!("{p}attention.output.dense.bias"),
-            vec![H],
-            0.1,
-            0.0,
-            &mut r,
-        );
-        add(
-            format!("{p}attention.output.LayerNorm.weight"),
-            vec![H],
-            0.2,
-            1.0,
-            &mut r,
-        );
-        add(
-            format!("{p}attention.output.LayerNorm.bias"),
-            vec![H],
-            0.1,
-            0.0,
-            &mut r,
-        );
-        add(
-            format!("{p}intermediate.dense.weight"),
-            vec![FFN, H],
-            0.3,
-            0.0,
-            &mut r,
-        );
-        add(
-            format!("{p}intermediate.dense.bias"),
-            vec![FFN],
-            0.1,
-            0.0,
-            &mut r,
-        );
-        add(
-            format!("{p}output.dense.weight"),
-            vec![H, FFN],
-            0.3,
-            0.0,
-            &mut r,
-        );
+        add(format!("{p}attention.output.dense.weight"), vec![H, H], 0.3, 0.0, &mut r);
+        add(format!("{p}attention.output.dense.bias"), vec![H], 0.1, 0.0, &mut r);
+        add(format!("{p}attention.output.LayerNorm.weight"), vec![H], 0.2, 1.0, &mut r);
+        add(format!("{p}attention.output.LayerNorm.bias"), vec![H], 0.1, 0.0, &mut r);
+        add(format!("{p}intermediate.dense.weight"), vec![FFN, H], 0.3, 0.0, &mut r);
+        add(format!("{p}intermediate.dense.bias"), vec![FFN], 0.1, 0.0, &mut r);
+        add(format!("{p}output.dense.weight"), vec![H, FFN], 0.3, 0.0, &mut r);
         add(format!("{p}output.dense.bias"), vec![H], 0.1, 0.0, &mut r);
-        add(
-            format!("{p}output.LayerNorm.weight"),
-            vec![H],
-            0.2,
-            1.0,
-            &mut r,
-        );
-        add(
-            format!("{p}output.LayerNorm.bias"),
-            vec![H],
-            0.1,
-            0.0,
-            &mut r,
-        );
+        add(format!("{p}output.LayerNorm.weight"), vec![H], 0.2, 1.0, &mut r);
+        add(format!("{p}output.LayerNorm.bias"), vec![H], 0.1, 0.0, &mut r);
         let a = format!("bert.encoder.layer.{l}.output.adapters.a.");
-        add(
-            format!("{a}adapter_down.0.weight"),
-            vec![BOTTLENECK, H],
-            0.3,
-            0.0,
-            &mut r,
-        );
-        add(
-            format!("{a}adapter_down.0.bias"),
-            vec![BOTTLENECK],
-            0.1,
-            0.0,
-            &mut r,
-        );
-        add(
-            format!("{a}adapter_up.weight"),
-            vec![H, BOTTLENECK],
-            0.3,
-            0.0,
-            &mut r,
-        );
+        add(format!("{a}adapter_down.0.weight"), vec![BOTTLENECK, H], 0.3, 0.0, &mut r);
+        add(format!("{a}adapter_down.0.bias"), vec![BOTTLENECK], 0.1, 0.0, &mut r);
+        add(format!("{a}adapter_up.weight"), vec![H, BOTTLENECK], 0.3, 0.0, &mut r);
         add(format!("{a}adapter_up.bias"), vec![H], 0.1, 0.0, &mut r);
     }
     add("heads.a.1.weight".into(), vec![H, H], 0.3, 0.0, &mut r);
@@ -223,17 +109,11 @@ pub fn encode(v: &[f32], dtype: Dtype) -> (Vec<u8>, Vec<f32>) {
         Dtype::F32 => (v.iter().flat_map(|x| x.to_le_bytes()).collect(), v.to_vec()),
         Dtype::F16 => {
             let h: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
-            (
-                h.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                h.iter().map(|x| x.to_f32()).collect(),
-            )
+            (h.iter().flat_map(|x| x.to_le_bytes()).collect(), h.iter().map(|x| x.to_f32()).collect())
         }
         Dtype::BF16 => {
             let h: Vec<half::bf16> = v.iter().map(|&x| half::bf16::from_f32(x)).collect();
-            (
-                h.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                h.iter().map(|x| x.to_f32()).collect(),
-            )
+            (h.iter().flat_map(|x| x.to_le_bytes()).collect(), h.iter().map(|x| x.to_f32()).collect())
         }
         _ => unreachable!(),
     }
@@ -243,16 +123,7 @@ pub fn encode(v: &[f32], dtype: Dtype) -> (Vec<u8>, Vec<f32>) {
 pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)], dtype: Dtype) {
     let raws: Vec<(String, Raw)> = tensors
         .iter()
-        .map(|(n, s, v)| {
-            (
-                n.clone(),
-                Raw {
-                    dtype,
-                    shape: s.clone(),
-                    bytes: encode(v, dtype).0,
-                },
-            )
-        })
+        .map(|(n, s, v)| (n.clone(), Raw { dtype, shape: s.clone(), bytes: encode(v, dtype).0 }))
         .collect();
     let views: Vec<(&str, &Raw)> = raws.iter().map(|(n, r)| (n.as_str(), r)).collect();
     safetensors::serialize_to_file(views, None, path).unwrap();
@@ -263,11 +134,7 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]
 pub fn write_model(dir: &Path, seed: u64, dtype: Dtype, prefix: &str) -> HashMap<String, Vec<f32>> {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("config.json"), config_json()).unwrap();
-    std::fs::copy(
-        super::minilm_dir().join("tokenizer.json"),
-        dir.join("tokenizer.json"),
-    )
-    .unwrap();
+    std::fs::copy(super::minilm_dir().join("tokenizer.json"), dir.join("tokenizer.json")).unwrap();
     let all = random_weights(seed);
     let encoder: Vec<_> = all
         .iter()
@@ -275,19 +142,13 @@ pub fn write_model(dir: &Path, seed: u64, dtype: Dtype, prefix: &str) -> HashMap
         .map(|(n, s, v)| (format!("{prefix}{n}"), s.clone(), v.clone()))
         .collect();
     write_safetensors(&dir.join("model.safetensors"), &encoder, dtype);
-    let adapter: Vec<_> = all
-        .iter()
-        .filter(|(n, _, _)| n.starts_with("heads.") || n.starts_with("bert."))
-        .cloned()
-        .collect();
+    let adapter: Vec<_> =
+        all.iter().filter(|(n, _, _)| n.starts_with("heads.") || n.starts_with("bert.")).cloned().collect();
     write_safetensors(&dir.join("adapter.safetensors"), &adapter, Dtype::F32);
     all.into_iter()
         .map(|(n, _, v)| {
-            let stored = if n.starts_with("heads.") || n.starts_with("bert.") {
-                v
-            } else {
-                encode(&v, dtype).1
-            };
+            let stored =
+                if n.starts_with("heads.") || n.starts_with("bert.") { v } else { encode(&v, dtype).1 };
             (n, stored)
         })
         .collect()
@@ -357,35 +218,13 @@ pub fn reference_forward(
                 + g("embeddings.token_type_embeddings.weight")[tt * H + j] as f64;
         }
     }
-    layernorm(
-        &mut x,
-        g("embeddings.LayerNorm.weight"),
-        g("embeddings.LayerNorm.bias"),
-    );
+    layernorm(&mut x, g("embeddings.LayerNorm.weight"), g("embeddings.LayerNorm.bias"));
     let d = H / HEADS;
     for l in 0..LAYERS {
         let p = |s: &str| format!("encoder.layer.{l}.{s}");
-        let q = linear(
-            &x,
-            g(&p("attention.self.query.weight")),
-            g(&p("attention.self.query.bias")),
-            H,
-            H,
-        );
-        let k = linear(
-            &x,
-            g(&p("attention.self.key.weight")),
-            g(&p("attention.self.key.bias")),
-            H,
-            H,
-        );
-        let v = linear(
-            &x,
-            g(&p("attention.self.value.weight")),
-            g(&p("attention.self.value.bias")),
-            H,
-            H,
-        );
+        let q = linear(&x, g(&p("attention.self.query.weight")), g(&p("attention.self.query.bias")), H, H);
+        let k = linear(&x, g(&p("attention.self.key.weight")), g(&p("attention.self.key.bias")), H, H);
+        let v = linear(&x, g(&p("attention.self.value.weight")), g(&p("attention.self.value.bias")), H, H);
         let mut ctx = vec![0.0; t * H];
         for b in 0..batch {
             for hd in 0..HEADS {
@@ -393,10 +232,7 @@ pub fn reference_forward(
                     let mut scores = vec![f64::NEG_INFINITY; seq];
                     for (j, s) in scores.iter_mut().enumerate().take(lens[b]) {
                         *s = (0..d)
-                            .map(|c| {
-                                q[(b * seq + i) * H + hd * d + c]
-                                    * k[(b * seq + j) * H + hd * d + c]
-                            })
+                            .map(|c| q[(b * seq + i) * H + hd * d + c] * k[(b * seq + j) * H + hd * d + c])
                             .sum::<f64>()
                             / (d as f64).sqrt();
                     }
@@ -404,67 +240,34 @@ pub fn reference_forward(
                     let e: Vec<f64> = scores.iter().map(|s| (s - m).exp()).collect();
                     let z: f64 = e.iter().sum();
                     for c in 0..d {
-                        ctx[(b * seq + i) * H + hd * d + c] = (0..seq)
-                            .map(|j| e[j] / z * v[(b * seq + j) * H + hd * d + c])
-                            .sum::<f64>();
+                        ctx[(b * seq + i) * H + hd * d + c] =
+                            (0..seq).map(|j| e[j] / z * v[(b * seq + j) * H + hd * d + c]).sum::<f64>();
                     }
                 }
             }
         }
-        let mut a = linear(
-            &ctx,
-            g(&p("attention.output.dense.weight")),
-            g(&p("attention.output.dense.bias")),
-            H,
-            H,
-        );
+        let mut a =
+            linear(&ctx, g(&p("attention.output.dense.weight")), g(&p("attention.output.dense.bias")), H, H);
         a.iter_mut().zip(&x).for_each(|(a, x)| *a += x);
         layernorm(
             &mut a,
             g(&p("attention.output.LayerNorm.weight")),
             g(&p("attention.output.LayerNorm.bias")),
         );
-        let mut inter = linear(
-            &a,
-            g(&p("intermediate.dense.weight")),
-            g(&p("intermediate.dense.bias")),
-            H,
-            FFN,
-        );
-        inter
-            .iter_mut()
-            .for_each(|v| *v = 0.5 * *v * (1.0 + erf(*v / 2f64.sqrt())));
-        let f = linear(
-            &inter,
-            g(&p("output.dense.weight")),
-            g(&p("output.dense.bias")),
-            FFN,
-            H,
-        );
-        let (lg, lb) = (
-            g(&p("output.LayerNorm.weight")),
-            g(&p("output.LayerNorm.bias")),
-        );
+        let mut inter =
+            linear(&a, g(&p("intermediate.dense.weight")), g(&p("intermediate.dense.bias")), H, FFN);
+        inter.iter_mut().for_each(|v| *v = 0.5 * *v * (1.0 + erf(*v / 2f64.sqrt())));
+        let f = linear(&inter, g(&p("output.dense.weight")), g(&p("output.dense.bias")), FFN, H);
+        let (lg, lb) = (g(&p("output.LayerNorm.weight")), g(&p("output.LayerNorm.bias")));
         let mut s: Vec<f64> = f.iter().zip(&a).map(|(f, a)| f + a).collect();
         if adapter {
             let ap = |n: &str| format!("bert.encoder.layer.{l}.output.adapters.a.{n}");
             let mut z = s.clone();
             layernorm(&mut z, lg, lb);
-            let mut down = linear(
-                &z,
-                g(&ap("adapter_down.0.weight")),
-                g(&ap("adapter_down.0.bias")),
-                H,
-                BOTTLENECK,
-            );
+            let mut down =
+                linear(&z, g(&ap("adapter_down.0.weight")), g(&ap("adapter_down.0.bias")), H, BOTTLENECK);
             down.iter_mut().for_each(|v| *v = v.max(0.0));
-            let up = linear(
-                &down,
-                g(&ap("adapter_up.weight")),
-                g(&ap("adapter_up.bias")),
-                BOTTLENECK,
-                H,
-            );
+            let up = linear(&down, g(&ap("adapter_up.weight")), g(&ap("adapter_up.bias")), BOTTLENECK, H);
             s.iter_mut().zip(&up).for_each(|(s, u)| *s += u);
         }
         layernorm(&mut s, lg, lb);

@@ -11,11 +11,7 @@ use super::{math, Mat};
 
 pub fn attention(qkv: &Mat, lens: &[usize], seq: usize, heads: usize) -> Result<Mat> {
     let batch = lens.len();
-    ensure!(
-        qkv.rows == batch * seq,
-        "attention: {} rows for {batch} sequences of {seq}",
-        qkv.rows
-    );
+    ensure!(qkv.rows == batch * seq, "attention: {} rows for {batch} sequences of {seq}", qkv.rows);
     ensure!(
         qkv.cols % 3 == 0 && (qkv.cols / 3) % heads == 0,
         "attention: {} columns for {heads} heads",
@@ -37,29 +33,13 @@ pub fn attention(qkv: &Mat, lens: &[usize], seq: usize, heads: usize) -> Result<
             let v = &qkv.data[base + 2 * h + hd * d..];
             let mut scores = vec![0.0f32; len * len];
             // scores = Q·Kᵀ  (Kᵀ[kk][j] = K[j][kk]: row stride 1, column stride ld)
-            gemm_strided(
-                len,
-                len,
-                d,
-                &mut scores,
-                len,
-                false,
-                q,
-                ld,
-                1,
-                k,
-                1,
-                ld,
-                false,
-            );
+            gemm_strided(len, len, d, &mut scores, len, false, q, ld, 1, k, 1, ld, false);
             for row in scores.chunks_mut(len) {
                 row.iter_mut().for_each(|s| *s *= scale);
                 math::softmax_inplace(row);
             }
             let mut ctx = vec![0.0f32; len * d];
-            gemm_strided(
-                len, d, len, &mut ctx, d, false, &scores, len, 1, v, ld, 1, false,
-            );
+            gemm_strided(len, d, len, &mut ctx, d, false, &scores, len, 1, v, ld, 1, false);
             ctx
         })
         .collect();

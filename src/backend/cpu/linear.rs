@@ -32,14 +32,8 @@ pub fn gemm_strided(
     // bounds: the last element each operand touches must be inside its slice
     assert!((m - 1) * dst_rs + n <= dst.len(), "gemm dst out of bounds");
     if k > 0 {
-        assert!(
-            (m - 1) * a_rs + (k - 1) * a_cs < a.len(),
-            "gemm lhs out of bounds"
-        );
-        assert!(
-            (k - 1) * b_rs + (n - 1) * b_cs < b.len(),
-            "gemm rhs out of bounds"
-        );
+        assert!((m - 1) * a_rs + (k - 1) * a_cs < a.len(), "gemm lhs out of bounds");
+        assert!((k - 1) * b_rs + (n - 1) * b_cs < b.len(), "gemm rhs out of bounds");
     }
     let threads = rayon::current_num_threads();
     let par = if parallel && threads > 1 && m * n * k >= 1 << 18 {
@@ -73,29 +67,11 @@ pub fn gemm_strided(
     }
 }
 
-pub fn linear(
-    x: &Mat,
-    w: &Tensor,
-    b: &Tensor,
-    act: Activation,
-    residual: Option<&Mat>,
-) -> Result<Mat> {
-    ensure!(
-        w.shape().len() == 2,
-        "linear: weight must be 2-D, got {:?}",
-        w.shape()
-    );
+pub fn linear(x: &Mat, w: &Tensor, b: &Tensor, act: Activation, residual: Option<&Mat>) -> Result<Mat> {
+    ensure!(w.shape().len() == 2, "linear: weight must be 2-D, got {:?}", w.shape());
     let (n, k) = (w.shape()[0], w.shape()[1]);
-    ensure!(
-        x.cols == k,
-        "linear: input has {} columns, weight expects {k}",
-        x.cols
-    );
-    ensure!(
-        b.data().len() == n,
-        "linear: bias has {} entries, expected {n}",
-        b.data().len()
-    );
+    ensure!(x.cols == k, "linear: input has {} columns, weight expects {k}", x.cols);
+    ensure!(b.data().len() == n, "linear: bias has {} entries, expected {n}", b.data().len());
     if let Some(r) = residual {
         ensure!(
             r.rows == x.rows && r.cols == n,
@@ -114,35 +90,18 @@ pub fn linear(
         }
     });
     // out += x · Wᵀ ; Wᵀ[kk][j] = W[j][kk] → row stride 1, column stride k
-    gemm_strided(
-        m,
-        n,
-        k,
-        &mut out.data,
-        n,
-        true,
-        &x.data,
-        k,
-        1,
-        w.data(),
-        1,
-        k,
-        true,
-    );
+    gemm_strided(m, n, k, &mut out.data, n, true, &x.data, k, 1, w.data(), 1, k, true);
     if act != Activation::Identity || residual.is_some() {
-        out.data
-            .par_chunks_mut(n * ROW_CHUNK)
-            .enumerate()
-            .for_each(|(c, rows)| {
-                apply_activation(act, rows);
-                if let Some(r) = residual {
-                    let start = c * n * ROW_CHUNK;
-                    let len = rows.len();
-                    for (o, r) in rows.iter_mut().zip(&r.data[start..start + len]) {
-                        *o += r;
-                    }
+        out.data.par_chunks_mut(n * ROW_CHUNK).enumerate().for_each(|(c, rows)| {
+            apply_activation(act, rows);
+            if let Some(r) = residual {
+                let start = c * n * ROW_CHUNK;
+                let len = rows.len();
+                for (o, r) in rows.iter_mut().zip(&r.data[start..start + len]) {
+                    *o += r;
                 }
-            });
+            }
+        });
     }
     Ok(out)
 }

@@ -25,11 +25,7 @@ pub struct Mat {
 
 impl Mat {
     pub fn zeros(rows: usize, cols: usize) -> Self {
-        Mat {
-            rows,
-            cols,
-            data: vec![0.0; rows * cols],
-        }
+        Mat { rows, cols, data: vec![0.0; rows * cols] }
     }
     pub fn row(&self, r: usize) -> &[f32] {
         &self.data[r * self.cols..(r + 1) * self.cols]
@@ -83,11 +79,7 @@ impl Backend for Cpu {
             b.cols
         );
         let data = a.data.iter().zip(&b.data).map(|(x, y)| x + y).collect();
-        Ok(Mat {
-            rows: a.rows,
-            cols: a.cols,
-            data,
-        })
+        Ok(Mat { rows: a.rows, cols: a.cols, data })
     }
 
     fn layernorm(&self, x: &Mat, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<Mat> {
