@@ -97,7 +97,7 @@ struct AdapterArgs {
     /// Adapter non-linearity (AdapterHub seq_bn default: relu; double_seq_bn: swish)
     #[arg(long)]
     adapter_act: Option<String>,
-    /// Comma-separated label names, in id order (default: head_config.json beside the file, else ids)
+    /// Comma-separated label names, in id order (default: the label ids 0, 1, ...)
     #[arg(long)]
     labels: Option<String>,
 }
