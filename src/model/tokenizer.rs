@@ -125,14 +125,6 @@ impl TextTokenizer {
         batch.truncated = encodings.iter().map(|e| !e.get_overflowing().is_empty()).collect();
         Ok(batch)
     }
-
-    /// Word pieces of one text (no special tokens, no truncation), for display and tests.
-    pub fn tokens(&self, text: &str) -> Result<Vec<String>> {
-        let mut t = self.inner.clone();
-        t.with_truncation(None).map_err(|e| anyhow!("{e}"))?;
-        let enc = t.encode(text, false).map_err(|e| anyhow!("tokenization failed: {e}"))?;
-        Ok(enc.get_tokens().to_vec())
-    }
 }
 
 /// The tokenizer file of a model directory.

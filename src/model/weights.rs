@@ -111,12 +111,6 @@ impl WeightFile {
         self.tensors.contains_key(name)
     }
 
-    /// Raw bytes of a tensor (any dtype).
-    pub fn bytes(&self, name: &str) -> Result<&[u8]> {
-        let info = self.info(name).with_context(|| self.missing(name))?;
-        Ok(&self.map[info.start..info.end])
-    }
-
     fn missing(&self, name: &str) -> String {
         format!("{}: tensor `{name}` not found", self.path.display())
     }
