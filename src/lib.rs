@@ -14,3 +14,4 @@ pub mod data;
 pub mod engine;
 pub mod io;
 pub mod model;
+pub mod train;

@@ -3,7 +3,10 @@
 //! Tensor names follow AdapterHub (`adapters` 1.x):
 //! `bert.encoder.layer.{i}.output.adapters.{name}.adapter_down.0.{weight,bias}`,
 //! `...adapter_up.{weight,bias}` (and `attention.output.adapters.{name}` for the second adapter of
-//! `double_seq_bn`); heads `heads.{name}.1` (Linear H→H), tanh, `heads.{name}.4` (Linear H→labels).
+//! `double_seq_bn`); heads in [`head`].
+
+mod head;
+pub use head::{head_names, ClassificationHead, HeadSaved};
 
 use std::collections::BTreeSet;
 
@@ -42,16 +45,6 @@ pub struct Adapter<W> {
     pub layers: Vec<AdapterLayer<W>>,
 }
 
-/// AdapterHub's two-layer classification head on the [CLS] vector.
-pub struct ClassificationHead<W> {
-    pub name: String,
-    pub dense_w: W,
-    pub dense_b: W,
-    pub out_w: W,
-    pub out_b: W,
-    pub num_labels: usize,
-}
-
 /// Names of the adapters stored in a file.
 pub fn adapter_names(file: &WeightFile) -> BTreeSet<String> {
     file.names()
@@ -60,11 +53,6 @@ pub fn adapter_names(file: &WeightFile) -> BTreeSet<String> {
             Some(rest.split('.').next()?.to_string())
         })
         .collect()
-}
-
-/// Names of the heads stored in a file.
-pub fn head_names(file: &WeightFile) -> BTreeSet<String> {
-    file.names().filter_map(|n| Some(n.strip_prefix("heads.")?.split('.').next()?.to_string())).collect()
 }
 
 /// Picks `name`, or the only adapter/head in the file when `name` is `None`.
@@ -152,74 +140,31 @@ impl Adapter<Tensor> {
     }
 
     pub fn to_backend<B: Backend>(&self, be: &B) -> Result<Adapter<B::Weight>> {
-        let bn = |b: &Bottleneck<Tensor>| -> Result<Bottleneck<B::Weight>> {
-            Ok(Bottleneck {
-                down_w: be.weight(&b.down_w)?,
-                down_b: be.weight(&b.down_b)?,
-                up_w: be.weight(&b.up_w)?,
-                up_b: be.weight(&b.up_b)?,
-            })
-        };
-        let layers = self
-            .layers
-            .iter()
-            .map(|l| {
-                Ok(AdapterLayer {
-                    output: bn(&l.output)?,
-                    attention: l.attention.as_ref().map(bn).transpose()?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Adapter { name: self.name.clone(), kind: self.kind, activation: self.activation, layers })
+        self.map(|t| be.weight(t))
     }
 }
 
-impl ClassificationHead<Tensor> {
-    pub fn load(file: &WeightFile, name: &str, hidden: usize) -> Result<Self> {
-        let p = format!("heads.{name}");
-        let out_w = file.tensor_any_shape(&format!("{p}.4.weight"))?;
-        if out_w.shape().len() != 2 || out_w.shape()[1] != hidden || out_w.shape()[0] < 2 {
-            bail!(
-                "{}: `{p}.4.weight` has shape {:?}, expected [labels >= 2, {hidden}]",
-                file.path().display(),
-                out_w.shape()
-            );
+impl<W> Bottleneck<W> {
+    pub fn map<V>(&self, f: &mut impl FnMut(&W) -> Result<V>) -> Result<Bottleneck<V>> {
+        Ok(Bottleneck {
+            down_w: f(&self.down_w)?,
+            down_b: f(&self.down_b)?,
+            up_w: f(&self.up_w)?,
+            up_b: f(&self.up_b)?,
+        })
+    }
+}
+
+impl<W> Adapter<W> {
+    /// The same structure with every tensor mapped by `f` (to a backend, to gradient buffers).
+    pub fn map<V>(&self, mut f: impl FnMut(&W) -> Result<V>) -> Result<Adapter<V>> {
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for l in &self.layers {
+            layers.push(AdapterLayer {
+                output: l.output.map(&mut f)?,
+                attention: l.attention.as_ref().map(|a| a.map(&mut f)).transpose()?,
+            });
         }
-        let num_labels = out_w.shape()[0];
-        Ok(ClassificationHead {
-            name: name.to_string(),
-            dense_w: file.tensor(&format!("{p}.1.weight"), &[hidden, hidden])?,
-            dense_b: file.tensor(&format!("{p}.1.bias"), &[hidden])?,
-            out_b: file.tensor(&format!("{p}.4.bias"), &[num_labels])?,
-            out_w,
-            num_labels,
-        })
-    }
-
-    pub fn to_backend<B: Backend>(&self, be: &B) -> Result<ClassificationHead<B::Weight>> {
-        Ok(ClassificationHead {
-            name: self.name.clone(),
-            dense_w: be.weight(&self.dense_w)?,
-            dense_b: be.weight(&self.dense_b)?,
-            out_w: be.weight(&self.out_w)?,
-            out_b: be.weight(&self.out_b)?,
-            num_labels: self.num_labels,
-        })
-    }
-}
-
-impl<W> ClassificationHead<W> {
-    /// Logits `[B, labels]` from the last hidden state `[B*S, H]` ([CLS] = first token).
-    pub fn forward<B: Backend<Weight = W>>(
-        &self,
-        be: &B,
-        hidden: &B::Act,
-        batch: usize,
-        seq: usize,
-    ) -> Result<B::Act> {
-        let rows: Vec<usize> = (0..batch).map(|b| b * seq).collect();
-        let cls = be.gather_rows(hidden, &rows)?;
-        let h = be.linear(&cls, &self.dense_w, &self.dense_b, Activation::Tanh, None)?;
-        be.linear(&h, &self.out_w, &self.out_b, Activation::Identity, None)
+        Ok(Adapter { name: self.name.clone(), kind: self.kind, activation: self.activation, layers })
     }
 }

@@ -45,10 +45,61 @@ pub struct EmbeddingWeights<W> {
     pub ln_beta: W,
 }
 
+/// Dropout at one site of one step: element `i` of the site is kept iff `hash(key, i) >= p·2³²`,
+/// and kept elements are scaled by `1/(1-p)`. The mask is a pure function of `(key, i)`
+/// (counter-based), so a backward pass regenerates it instead of storing it, and every backend
+/// draws the same mask for the same key.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DropKey {
+    pub p: f32,
+    pub key: u64,
+}
+
+impl DropKey {
+    /// The key of dropout site `site` at optimizer step `step` of a run seeded with `seed`.
+    pub fn new(p: f32, seed: u64, step: u64, site: u64) -> Self {
+        DropKey { p, key: mix64(mix64(seed ^ 0x5EED) ^ mix64(step).rotate_left(17) ^ site) }
+    }
+
+    /// Whether element `i` survives.
+    #[inline(always)]
+    pub fn keep(&self, i: u64) -> bool {
+        let h = (mix64(self.key ^ i.wrapping_mul(0x9E37_79B9_7F4A_7C15)) >> 32) as u32;
+        h as f64 >= self.p as f64 * 4_294_967_296.0
+    }
+
+    /// The factor applied to kept elements.
+    pub fn scale(&self) -> f32 {
+        1.0 / (1.0 - self.p)
+    }
+}
+
+/// splitmix64's finaliser: a bijective 64-bit mix.
+#[inline(always)]
+pub fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// One AdamW update with torch semantics (decoupled weight decay, bias-corrected moments).
+#[derive(Clone, Copy, Debug)]
+pub struct AdamWStep {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    /// 1-based step number (for the bias corrections)
+    pub step: u64,
+    /// factor the gradient is multiplied by first (gradient-norm clipping)
+    pub grad_scale: f32,
+}
+
 /// A backend: where activations live and how each op runs.
 pub trait Backend {
     /// An activation matrix `[rows, cols]`, row-major.
-    type Act;
+    type Act: Clone;
     /// A parameter tensor resident on the backend.
     type Weight;
 
@@ -81,9 +132,97 @@ pub trait Backend {
     ) -> Result<Self::Act>;
     /// Multi-head self-attention on a fused `[B*S, 3H]` QKV projection; keys at positions
     /// `>= lens[b]` are masked. Returns the context `[B*S, H]`.
-    fn attention(&self, qkv: &Self::Act, lens: &[usize], seq: usize, heads: usize) -> Result<Self::Act>;
+    /// With `dropout`, attention probabilities are dropped (element index `((b·heads + h)·seq + i)·seq + j`).
+    fn attention(
+        &self,
+        qkv: &Self::Act,
+        lens: &[usize],
+        seq: usize,
+        heads: usize,
+        dropout: Option<DropKey>,
+    ) -> Result<Self::Act>;
     /// Rows `rows[i]` of `x`, e.g. the [CLS] rows `b*S`.
     fn gather_rows(&self, x: &Self::Act, rows: &[usize]) -> Result<Self::Act>;
     /// Mean over the valid tokens of each sequence, then L2 normalisation: `[B, H]`.
     fn mean_pool_l2(&self, x: &Self::Act, lens: &[usize], seq: usize) -> Result<Self::Act>;
+
+    /// `dropout(x)` (element index `row·cols + col`). Dropout is linear, so the same call with the
+    /// same key is also its backward.
+    fn dropout(&self, x: &Self::Act, drop: DropKey) -> Result<Self::Act>;
+    /// `act(x)`, element-wise (training keeps the pre-activation for the backward pass).
+    fn activation(&self, x: &Self::Act, act: Activation) -> Result<Self::Act>;
+
+    // ---- backward ops, each the adjoint of the forward op above of the same name ----
+    // Parameter gradients are *accumulated* into `[out, in]` / `[1, n]` matrices.
+
+    /// `dx = dy ⊙ act'(pre)`.
+    fn activation_backward(&self, dy: &Self::Act, pre: &Self::Act, act: Activation) -> Result<Self::Act>;
+    /// Backward of `x·Wᵀ + b` (activation and residual are handled by the caller):
+    /// `dW += dyᵀ·x`, `db += Σ_rows dy` when `grads` is given; returns `dx = dy·W` when `need_dx`.
+    fn linear_backward(
+        &self,
+        dy: &Self::Act,
+        x: &Self::Act,
+        w: &Self::Weight,
+        grads: Option<(&mut Self::Act, &mut Self::Act)>,
+        need_dx: bool,
+    ) -> Result<Option<Self::Act>>;
+    /// Backward of LayerNorm given its input `x`: returns `dx`, accumulates `dγ, dβ` when asked.
+    fn layernorm_backward(
+        &self,
+        dy: &Self::Act,
+        x: &Self::Act,
+        gamma: &Self::Weight,
+        eps: f32,
+        grads: Option<(&mut Self::Act, &mut Self::Act)>,
+    ) -> Result<Self::Act>;
+    /// Backward of [`Backend::embed`]: returns the gradient w.r.t. the word-embedding rows looked up
+    /// (`[B*S, H]`, before position/type embeddings and the LayerNorm); with `grads`, accumulates
+    /// into the word, position and token-type tables and the LayerNorm parameters.
+    fn embed_backward(
+        &self,
+        dy: &Self::Act,
+        batch: &TokenBatch,
+        w: &EmbeddingWeights<Self::Weight>,
+        eps: f32,
+        grads: Option<&mut EmbeddingWeights<Self::Act>>,
+    ) -> Result<Self::Act>;
+    /// Backward of [`Backend::attention`] (recomputes the probabilities): `dqkv` `[B*S, 3H]`.
+    fn attention_backward(
+        &self,
+        dctx: &Self::Act,
+        qkv: &Self::Act,
+        lens: &[usize],
+        seq: usize,
+        heads: usize,
+        dropout: Option<DropKey>,
+    ) -> Result<Self::Act>;
+    /// Backward of [`Backend::gather_rows`]: a `[total, cols]` matrix with `dy`'s rows at `rows`.
+    fn scatter_rows(&self, dy: &Self::Act, rows: &[usize], total: usize) -> Result<Self::Act>;
+    /// Mean cross-entropy of `logits` `[B, C]` against `labels`, and its gradient w.r.t. the logits.
+    fn cross_entropy(&self, logits: &Self::Act, labels: &[u32]) -> Result<(f32, Self::Act)>;
+
+    // ---- buffers and the optimizer ----
+
+    /// A zero matrix (e.g. a gradient buffer).
+    fn zeros(&self, rows: usize, cols: usize) -> Result<Self::Act>;
+    /// A zero gradient buffer for `w`: `[shape[0], rest]`, or `[1, n]` for a vector.
+    fn zeros_like(&self, w: &Self::Weight) -> Result<Self::Act>;
+    /// Sets every element to zero (gradient buffers are reused across steps).
+    fn fill_zero(&self, x: &mut Self::Act) -> Result<()>;
+    /// `acc += x`
+    fn add_assign(&self, acc: &mut Self::Act, x: &Self::Act) -> Result<()>;
+    /// `Σ x²` in f64 (gradient norms).
+    fn sum_squares(&self, x: &Self::Act) -> Result<f64>;
+    /// One AdamW update of `param` from `grad`, with moment buffers `m`, `v`.
+    fn adamw(
+        &self,
+        param: &mut Self::Weight,
+        grad: &Self::Act,
+        m: &mut Self::Act,
+        v: &mut Self::Act,
+        h: &AdamWStep,
+    ) -> Result<()>;
+    /// Copies a backend weight to a host tensor (checkpoints).
+    fn weight_to_host(&self, w: &Self::Weight) -> Result<Tensor>;
 }

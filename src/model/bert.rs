@@ -3,9 +3,10 @@
 use anyhow::{bail, Context, Result};
 
 use super::config::BertConfig;
+use super::layer::{self, LayerCtx, LayerDropout, LayerGrads};
 use super::weights::{Tensor, WeightFile};
-use crate::adapter::{Adapter, AdapterKind, Bottleneck};
-use crate::backend::{Activation, Backend, EmbeddingWeights};
+use crate::adapter::Adapter;
+use crate::backend::{Backend, DropKey, EmbeddingWeights};
 use crate::model::tokenizer::TokenBatch;
 
 /// One transformer layer's weights (Q, K and V fused into one `[3H, H]` projection).
@@ -105,39 +106,88 @@ fn concat_rows(parts: &[&Tensor]) -> Tensor {
     Tensor::from_vec(shape, data)
 }
 
+impl<W> Bert<W> {
+    /// The same structure with every tensor mapped by `f` (to a backend, to gradient buffers).
+    pub fn map<V>(&self, mut f: impl FnMut(&W) -> Result<V>) -> Result<Bert<V>> {
+        let e = &self.emb;
+        let emb = EmbeddingWeights {
+            word: f(&e.word)?,
+            position: f(&e.position)?,
+            token_type: f(&e.token_type)?,
+            ln_gamma: f(&e.ln_gamma)?,
+            ln_beta: f(&e.ln_beta)?,
+        };
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for l in &self.layers {
+            layers.push(Layer {
+                qkv_w: f(&l.qkv_w)?,
+                qkv_b: f(&l.qkv_b)?,
+                attn_out_w: f(&l.attn_out_w)?,
+                attn_out_b: f(&l.attn_out_b)?,
+                attn_ln_g: f(&l.attn_ln_g)?,
+                attn_ln_b: f(&l.attn_ln_b)?,
+                ffn_in_w: f(&l.ffn_in_w)?,
+                ffn_in_b: f(&l.ffn_in_b)?,
+                ffn_out_w: f(&l.ffn_out_w)?,
+                ffn_out_b: f(&l.ffn_out_b)?,
+                out_ln_g: f(&l.out_ln_g)?,
+                out_ln_b: f(&l.out_ln_b)?,
+            });
+        }
+        Ok(Bert { cfg: self.cfg.clone(), emb, layers })
+    }
+}
+
 impl Bert<Tensor> {
     /// Moves the weights to a backend.
     pub fn to_backend<B: Backend>(&self, be: &B) -> Result<Bert<B::Weight>> {
-        let e = &self.emb;
-        let emb = EmbeddingWeights {
-            word: be.weight(&e.word)?,
-            position: be.weight(&e.position)?,
-            token_type: be.weight(&e.token_type)?,
-            ln_gamma: be.weight(&e.ln_gamma)?,
-            ln_beta: be.weight(&e.ln_beta)?,
-        };
-        let layers = self
-            .layers
-            .iter()
-            .map(|l| {
-                Ok(Layer {
-                    qkv_w: be.weight(&l.qkv_w)?,
-                    qkv_b: be.weight(&l.qkv_b)?,
-                    attn_out_w: be.weight(&l.attn_out_w)?,
-                    attn_out_b: be.weight(&l.attn_out_b)?,
-                    attn_ln_g: be.weight(&l.attn_ln_g)?,
-                    attn_ln_b: be.weight(&l.attn_ln_b)?,
-                    ffn_in_w: be.weight(&l.ffn_in_w)?,
-                    ffn_in_b: be.weight(&l.ffn_in_b)?,
-                    ffn_out_w: be.weight(&l.ffn_out_w)?,
-                    ffn_out_b: be.weight(&l.ffn_out_b)?,
-                    out_ln_g: be.weight(&l.out_ln_g)?,
-                    out_ln_b: be.weight(&l.out_ln_b)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Bert { cfg: self.cfg.clone(), emb, layers })
+        self.map(|t| be.weight(t))
     }
+}
+
+/// Dropout of one training step at BERT's sites (embeddings, and in each layer the attention
+/// probabilities and the two projections before a residual) and the head's two.
+#[derive(Clone, Copy, Debug)]
+pub struct DropoutPlan {
+    /// hidden_dropout_prob
+    pub hidden: f32,
+    /// attention_probs_dropout_prob
+    pub attention: f32,
+    pub seed: u64,
+    pub step: u64,
+}
+
+impl DropoutPlan {
+    fn key(&self, p: f32, site: u64) -> Option<DropKey> {
+        (p > 0.0).then(|| DropKey::new(p, self.seed, self.step, site))
+    }
+    pub fn embeddings(&self) -> Option<DropKey> {
+        self.key(self.hidden, 0)
+    }
+    /// The head's dropout before its first (`0`) and second (`1`) linear layer.
+    pub fn head(&self, i: u64) -> Option<DropKey> {
+        self.key(self.hidden, 8 + i)
+    }
+    pub fn layer(&self, l: usize) -> LayerDropout {
+        let site = 16 + 4 * l as u64;
+        LayerDropout {
+            attn_probs: self.key(self.attention, site),
+            attn_out: self.key(self.hidden, site + 1),
+            ffn_out: self.key(self.hidden, site + 2),
+        }
+    }
+}
+
+/// What the encoder's backward pass reads, recorded by [`Bert::forward_train`].
+pub struct Tape<A> {
+    layers: Vec<layer::Saved<A>>,
+    plan: Option<DropoutPlan>,
+}
+
+/// Gradient buffers of the encoder and adapter (each `None` = frozen).
+pub struct EncoderGrads<'a, A> {
+    pub bert: Option<&'a mut Bert<A>>,
+    pub adapter: Option<&'a mut Adapter<A>>,
 }
 
 impl<W> Bert<W> {
@@ -149,79 +199,114 @@ impl<W> Bert<W> {
         be: &B,
         batch: &TokenBatch,
         adapter: Option<&Adapter<W>>,
-        mut observe: impl FnMut(usize, &B::Act),
+        observe: impl FnMut(usize, &B::Act),
     ) -> Result<B::Act> {
+        Ok(self.run(be, batch, adapter, None, false, observe)?.0)
+    }
+
+    /// The forward pass of a training step: dropout per `plan` (none when `None`), and the tape
+    /// for [`Bert::backward`].
+    pub fn forward_train<B: Backend<Weight = W>>(
+        &self,
+        be: &B,
+        batch: &TokenBatch,
+        adapter: Option<&Adapter<W>>,
+        plan: Option<DropoutPlan>,
+    ) -> Result<(B::Act, Tape<B::Act>)> {
+        let (out, layers) = self.run(be, batch, adapter, plan, true, |_, _| {})?;
+        Ok((out, Tape { layers, plan }))
+    }
+
+    fn layer_ctx<'a>(
+        &'a self,
+        l: usize,
+        batch: &'a TokenBatch,
+        adapter: Option<&'a Adapter<W>>,
+    ) -> LayerCtx<'a, W> {
+        LayerCtx {
+            w: &self.layers[l],
+            adapter: adapter.map(|a| (a.kind, a.activation, &a.layers[l])),
+            lens: &batch.lens,
+            seq: batch.seq,
+            heads: self.cfg.num_attention_heads,
+            eps: self.cfg.layer_norm_eps as f32,
+        }
+    }
+
+    fn run<B: Backend<Weight = W>>(
+        &self,
+        be: &B,
+        batch: &TokenBatch,
+        adapter: Option<&Adapter<W>>,
+        plan: Option<DropoutPlan>,
+        keep: bool,
+        mut observe: impl FnMut(usize, &B::Act),
+    ) -> Result<(B::Act, Vec<layer::Saved<B::Act>>)> {
         if batch.batch == 0 || batch.seq == 0 {
             bail!("empty batch");
         }
-        let cfg = &self.cfg;
-        let eps = cfg.layer_norm_eps as f32;
         if let Some(a) = adapter {
             if a.layers.len() != self.layers.len() {
                 bail!("adapter has {} layers, the model {}", a.layers.len(), self.layers.len());
             }
         }
+        let eps = self.cfg.layer_norm_eps as f32;
         let mut x = be.embed(batch, &self.emb, eps).context("embeddings")?;
+        if let Some(k) = plan.and_then(|p| p.embeddings()) {
+            x = be.dropout(&x, k)?;
+        }
         observe(0, &x);
-        for (l, w) in self.layers.iter().enumerate() {
-            let ad = adapter.map(|a| (a, &a.layers[l]));
-            let qkv = be.linear(&x, &w.qkv_w, &w.qkv_b, Activation::Identity, None)?;
-            let ctx = be.attention(&qkv, &batch.lens, batch.seq, cfg.num_attention_heads)?;
-            let attn = match ad {
-                Some((a, al)) if a.kind == AdapterKind::DoubleSeqBn => {
-                    // Houlsby: LN_attn(o + A_mh(o) + x), o = attention output projection
-                    let o = be.linear(&ctx, &w.attn_out_w, &w.attn_out_b, Activation::Identity, None)?;
-                    let mh =
-                        al.attention.as_ref().context("double_seq_bn adapter lacks its attention half")?;
-                    let s = be.add(&o, &x)?;
-                    let y = bottleneck(be, &o, mh, a.activation, &s)?;
-                    be.layernorm(&y, &w.attn_ln_g, &w.attn_ln_b, eps)?
-                }
-                _ => {
-                    let o = be.linear(&ctx, &w.attn_out_w, &w.attn_out_b, Activation::Identity, Some(&x))?;
-                    be.layernorm(&o, &w.attn_ln_g, &w.attn_ln_b, eps)?
-                }
-            };
-            let inter = be.linear(&attn, &w.ffn_in_w, &w.ffn_in_b, Activation::Gelu, None)?;
-            x = match ad {
-                None => {
-                    let f =
-                        be.linear(&inter, &w.ffn_out_w, &w.ffn_out_b, Activation::Identity, Some(&attn))?;
-                    be.layernorm(&f, &w.out_ln_g, &w.out_ln_b, eps)?
-                }
-                Some((a, al)) => {
-                    let f = be.linear(&inter, &w.ffn_out_w, &w.ffn_out_b, Activation::Identity, None)?;
-                    match a.kind {
-                        // Pfeiffer: y = LN(f + a + A(LN(f + a)))
-                        AdapterKind::SeqBn => {
-                            let s = be.add(&f, &attn)?;
-                            let z = be.layernorm(&s, &w.out_ln_g, &w.out_ln_b, eps)?;
-                            let y = bottleneck(be, &z, &al.output, a.activation, &s)?;
-                            be.layernorm(&y, &w.out_ln_g, &w.out_ln_b, eps)?
-                        }
-                        // Houlsby: y = LN(f + A_out(f) + attn)
-                        AdapterKind::DoubleSeqBn => {
-                            let s = be.add(&f, &attn)?;
-                            let y = bottleneck(be, &f, &al.output, a.activation, &s)?;
-                            be.layernorm(&y, &w.out_ln_g, &w.out_ln_b, eps)?
-                        }
-                    }
-                }
-            };
+        let mut saved = Vec::with_capacity(if keep { self.layers.len() } else { 0 });
+        for l in 0..self.layers.len() {
+            let drops = plan.map(|p| p.layer(l)).unwrap_or_default();
+            let (out, s) = layer::forward(be, &self.layer_ctx(l, batch, adapter), x, &drops, keep)
+                .with_context(|| format!("layer {l}"))?;
+            saved.extend(s);
+            x = out;
             observe(l + 1, &x);
         }
-        Ok(x)
+        Ok((x, saved))
     }
-}
 
-/// `A(z) + residual` with `A(z) = up · act(down · z + down_b) + up_b`.
-fn bottleneck<B: Backend>(
-    be: &B,
-    z: &B::Act,
-    bn: &Bottleneck<B::Weight>,
-    act: Activation,
-    residual: &B::Act,
-) -> Result<B::Act> {
-    let d = be.linear(z, &bn.down_w, &bn.down_b, act, None)?;
-    be.linear(&d, &bn.up_w, &bn.up_b, Activation::Identity, Some(residual))
+    /// Backward from `dlast` (the gradient of the last hidden state) through the tape of
+    /// [`Bert::forward_train`]: accumulates into `grads`, and returns the gradient w.r.t. the
+    /// word-embedding rows looked up (`[B*S, H]`) when `want_input_grad`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward<B: Backend<Weight = W>>(
+        &self,
+        be: &B,
+        batch: &TokenBatch,
+        adapter: Option<&Adapter<W>>,
+        tape: &Tape<B::Act>,
+        dlast: B::Act,
+        grads: EncoderGrads<B::Act>,
+        want_input_grad: bool,
+    ) -> Result<Option<B::Act>> {
+        if tape.layers.len() != self.layers.len() {
+            bail!("the tape has {} layers, the model {}", tape.layers.len(), self.layers.len());
+        }
+        let EncoderGrads { mut bert, adapter: mut adapter_grads } = grads;
+        let below = want_input_grad || bert.is_some();
+        let mut dy = dlast;
+        for l in (0..self.layers.len()).rev() {
+            let g = LayerGrads {
+                base: bert.as_deref_mut().map(|b| &mut b.layers[l]),
+                adapter: adapter_grads.as_deref_mut().map(|a| &mut a.layers[l]),
+            };
+            let drops = tape.plan.map(|p| p.layer(l)).unwrap_or_default();
+            let ctx = self.layer_ctx(l, batch, adapter);
+            match layer::backward(be, &ctx, &tape.layers[l], &dy, &drops, g, l > 0 || below)
+                .with_context(|| format!("layer {l} backward"))?
+            {
+                Some(dx) => dy = dx,
+                None => return Ok(None),
+            }
+        }
+        if let Some(k) = tape.plan.and_then(|p| p.embeddings()) {
+            dy = be.dropout(&dy, k)?;
+        }
+        let eps = self.cfg.layer_norm_eps as f32;
+        let d_in = be.embed_backward(&dy, batch, &self.emb, eps, bert.map(|b| &mut b.emb))?;
+        Ok(want_input_grad.then_some(d_in))
+    }
 }

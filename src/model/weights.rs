@@ -45,6 +45,18 @@ impl Tensor {
         }
     }
 
+    /// Mutable data. A tensor that borrows the file mapping, or shares its buffer, is copied first
+    /// (copy on write), so frozen weights stay zero-copy and only trained ones are owned.
+    pub fn data_mut(&mut self) -> &mut [f32] {
+        if let Storage::Mapped { .. } = self.storage {
+            self.storage = Storage::Owned(Arc::new(self.data().to_vec()));
+        }
+        match &mut self.storage {
+            Storage::Owned(v) => Arc::make_mut(v).as_mut_slice(),
+            Storage::Mapped { .. } => unreachable!("converted above"),
+        }
+    }
+
     /// Whether the data borrows the file mapping (no copy was made).
     pub fn is_mapped(&self) -> bool {
         matches!(self.storage, Storage::Mapped { .. })

@@ -3,13 +3,81 @@
 use anyhow::{ensure, Result};
 use rayon::prelude::*;
 
-use super::layernorm::layernorm_row;
+use super::layernorm::{layernorm_row, layernorm_row_backward};
 use super::{Mat, ROW_CHUNK};
 use crate::backend::EmbeddingWeights;
 use crate::model::tokenizer::TokenBatch;
 use crate::model::weights::Tensor;
 
 pub fn embed(batch: &TokenBatch, w: &EmbeddingWeights<Tensor>, eps: f32) -> Result<Mat> {
+    let mut out = sums(batch, w)?;
+    let (g, b) = (w.ln_gamma.data(), w.ln_beta.data());
+    let h = out.cols;
+    out.data.par_chunks_mut(h * ROW_CHUNK).for_each(|rows| {
+        for row in rows.chunks_mut(h) {
+            layernorm_row(row, g, b, eps);
+        }
+    });
+    Ok(out)
+}
+
+/// Backward of [`embed`]: the gradient w.r.t. the pre-LayerNorm sum, which is also the gradient
+/// w.r.t. the word-embedding rows looked up; with `grads`, accumulated into the tables too.
+pub fn embed_backward(
+    dy: &Mat,
+    batch: &TokenBatch,
+    w: &EmbeddingWeights<Tensor>,
+    eps: f32,
+    grads: Option<&mut EmbeddingWeights<Mat>>,
+) -> Result<Mat> {
+    let x = sums(batch, w)?;
+    let h = x.cols;
+    ensure!(
+        dy.rows == x.rows && dy.cols == h,
+        "embed_backward: dy is {}x{}, expected {}x{h}",
+        dy.rows,
+        dy.cols,
+        x.rows
+    );
+    let g = w.ln_gamma.data();
+    let mut dx = Mat::zeros(x.rows, h);
+    match grads {
+        None => {
+            dx.data
+                .par_chunks_mut(h * ROW_CHUNK)
+                .zip(x.data.par_chunks(h * ROW_CHUNK))
+                .zip(dy.data.par_chunks(h * ROW_CHUNK))
+                .for_each(|((dx, x), dy)| {
+                    for ((dx, x), dy) in dx.chunks_mut(h).zip(x.chunks(h)).zip(dy.chunks(h)) {
+                        layernorm_row_backward(dx, x, dy, g, eps, None);
+                    }
+                });
+        }
+        Some(gr) => {
+            for t in 0..x.rows {
+                let r = t * h..(t + 1) * h;
+                let (dgamma, dbeta) = (gr.ln_gamma.data.as_mut_slice(), gr.ln_beta.data.as_mut_slice());
+                layernorm_row_backward(
+                    &mut dx.data[r.clone()],
+                    &x.data[r.clone()],
+                    &dy.data[r.clone()],
+                    g,
+                    eps,
+                    Some((dgamma, dbeta)),
+                );
+                let (id, tt, s) = (batch.ids[t] as usize, batch.type_ids[t] as usize, t % batch.seq);
+                let d = &dx.data[r];
+                for (table, row) in [(&mut gr.word, id), (&mut gr.position, s), (&mut gr.token_type, tt)] {
+                    table.data[row * h..(row + 1) * h].iter_mut().zip(d).for_each(|(a, b)| *a += b);
+                }
+            }
+        }
+    }
+    Ok(dx)
+}
+
+/// `word[id] + position[s] + token_type[tt]` for every token, with the ids validated.
+fn sums(batch: &TokenBatch, w: &EmbeddingWeights<Tensor>) -> Result<Mat> {
     let h = w.word.shape()[1];
     let vocab = w.word.shape()[0];
     let max_pos = w.position.shape()[0];
@@ -22,7 +90,6 @@ pub fn embed(batch: &TokenBatch, w: &EmbeddingWeights<Tensor>, eps: f32) -> Resu
         anyhow::bail!("token type id {bad} is outside the model's {n_types} types");
     }
     let (word, pos, typ) = (w.word.data(), w.position.data(), w.token_type.data());
-    let (g, b) = (w.ln_gamma.data(), w.ln_beta.data());
     let mut out = Mat::zeros(batch.tokens(), h);
     out.data.par_chunks_mut(h * ROW_CHUNK).enumerate().for_each(|(c, rows)| {
         for (i, row) in rows.chunks_mut(h).enumerate() {
@@ -32,7 +99,6 @@ pub fn embed(batch: &TokenBatch, w: &EmbeddingWeights<Tensor>, eps: f32) -> Resu
             for j in 0..h {
                 row[j] = we[j] + pe[j] + te[j];
             }
-            layernorm_row(row, g, b, eps);
         }
     });
     Ok(out)

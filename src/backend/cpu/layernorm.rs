@@ -32,3 +32,92 @@ pub fn layernorm_row(row: &mut [f32], g: &[f32], b: &[f32], eps: f32) {
         *v = (*v - mean) * rstd * g + b;
     }
 }
+
+/// Backward of LayerNorm from its input `x`: returns `dx`; accumulates `dγ`, `dβ` when asked.
+pub fn layernorm_backward(
+    dy: &Mat,
+    x: &Mat,
+    gamma: &Tensor,
+    eps: f32,
+    grads: Option<(&mut Mat, &mut Mat)>,
+) -> Result<Mat> {
+    let n = x.cols;
+    ensure!(
+        dy.rows == x.rows && dy.cols == n && gamma.data().len() == n,
+        "layernorm_backward: dy {}x{}, x {}x{n}, gamma {}",
+        dy.rows,
+        dy.cols,
+        x.rows,
+        gamma.data().len()
+    );
+    let g = gamma.data();
+    let mut dx = Mat::zeros(x.rows, n);
+    let want = grads.is_some();
+    let chunk = n * ROW_CHUNK;
+    let (dg, db) = dx
+        .data
+        .par_chunks_mut(chunk)
+        .zip(x.data.par_chunks(chunk).zip(dy.data.par_chunks(chunk)))
+        .map(|(dx, (x, dy))| {
+            let mut acc = if want { (vec![0.0f32; n], vec![0.0f32; n]) } else { (vec![], vec![]) };
+            for ((dx, x), dy) in dx.chunks_mut(n).zip(x.chunks(n)).zip(dy.chunks(n)) {
+                layernorm_row_backward(
+                    dx,
+                    x,
+                    dy,
+                    g,
+                    eps,
+                    want.then_some((acc.0.as_mut_slice(), acc.1.as_mut_slice())),
+                );
+            }
+            acc
+        })
+        .reduce(
+            || if want { (vec![0.0f32; n], vec![0.0f32; n]) } else { (vec![], vec![]) },
+            |mut a, b| {
+                a.0.iter_mut().zip(&b.0).for_each(|(a, b)| *a += b);
+                a.1.iter_mut().zip(&b.1).for_each(|(a, b)| *a += b);
+                a
+            },
+        );
+    if let Some((dgamma, dbeta)) = grads {
+        ensure!(dgamma.data.len() == n && dbeta.data.len() == n, "layernorm_backward: gradient buffers");
+        dgamma.data.iter_mut().zip(&dg).for_each(|(d, s)| *d += s);
+        dbeta.data.iter_mut().zip(&db).for_each(|(d, s)| *d += s);
+    }
+    Ok(dx)
+}
+
+/// One row of the LayerNorm backward, with `x̂ = (x − μ)·rstd`:
+/// `dx = rstd·(g⊙dy − mean(g⊙dy) − x̂·mean(g⊙dy⊙x̂))`; `dγ += dy⊙x̂`, `dβ += dy`.
+pub fn layernorm_row_backward(
+    dx: &mut [f32],
+    x: &[f32],
+    dy: &[f32],
+    g: &[f32],
+    eps: f32,
+    grads: Option<(&mut [f32], &mut [f32])>,
+) {
+    let n = x.len() as f32;
+    let mean = x.iter().sum::<f32>() / n;
+    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let rstd = 1.0 / (var + eps).sqrt();
+    let (mut sum_d, mut sum_dx) = (0.0f32, 0.0f32);
+    for i in 0..x.len() {
+        let xhat = (x[i] - mean) * rstd;
+        let d = g[i] * dy[i];
+        sum_d += d;
+        sum_dx += d * xhat;
+    }
+    let (mean_d, mean_dx) = (sum_d / n, sum_dx / n);
+    for i in 0..x.len() {
+        let xhat = (x[i] - mean) * rstd;
+        dx[i] = rstd * (g[i] * dy[i] - mean_d - xhat * mean_dx);
+    }
+    if let Some((dg, db)) = grads {
+        for i in 0..x.len() {
+            dg[i] += dy[i] * (x[i] - mean) * rstd;
+            db[i] += dy[i];
+        }
+    }
+}

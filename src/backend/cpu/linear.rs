@@ -4,7 +4,8 @@ use anyhow::{ensure, Result};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use super::{math, Mat, ROW_CHUNK};
+use super::activation::apply_activation;
+use super::{Mat, ROW_CHUNK};
 use crate::backend::Activation;
 use crate::model::weights::Tensor;
 
@@ -106,12 +107,52 @@ pub fn linear(x: &Mat, w: &Tensor, b: &Tensor, act: Activation, residual: Option
     Ok(out)
 }
 
-pub fn apply_activation(act: Activation, xs: &mut [f32]) {
-    match act {
-        Activation::Identity => {}
-        Activation::Gelu => math::gelu_inplace(xs),
-        Activation::Relu => math::relu_inplace(xs),
-        Activation::Tanh => math::tanh_inplace(xs),
-        Activation::Silu => math::silu_inplace(xs),
+/// Backward of `x·Wᵀ + b`: `dW += dyᵀ·x`, `db += Σ_rows dy`, `dx = dy·W`.
+pub fn linear_backward(
+    dy: &Mat,
+    x: &Mat,
+    w: &Tensor,
+    grads: Option<(&mut Mat, &mut Mat)>,
+    need_dx: bool,
+) -> Result<Option<Mat>> {
+    let (n, k) = (w.shape()[0], w.shape()[1]);
+    let m = x.rows;
+    ensure!(
+        dy.rows == m && dy.cols == n && x.cols == k,
+        "linear_backward: dy {}x{}, x {}x{}, weight {n}x{k}",
+        dy.rows,
+        dy.cols,
+        x.rows,
+        x.cols
+    );
+    if let Some((dw, db)) = grads {
+        ensure!(dw.data.len() == n * k && db.data.len() == n, "linear_backward: gradient buffers");
+        // dW[n×k] += dyᵀ[n×m] · x[m×k]   (dyᵀ[j][r] = dy[r][j]: row stride 1, column stride n)
+        gemm_strided(n, k, m, &mut dw.data, k, true, &dy.data, 1, n, &x.data, k, 1, true);
+        let sums = dy
+            .data
+            .par_chunks(n * ROW_CHUNK * 8)
+            .map(|rows| {
+                let mut s = vec![0.0f32; n];
+                for row in rows.chunks(n) {
+                    s.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+                }
+                s
+            })
+            .reduce(
+                || vec![0.0f32; n],
+                |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                    a
+                },
+            );
+        db.data.iter_mut().zip(&sums).for_each(|(d, s)| *d += s);
     }
+    if !need_dx {
+        return Ok(None);
+    }
+    // dx[m×k] = dy[m×n] · W[n×k]
+    let mut dx = Mat::zeros(m, k);
+    gemm_strided(m, k, n, &mut dx.data, k, false, &dy.data, n, 1, w.data(), k, 1, true);
+    Ok(Some(dx))
 }

@@ -1,17 +1,21 @@
 //! The CPU backend: f32, multi-threaded with rayon, GEMMs by the `gemm` crate. It is the reference
 //! every other backend is tested against, and a real product path for machines without a GPU.
 
+mod activation;
 mod attention;
+mod dropout;
 mod embedding;
 mod layernorm;
 pub use layernorm::layernorm_row;
 mod linear;
+mod loss;
 pub mod math;
+mod optim;
 mod pooling;
 
 use anyhow::{ensure, Result};
 
-use super::{Activation, Backend, EmbeddingWeights};
+use super::{Activation, AdamWStep, Backend, DropKey, EmbeddingWeights};
 use crate::model::tokenizer::TokenBatch;
 use crate::model::weights::Tensor;
 
@@ -29,6 +33,17 @@ impl Mat {
     }
     pub fn row(&self, r: usize) -> &[f32] {
         &self.data[r * self.cols..(r + 1) * self.cols]
+    }
+    fn check_same(&self, other: &Mat, op: &str) -> Result<()> {
+        ensure!(
+            self.rows == other.rows && self.cols == other.cols,
+            "{op}: shapes {}x{} and {}x{}",
+            self.rows,
+            self.cols,
+            other.rows,
+            other.cols
+        );
+        Ok(())
     }
 }
 
@@ -70,14 +85,7 @@ impl Backend for Cpu {
     }
 
     fn add(&self, a: &Mat, b: &Mat) -> Result<Mat> {
-        ensure!(
-            a.rows == b.rows && a.cols == b.cols,
-            "add: shapes {}x{} and {}x{}",
-            a.rows,
-            a.cols,
-            b.rows,
-            b.cols
-        );
+        a.check_same(b, "add")?;
         let data = a.data.iter().zip(&b.data).map(|(x, y)| x + y).collect();
         Ok(Mat { rows: a.rows, cols: a.cols, data })
     }
@@ -86,8 +94,15 @@ impl Backend for Cpu {
         layernorm::layernorm(x, gamma, beta, eps)
     }
 
-    fn attention(&self, qkv: &Mat, lens: &[usize], seq: usize, heads: usize) -> Result<Mat> {
-        attention::attention(qkv, lens, seq, heads)
+    fn attention(
+        &self,
+        qkv: &Mat,
+        lens: &[usize],
+        seq: usize,
+        heads: usize,
+        dropout: Option<DropKey>,
+    ) -> Result<Mat> {
+        attention::attention(qkv, lens, seq, heads, dropout)
     }
 
     fn gather_rows(&self, x: &Mat, rows: &[usize]) -> Result<Mat> {
@@ -101,5 +116,111 @@ impl Backend for Cpu {
 
     fn mean_pool_l2(&self, x: &Mat, lens: &[usize], seq: usize) -> Result<Mat> {
         pooling::mean_pool_l2(x, lens, seq)
+    }
+
+    fn dropout(&self, x: &Mat, drop: DropKey) -> Result<Mat> {
+        Ok(dropout::dropout(x, drop))
+    }
+
+    fn activation(&self, x: &Mat, act: Activation) -> Result<Mat> {
+        Ok(activation::activation(x, act))
+    }
+
+    fn activation_backward(&self, dy: &Mat, pre: &Mat, act: Activation) -> Result<Mat> {
+        dy.check_same(pre, "activation_backward")?;
+        Ok(activation::activation_backward(dy, pre, act))
+    }
+
+    fn linear_backward(
+        &self,
+        dy: &Mat,
+        x: &Mat,
+        w: &Tensor,
+        grads: Option<(&mut Mat, &mut Mat)>,
+        need_dx: bool,
+    ) -> Result<Option<Mat>> {
+        linear::linear_backward(dy, x, w, grads, need_dx)
+    }
+
+    fn layernorm_backward(
+        &self,
+        dy: &Mat,
+        x: &Mat,
+        gamma: &Tensor,
+        eps: f32,
+        grads: Option<(&mut Mat, &mut Mat)>,
+    ) -> Result<Mat> {
+        layernorm::layernorm_backward(dy, x, gamma, eps, grads)
+    }
+
+    fn embed_backward(
+        &self,
+        dy: &Mat,
+        batch: &TokenBatch,
+        w: &EmbeddingWeights<Tensor>,
+        eps: f32,
+        grads: Option<&mut EmbeddingWeights<Mat>>,
+    ) -> Result<Mat> {
+        embedding::embed_backward(dy, batch, w, eps, grads)
+    }
+
+    fn attention_backward(
+        &self,
+        dctx: &Mat,
+        qkv: &Mat,
+        lens: &[usize],
+        seq: usize,
+        heads: usize,
+        dropout: Option<DropKey>,
+    ) -> Result<Mat> {
+        attention::attention_backward(dctx, qkv, lens, seq, heads, dropout)
+    }
+
+    fn scatter_rows(&self, dy: &Mat, rows: &[usize], total: usize) -> Result<Mat> {
+        ensure!(dy.rows == rows.len(), "scatter_rows: {} rows for {} targets", dy.rows, rows.len());
+        let mut out = Mat::zeros(total, dy.cols);
+        for (i, &r) in rows.iter().enumerate() {
+            ensure!(r < total, "scatter_rows: row {r} out of {total}");
+            out.data[r * dy.cols..(r + 1) * dy.cols].copy_from_slice(dy.row(i));
+        }
+        Ok(out)
+    }
+
+    fn cross_entropy(&self, logits: &Mat, labels: &[u32]) -> Result<(f32, Mat)> {
+        loss::cross_entropy(logits, labels)
+    }
+
+    fn zeros(&self, rows: usize, cols: usize) -> Result<Mat> {
+        Ok(Mat::zeros(rows, cols))
+    }
+
+    fn zeros_like(&self, w: &Tensor) -> Result<Mat> {
+        let shape = w.shape();
+        let n = w.data().len();
+        let rows = if shape.len() >= 2 { shape[0] } else { 1 };
+        Ok(Mat::zeros(rows, n / rows.max(1)))
+    }
+
+    fn fill_zero(&self, x: &mut Mat) -> Result<()> {
+        x.data.fill(0.0);
+        Ok(())
+    }
+
+    fn add_assign(&self, acc: &mut Mat, x: &Mat) -> Result<()> {
+        acc.check_same(x, "add_assign")?;
+        acc.data.iter_mut().zip(&x.data).for_each(|(a, b)| *a += b);
+        Ok(())
+    }
+
+    fn sum_squares(&self, x: &Mat) -> Result<f64> {
+        Ok(optim::sum_squares(x))
+    }
+
+    fn adamw(&self, param: &mut Tensor, grad: &Mat, m: &mut Mat, v: &mut Mat, h: &AdamWStep) -> Result<()> {
+        optim::adamw(param, grad, m, v, h)
+    }
+
+    fn weight_to_host(&self, w: &Tensor) -> Result<Tensor> {
+        Ok(w.clone())
     }
 }

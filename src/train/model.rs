@@ -1,0 +1,129 @@
+//! A classifier under training: the encoder, an optional adapter and a head on one backend, with
+//! their gradient buffers (allocated once, zeroed each step).
+
+use anyhow::{bail, ensure, Result};
+
+use crate::adapter::{Adapter, ClassificationHead};
+use crate::backend::Backend;
+use crate::model::bert::{Bert, DropoutPlan, EncoderGrads};
+use crate::model::tokenizer::TokenBatch;
+
+/// Gradient buffers, `None` where the weights are frozen.
+struct Grads<A> {
+    bert: Option<Bert<A>>,
+    adapter: Option<Adapter<A>>,
+    head: ClassificationHead<A>,
+}
+
+pub struct Model<B: Backend> {
+    pub bert: Bert<B::Weight>,
+    pub adapter: Option<Adapter<B::Weight>>,
+    pub head: ClassificationHead<B::Weight>,
+    grads: Grads<B::Act>,
+}
+
+/// What one forward + backward pass produced.
+pub struct StepOutput<A> {
+    /// mean cross-entropy over the batch
+    pub loss: f32,
+    pub logits: A,
+    /// gradient w.r.t. the word-embedding rows looked up, when asked for
+    pub input_grad: Option<A>,
+}
+
+/// One trainable tensor with its gradient.
+pub struct Param<'a, B: Backend> {
+    pub name: String,
+    pub weight: &'a mut B::Weight,
+    pub grad: &'a mut B::Act,
+}
+
+impl<B: Backend> Model<B> {
+    /// `full`: every encoder weight is trained too (full fine-tuning); otherwise the encoder is
+    /// frozen and the adapter (if any) and head are trained.
+    pub fn new(
+        be: &B,
+        bert: Bert<B::Weight>,
+        adapter: Option<Adapter<B::Weight>>,
+        head: ClassificationHead<B::Weight>,
+        full: bool,
+    ) -> Result<Self> {
+        let zeros = |w: &B::Weight| be.zeros_like(w);
+        let grads = Grads {
+            bert: if full { Some(bert.map(zeros)?) } else { None },
+            adapter: adapter.as_ref().map(|a| a.map(zeros)).transpose()?,
+            head: head.map(zeros)?,
+        };
+        Ok(Model { bert, adapter, head, grads })
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.grads.bert.is_some()
+    }
+
+    /// Sets every gradient buffer to zero.
+    pub fn zero_grads(&mut self, be: &B) -> Result<()> {
+        for p in self.params() {
+            be.fill_zero(p.grad)?;
+        }
+        Ok(())
+    }
+
+    /// Logits of a batch in evaluation mode (no dropout, nothing kept).
+    pub fn logits(&self, be: &B, batch: &TokenBatch) -> Result<B::Act> {
+        let hidden = self.bert.encode(be, batch, self.adapter.as_ref(), |_, _| {})?;
+        self.head.forward(be, &hidden, batch.batch, batch.seq)
+    }
+
+    /// Forward and backward on one batch: the loss, and the gradients *accumulated* into the
+    /// buffers (call [`Model::zero_grads`] first for a fresh step).
+    pub fn forward_backward(
+        &mut self,
+        be: &B,
+        batch: &TokenBatch,
+        labels: &[u32],
+        plan: Option<DropoutPlan>,
+        want_input_grad: bool,
+    ) -> Result<StepOutput<B::Act>> {
+        ensure!(labels.len() == batch.batch, "{} labels for a batch of {}", labels.len(), batch.batch);
+        let (hidden, tape) = self.bert.forward_train(be, batch, self.adapter.as_ref(), plan)?;
+        let drop = plan.map(|p| [p.head(0), p.head(1)]).unwrap_or_default();
+        let (logits, head_saved) = self.head.forward_train(be, &hidden, batch.batch, batch.seq, drop)?;
+        drop_early(hidden);
+        let (loss, dlogits) = be.cross_entropy(&logits, labels)?;
+        if !loss.is_finite() {
+            bail!("the loss is {loss}");
+        }
+        let Grads { bert, adapter, head } = &mut self.grads;
+        let dlast = self.head.backward(be, &head_saved, &dlogits, Some(head))?;
+        let grads = EncoderGrads { bert: bert.as_mut(), adapter: adapter.as_mut() };
+        let input_grad =
+            self.bert.backward(be, batch, self.adapter.as_ref(), &tape, dlast, grads, want_input_grad)?;
+        Ok(StepOutput { loss, logits, input_grad })
+    }
+
+    /// Every trainable tensor with its gradient, in a fixed order: encoder (full fine-tuning),
+    /// adapter, head.
+    pub fn params(&mut self) -> Vec<Param<'_, B>> {
+        let mut weights = vec![];
+        let mut grads = vec![];
+        if let Some(g) = self.grads.bert.as_mut() {
+            weights.extend(self.bert.named_mut());
+            grads.extend(g.named_mut());
+        }
+        if let (Some(a), Some(g)) = (self.adapter.as_mut(), self.grads.adapter.as_mut()) {
+            weights.extend(a.named_mut());
+            grads.extend(g.named_mut());
+        }
+        weights.extend(self.head.named_mut());
+        grads.extend(self.grads.head.named_mut());
+        weights
+            .into_iter()
+            .zip(grads)
+            .map(|((name, weight), (_, grad))| Param { name, weight, grad })
+            .collect()
+    }
+}
+
+/// The last hidden state is not needed once the head has read it.
+fn drop_early<T>(_: T) {}
