@@ -22,3 +22,59 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     }
     result
 }
+
+/// Writes f32 tensors as a safetensors file, atomically (see [`write_atomic`]).
+pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> Result<()> {
+    let views = tensors
+        .iter()
+        .map(|(name, shape, data)| {
+            let view = safetensors::tensor::TensorView::new(
+                safetensors::Dtype::F32,
+                shape.clone(),
+                bytemuck::cast_slice(data),
+            )
+            .map_err(|e| anyhow::anyhow!("tensor `{name}`: {e}"))?;
+            Ok((name.as_str(), view))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let bytes =
+        safetensors::serialize(views, None).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    write_atomic(path, &bytes)
+}
+
+/// Replaces directory `dir` by one that `fill` writes, without ever leaving `dir` half-written:
+/// `fill` writes `dir.tmp`; then the old `dir` moves to `dir.old`, the new one into place, and the
+/// old one is removed. [`recover_dir`] undoes a crash between the two renames.
+pub fn replace_dir(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = sibling(dir, "tmp");
+    let old = sibling(dir, "old");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).with_context(|| format!("cannot remove {}", tmp.display()))?;
+    }
+    std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+    fill(&tmp)?;
+    recover_dir(dir)?;
+    if dir.exists() {
+        std::fs::rename(dir, &old).with_context(|| format!("cannot move {}", dir.display()))?;
+    }
+    std::fs::rename(&tmp, dir).with_context(|| format!("cannot move {} into place", tmp.display()))?;
+    if old.exists() {
+        std::fs::remove_dir_all(&old).with_context(|| format!("cannot remove {}", old.display()))?;
+    }
+    Ok(())
+}
+
+/// After a crash inside [`replace_dir`]: if `dir` is missing but `dir.old` exists, puts it back.
+pub fn recover_dir(dir: &Path) -> Result<()> {
+    let old = sibling(dir, "old");
+    if !dir.exists() && old.exists() {
+        std::fs::rename(&old, dir).with_context(|| format!("cannot restore {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+fn sibling(dir: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{suffix}"));
+    dir.with_file_name(name)
+}

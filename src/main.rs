@@ -17,6 +17,8 @@ use admix::engine::Engine;
 use admix::model::weights::WeightFile;
 use admix::model::ModelDir;
 
+mod train_cmd;
+
 #[derive(Parser)]
 #[command(
     name = "admix",
@@ -53,6 +55,10 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         top: usize,
     },
+    /// Train an adapter + head (or the full model) on MR or your own labelled data.
+    Train(train_cmd::TrainArgs),
+    /// Evaluate a checkpoint on a split: accuracy, loss, per-class precision/recall/F1.
+    Eval(train_cmd::EvalArgs),
     /// Print the MR splits' sizes and label balance.
     Mr,
     /// Report the CUDA situation (compiled kernels, driver, devices) and self-test the kernels.
@@ -180,6 +186,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Train(args) => train_cmd::train(args),
+        Command::Eval(args) => train_cmd::eval(args),
         Command::Mr => {
             let splits = admix::data::mr::load(&assets::mr_path())?;
             println!("split\texamples\tpositive");

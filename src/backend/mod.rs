@@ -106,6 +106,8 @@ pub trait Backend {
     fn name(&self) -> &'static str;
     /// Makes a host tensor available to the backend (zero-copy where it can).
     fn weight(&self, t: &Tensor) -> Result<Self::Weight>;
+    /// An activation matrix from host data.
+    fn upload(&self, rows: usize, cols: usize, data: &[f32]) -> Result<Self::Act>;
     /// Copies an activation back to the host, with its shape `(rows, cols)`.
     fn download(&self, x: &Self::Act) -> Result<(usize, usize, Vec<f32>)>;
 

@@ -1,6 +1,7 @@
 //! Data: the built-in MR dataset and user-supplied text files.
 
 pub mod input;
+pub mod labeled;
 pub mod mr;
 
 /// A labelled example.

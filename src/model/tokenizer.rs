@@ -108,6 +108,23 @@ impl TextTokenizer {
         self.inner.id_to_token(id)
     }
 
+    /// Tokenizes without padding: `(ids, type_ids, truncated)` per input.
+    pub fn encode_rows(&self, inputs: &[TextInput]) -> Result<Vec<(Vec<u32>, Vec<u32>, bool)>> {
+        let encode_inputs: Vec<EncodeInput> = inputs
+            .iter()
+            .map(|i| match &i.pair {
+                None => EncodeInput::Single(i.text.as_str().into()),
+                Some(p) => EncodeInput::Dual(i.text.as_str().into(), p.as_str().into()),
+            })
+            .collect();
+        let encodings =
+            self.inner.encode_batch(encode_inputs, true).map_err(|e| anyhow!("tokenization failed: {e}"))?;
+        Ok(encodings
+            .iter()
+            .map(|e| (e.get_ids().to_vec(), e.get_type_ids().to_vec(), !e.get_overflowing().is_empty()))
+            .collect())
+    }
+
     /// Tokenizes and pads a batch.
     pub fn encode(&self, inputs: &[TextInput]) -> Result<TokenBatch> {
         let encode_inputs: Vec<EncodeInput> = inputs

@@ -65,6 +65,11 @@ impl Backend for Cpu {
         Ok(t.clone())
     }
 
+    fn upload(&self, rows: usize, cols: usize, data: &[f32]) -> Result<Mat> {
+        ensure!(data.len() == rows * cols, "upload: {} values for {rows}x{cols}", data.len());
+        Ok(Mat { rows, cols, data: data.to_vec() })
+    }
+
     fn download(&self, x: &Mat) -> Result<(usize, usize, Vec<f32>)> {
         Ok((x.rows, x.cols, x.data.clone()))
     }

@@ -1,0 +1,109 @@
+//! Fresh adapters and heads, initialised as AdapterHub does.
+//!
+//! - `bert` init: both projections N(0, 0.02), biases zero (`init_bert_weights`);
+//! - `mam` init: the down projection as torch's default Linear init (uniform ±1/√fan_in), the up
+//!   projection and both biases zero, so the adapter starts as the identity;
+//! - heads: every Linear N(0, initializer_range = 0.02), biases zero (the model's `_init_weights`).
+
+use anyhow::{bail, Result};
+
+use super::rng::Rng;
+use crate::adapter::{Adapter, AdapterKind, AdapterLayer, Bottleneck, ClassificationHead};
+use crate::backend::Activation;
+use crate::model::weights::Tensor;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Init {
+    Bert,
+    Mam,
+}
+
+impl Init {
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "bert" => Init::Bert,
+            "mam" => Init::Mam,
+            _ => bail!("unknown adapter init `{s}` (bert or mam)"),
+        })
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Init::Bert => "bert",
+            Init::Mam => "mam",
+        }
+    }
+}
+
+/// The shape and initialisation of a new adapter.
+#[derive(Clone, Copy, Debug)]
+pub struct AdapterSpec {
+    pub kind: AdapterKind,
+    /// hidden / bottleneck
+    pub reduction: usize,
+    pub activation: Activation,
+    pub init: Init,
+}
+
+fn normal(rng: &mut Rng, shape: Vec<usize>, std: f64) -> Tensor {
+    let n = shape.iter().product();
+    Tensor::from_vec(shape, (0..n).map(|_| (rng.normal() * std) as f32).collect())
+}
+
+fn uniform(rng: &mut Rng, shape: Vec<usize>, bound: f64) -> Tensor {
+    let n = shape.iter().product();
+    Tensor::from_vec(shape, (0..n).map(|_| ((rng.uniform() * 2.0 - 1.0) * bound) as f32).collect())
+}
+
+fn zeros(shape: Vec<usize>) -> Tensor {
+    let n = shape.iter().product();
+    Tensor::from_vec(shape, vec![0.0; n])
+}
+
+fn bottleneck(rng: &mut Rng, hidden: usize, r: usize, init: Init) -> Bottleneck<Tensor> {
+    match init {
+        Init::Bert => Bottleneck {
+            down_w: normal(rng, vec![r, hidden], 0.02),
+            down_b: zeros(vec![r]),
+            up_w: normal(rng, vec![hidden, r], 0.02),
+            up_b: zeros(vec![hidden]),
+        },
+        Init::Mam => Bottleneck {
+            down_w: uniform(rng, vec![r, hidden], 1.0 / (hidden as f64).sqrt()),
+            down_b: zeros(vec![r]),
+            up_w: zeros(vec![hidden, r]),
+            up_b: zeros(vec![hidden]),
+        },
+    }
+}
+
+pub fn new_adapter(
+    name: &str,
+    spec: &AdapterSpec,
+    layers: usize,
+    hidden: usize,
+    rng: &mut Rng,
+) -> Result<Adapter<Tensor>> {
+    if spec.reduction == 0 || hidden % spec.reduction != 0 {
+        bail!("reduction factor {} does not divide the hidden size {hidden}", spec.reduction);
+    }
+    let r = hidden / spec.reduction;
+    let layers = (0..layers)
+        .map(|_| {
+            let attention =
+                (spec.kind == AdapterKind::DoubleSeqBn).then(|| bottleneck(rng, hidden, r, spec.init));
+            AdapterLayer { attention, output: bottleneck(rng, hidden, r, spec.init) }
+        })
+        .collect();
+    Ok(Adapter { name: name.to_string(), kind: spec.kind, activation: spec.activation, layers })
+}
+
+pub fn new_head(name: &str, hidden: usize, labels: usize, rng: &mut Rng) -> ClassificationHead<Tensor> {
+    ClassificationHead {
+        name: name.to_string(),
+        dense_w: normal(rng, vec![hidden, hidden], 0.02),
+        dense_b: zeros(vec![hidden]),
+        out_w: normal(rng, vec![labels, hidden], 0.02),
+        out_b: zeros(vec![labels]),
+        num_labels: labels,
+    }
+}
