@@ -78,3 +78,30 @@ fn sibling(dir: &Path, suffix: &str) -> std::path::PathBuf {
     name.push(format!(".{suffix}"));
     dir.with_file_name(name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_or_interrupted_replace_keeps_the_old_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("last");
+        replace_dir(&dir, |d| write_atomic(&d.join("w"), b"v1")).unwrap();
+        // a writer that fails half-way: the old checkpoint stays, whole
+        let err = replace_dir(&dir, |d| {
+            write_atomic(&d.join("w"), b"v2-partial")?;
+            anyhow::bail!("disk full")
+        });
+        assert!(err.is_err());
+        assert_eq!(std::fs::read(dir.join("w")).unwrap(), b"v1");
+        // a crash between the two renames: `last` gone, `last.old` present → recovered
+        std::fs::rename(&dir, root.path().join("last.old")).unwrap();
+        recover_dir(&dir).unwrap();
+        assert_eq!(std::fs::read(dir.join("w")).unwrap(), b"v1");
+        // the next replace cleans the leftover temp directory and succeeds
+        replace_dir(&dir, |d| write_atomic(&d.join("w"), b"v3")).unwrap();
+        assert_eq!(std::fs::read(dir.join("w")).unwrap(), b"v3");
+        assert!(!root.path().join("last.tmp").exists() && !root.path().join("last.old").exists());
+    }
+}

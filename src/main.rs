@@ -23,7 +23,8 @@ mod train_cmd;
 #[command(
     name = "admix",
     version,
-    about = "Adversarially robust text classifiers by mixing bottleneck adapters (AdpMixup)"
+    about = "Adversarially robust text classifiers by mixing bottleneck adapters (AdpMixup)",
+    args_override_self = true
 )]
 struct Cli {
     #[command(subcommand)]
@@ -91,7 +92,8 @@ struct RunArgs {
 
 #[derive(Args)]
 struct AdapterArgs {
-    /// Safetensors file with adapter and head tensors in AdapterHub naming
+    /// A checkpoint directory (`admix train`'s best/, or AdapterHub's `save_adapter(..., with_head=True)`),
+    /// or a safetensors file with adapter and head tensors in AdapterHub naming
     #[arg(long)]
     adapter: PathBuf,
     /// Adapter name in the file (default: the only one)
@@ -135,7 +137,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Embed(args) => {
-            let (engine, inputs) = prepare(&args, None)?;
+            let (engine, inputs, _) = prepare(&args, None)?;
             let embeddings =
                 run_batches(&engine, &inputs, args.batch_size as usize, |e, b| e.embed_batch(b))?;
             write_jsonl(
@@ -147,8 +149,12 @@ fn run(cli: Cli) -> Result<()> {
             )
         }
         Command::Score { run, adapter } => {
-            let (engine, inputs) = prepare(&run, Some(&adapter))?;
-            let labels = label_names(&adapter, engine.head.as_ref().unwrap().num_labels)?;
+            let (engine, inputs, ck_labels) = prepare(&run, Some(&adapter))?;
+            let n = engine.head.as_ref().context("no classification head")?.num_labels;
+            let labels = match ck_labels {
+                Some(l) if adapter.labels.is_none() => l,
+                _ => label_names(&adapter, n)?,
+            };
             let preds = run_batches(&engine, &inputs, run.batch_size as usize, |e, b| e.classify_batch(b))?;
             write_jsonl(
                 run.output.as_deref(),
@@ -164,7 +170,7 @@ fn run(cli: Cli) -> Result<()> {
             )
         }
         Command::Similarity { run, top } => {
-            let (engine, inputs) = prepare(&run, None)?;
+            let (engine, inputs, _) = prepare(&run, None)?;
             let emb = run_batches(&engine, &inputs, run.batch_size as usize, |e, b| e.embed_batch(b))?;
             let mut pairs = Vec::new();
             for i in 0..emb.len() {
@@ -226,21 +232,34 @@ fn rel_err(a: &[f32], b: &[f32]) -> f64 {
     (num / den.max(1e-30)).sqrt()
 }
 
-fn prepare(args: &RunArgs, adapter_args: Option<&AdapterArgs>) -> Result<(Engine<Cpu>, Vec<Record>)> {
+/// The engine, the inputs, and the label names a checkpoint carries.
+fn prepare(
+    args: &RunArgs,
+    adapter_args: Option<&AdapterArgs>,
+) -> Result<(Engine<Cpu>, Vec<Record>, Option<Vec<String>>)> {
     if let Some(t) = args.threads {
         rayon::ThreadPoolBuilder::new().num_threads(t as usize).build_global().context("thread pool")?;
     }
     let inputs = read_inputs(args)?;
     let model_dir = args.model.clone().unwrap_or_else(assets::default_model_dir);
     let model = ModelDir::open(&model_dir, args.max_len as usize)?;
-    let (adapter, head) = match adapter_args {
-        None => (None, None),
+    let (layers, hidden) = (model.config.num_hidden_layers, model.config.hidden_size);
+    let (adapter, head, labels, model) = match adapter_args {
+        None => (None, None, None, model),
+        Some(a) if a.adapter.is_dir() => {
+            let ck = admix::train::checkpoint::load(&a.adapter, layers, hidden)?;
+            let model = match &ck.model_dir {
+                Some(d) => ModelDir::open(d, args.max_len as usize)?,
+                None => model,
+            };
+            (ck.adapter, Some(ck.head), Some(ck.labels), model)
+        }
         Some(a) => {
-            let (ad, hd) = load_adapter(a, model.config.num_hidden_layers, model.config.hidden_size)?;
-            (Some(ad), Some(hd))
+            let (ad, hd) = load_adapter(a, layers, hidden)?;
+            (Some(ad), Some(hd), None, model)
         }
     };
-    Ok((Engine::new(Cpu, model, adapter, head)?, inputs))
+    Ok((Engine::new(Cpu, model, adapter, head)?, inputs, labels))
 }
 
 fn load_adapter(

@@ -170,6 +170,22 @@ fn encode_split(model: &ModelDir, examples: &[Example], what: &str) -> Result<Ve
 
 pub fn train(a: TrainArgs) -> Result<()> {
     set_threads(a.threads)?;
+    // settings first: a bad flag should not cost a data load
+    if let Some(lr) = a.lr {
+        if !(lr > 0.0 && lr.is_finite()) {
+            bail!("learning rate must be positive (got {lr})");
+        }
+    }
+    if a.epochs == 0 || a.batch_size == 0 {
+        bail!("--epochs and --batch-size must be at least 1");
+    }
+    if let Some(d) = a.dropout {
+        if !(0.0..1.0).contains(&d) {
+            bail!("dropout must be in [0, 1) (got {d})");
+        }
+    }
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("cannot create output directory {}", a.out.display()))?;
     let full = a.full;
     let kind = match a.adapter.as_deref() {
         None if full => None,
@@ -201,10 +217,28 @@ pub fn train(a: TrainArgs) -> Result<()> {
         reduction: kind.map(|_| a.reduction),
         init: init_kind,
     };
+    let dropout = a.dropout.unwrap_or(cfg_m.hidden_dropout_prob as f32);
+    let attention_dropout =
+        if a.dropout.is_some() { dropout } else { cfg_m.attention_probs_dropout_prob as f32 };
+    let tc = TrainConfig {
+        epochs: a.epochs,
+        batch_size: a.batch_size,
+        eval_batch_size: 64,
+        warmup_ratio: a.warmup,
+        adamw: AdamWConfig {
+            lr,
+            weight_decay: a.weight_decay,
+            max_grad_norm: (a.max_grad_norm > 0.0).then_some(a.max_grad_norm),
+            ..AdamWConfig::default()
+        },
+        dropout,
+        attention_dropout,
+        seed: a.seed,
+        save_every: a.save_every,
+        max_steps: a.max_steps,
+    };
     let last = a.out.join("last");
-    admix::io::recover_dir(&last)?;
-    let resume = !a.overwrite && last.join("trainer_state.json").exists();
-    if a.overwrite && a.out.exists() {
+    if a.overwrite {
         for d in ["best", "last", "metrics.jsonl"] {
             let p = a.out.join(d);
             if p.is_dir() {
@@ -214,6 +248,17 @@ pub fn train(a: TrainArgs) -> Result<()> {
             }
         }
     }
+    let mut fp = trainer::fingerprint(&tc, &data, full);
+    fp["adapter"] = serde_json::json!(a.adapter.clone().unwrap_or_else(|| if full {
+        "none".into()
+    } else {
+        "seq_bn".into()
+    }));
+    fp["reduction"] = serde_json::json!(a.reduction);
+    fp["init"] = serde_json::json!(a.init);
+    fp["max_len"] = serde_json::json!(a.max_len);
+    fp["model"] = serde_json::json!(model_dir);
+    let resume = trainer::can_resume(&a.out, &fp)?;
     let (bert_host, adapter, head) = if resume {
         let ck = checkpoint::load(&last, cfg_m.num_hidden_layers, cfg_m.hidden_size)?;
         let bert = match &ck.model_dir {
@@ -241,32 +286,6 @@ pub fn train(a: TrainArgs) -> Result<()> {
         head.to_backend(&be)?,
         full,
     )?;
-    let dropout = a.dropout.unwrap_or(cfg_m.hidden_dropout_prob as f32);
-    if !(0.0..1.0).contains(&dropout) {
-        bail!("dropout must be in [0, 1) (got {dropout})");
-    }
-    let attention_dropout =
-        if a.dropout.is_some() { dropout } else { cfg_m.attention_probs_dropout_prob as f32 };
-    let tc = TrainConfig {
-        epochs: a.epochs,
-        batch_size: a.batch_size,
-        eval_batch_size: 64,
-        warmup_ratio: a.warmup,
-        adamw: AdamWConfig {
-            lr,
-            weight_decay: a.weight_decay,
-            max_grad_norm: (a.max_grad_norm > 0.0).then_some(a.max_grad_norm),
-            ..AdamWConfig::default()
-        },
-        dropout,
-        attention_dropout,
-        seed: a.seed,
-        save_every: a.save_every,
-        max_steps: a.max_steps,
-    };
-    if a.epochs == 0 {
-        bail!("--epochs must be at least 1");
-    }
     let n_params: usize = m.params().iter().map(|p| p.weight.data().len()).sum();
     eprintln!(
         "training {} on {} examples ({} labels), {} trainable parameters, {} epochs of {} steps",
@@ -285,7 +304,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         a.epochs,
         data.train.len().div_ceil(a.batch_size.max(1))
     );
-    let summary = trainer::train(&be, &mut m, &data, &tc, &meta, &a.out, resume)?;
+    let summary = trainer::train(&be, &mut m, &data, &tc, &meta, &a.out, resume, &fp)?;
     write_run_info(&a.out.join("best"), &a, &model_dir)?;
     match summary.best_dev_accuracy {
         Some(acc) => eprintln!(

@@ -68,7 +68,7 @@ pub struct Summary {
 }
 
 /// The fields of a run that must agree for `last/` to be resumed.
-fn fingerprint(cfg: &TrainConfig, data: &TrainData, full: bool) -> serde_json::Value {
+pub fn fingerprint(cfg: &TrainConfig, data: &TrainData, full: bool) -> serde_json::Value {
     json!({
         "epochs": cfg.epochs,
         "batch_size": cfg.batch_size,
@@ -83,8 +83,10 @@ fn fingerprint(cfg: &TrainConfig, data: &TrainData, full: bool) -> serde_json::V
     })
 }
 
-/// Trains `model` in place. If `out/last` holds a run with the same settings, it resumes from it
-/// (the caller has loaded its weights into `model`; `resume_state` is its trainer state).
+/// Trains `model` in place, writing into `out`. With `resume`, continues the run in `out/last`
+/// (whose weights the caller has loaded into `model`); `fp` ([`fingerprint`] plus whatever else
+/// defines the run) must match the one stored there.
+#[allow(clippy::too_many_arguments)]
 pub fn train<B: Backend>(
     be: &B,
     model: &mut Model<B>,
@@ -93,6 +95,7 @@ pub fn train<B: Backend>(
     meta: &Meta,
     out: &Path,
     resume: bool,
+    fp: &serde_json::Value,
 ) -> Result<Summary> {
     if cfg.batch_size == 0 {
         bail!("batch size must be at least 1");
@@ -110,7 +113,6 @@ pub fn train<B: Backend>(
         .with_context(|| format!("output directory {} is not writable", out.display()))?;
     let _ = std::fs::remove_file(&probe);
 
-    let fp = fingerprint(cfg, data, model.is_full());
     let lens: Vec<usize> = data.train.iter().map(|e| e.ids.len()).collect();
     let steps_per_epoch = data.train.len().div_ceil(cfg.batch_size);
     let total = steps_per_epoch * cfg.epochs;
@@ -121,7 +123,7 @@ pub fn train<B: Backend>(
     let mut epochs = vec![];
     if resume {
         let state = read_state(&out.join("last"))?;
-        if state["fingerprint"] != fp {
+        if state["fingerprint"] != *fp {
             bail!(
                 "{} holds a run with other settings; choose another --out or pass --overwrite",
                 out.display()
@@ -179,7 +181,7 @@ pub fn train<B: Backend>(
             bar.set_message(format!("{:.4}", loss_sum / loss_n as f64));
             bar.inc(1);
             if cfg.save_every > 0 && step % cfg.save_every == 0 && step % steps_per_epoch != 0 {
-                save_last(be, model, &opt, meta, out, &fp, step, best)?;
+                save_last(be, model, &opt, meta, out, fp, step, best)?;
             }
         }
         bar.finish_and_clear();
@@ -227,7 +229,7 @@ pub fn train<B: Backend>(
             })?;
         }
         append_metrics(out, &record)?;
-        save_last(be, model, &opt, meta, out, &fp, step, best)?;
+        save_last(be, model, &opt, meta, out, fp, step, best)?;
         epochs.push(record);
     }
     Ok(Summary { epochs, best_epoch: best.0, best_dev_accuracy: best.1, resumed_from_step })
@@ -281,6 +283,20 @@ fn save_last<B: Backend>(
         });
         write_atomic(&dir.join("trainer_state.json"), serde_json::to_string_pretty(&state)?.as_bytes())
     })
+}
+
+/// Whether `out/last` holds a run to resume: `false` when there is none, an error when it was
+/// made with other settings.
+pub fn can_resume(out: &Path, fp: &serde_json::Value) -> Result<bool> {
+    let last = out.join("last");
+    crate::io::recover_dir(&last)?;
+    if !last.join("trainer_state.json").exists() {
+        return Ok(false);
+    }
+    if read_state(&last)?["fingerprint"] != *fp {
+        bail!("{} holds a run with other settings; choose another --out or pass --overwrite", out.display());
+    }
+    Ok(true)
 }
 
 /// The trainer state of a `last/` checkpoint.

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use admix::model::weights::WeightFile;
 
+pub mod cli;
 pub mod tiny;
 
 /// The MiniLM oracle (HF transformers + AdapterHub reference outputs): `$ADMIX_FIXTURES`, or

@@ -54,7 +54,8 @@ pub fn layernorm_backward(
     let mut dx = Mat::zeros(x.rows, n);
     let want = grads.is_some();
     let chunk = n * ROW_CHUNK;
-    let (dg, db) = dx
+    // per-chunk partial dγ/dβ, added in a fixed order: the result does not depend on scheduling
+    let partial: Vec<(Vec<f32>, Vec<f32>)> = dx
         .data
         .par_chunks_mut(chunk)
         .zip(x.data.par_chunks(chunk).zip(dy.data.par_chunks(chunk)))
@@ -72,14 +73,14 @@ pub fn layernorm_backward(
             }
             acc
         })
-        .reduce(
-            || if want { (vec![0.0f32; n], vec![0.0f32; n]) } else { (vec![], vec![]) },
-            |mut a, b| {
-                a.0.iter_mut().zip(&b.0).for_each(|(a, b)| *a += b);
-                a.1.iter_mut().zip(&b.1).for_each(|(a, b)| *a += b);
-                a
-            },
-        );
+        .collect();
+    let (mut dg, mut db) = (vec![0.0f32; n], vec![0.0f32; n]);
+    if want {
+        for (pg, pb) in &partial {
+            dg.iter_mut().zip(pg).for_each(|(a, b)| *a += b);
+            db.iter_mut().zip(pb).for_each(|(a, b)| *a += b);
+        }
+    }
     if let Some((dgamma, dbeta)) = grads {
         ensure!(dgamma.data.len() == n && dbeta.data.len() == n, "layernorm_backward: gradient buffers");
         dgamma.data.iter_mut().zip(&dg).for_each(|(d, s)| *d += s);

@@ -129,7 +129,8 @@ pub fn linear_backward(
         ensure!(dw.data.len() == n * k && db.data.len() == n, "linear_backward: gradient buffers");
         // dW[n×k] += dyᵀ[n×m] · x[m×k]   (dyᵀ[j][r] = dy[r][j]: row stride 1, column stride n)
         gemm_strided(n, k, m, &mut dw.data, k, true, &dy.data, 1, n, &x.data, k, 1, true);
-        let sums = dy
+        // per-chunk partial sums, added in a fixed order: the result does not depend on scheduling
+        let partial: Vec<Vec<f32>> = dy
             .data
             .par_chunks(n * ROW_CHUNK * 8)
             .map(|rows| {
@@ -139,13 +140,11 @@ pub fn linear_backward(
                 }
                 s
             })
-            .reduce(
-                || vec![0.0f32; n],
-                |mut a, b| {
-                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                    a
-                },
-            );
+            .collect();
+        let mut sums = vec![0.0f32; n];
+        for p in &partial {
+            sums.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+        }
         db.data.iter_mut().zip(&sums).for_each(|(d, s)| *d += s);
     }
     if !need_dx {

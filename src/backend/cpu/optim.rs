@@ -10,7 +10,10 @@ use crate::model::weights::Tensor;
 const CHUNK: usize = 1 << 14;
 
 pub fn sum_squares(x: &Mat) -> f64 {
-    x.data.par_chunks(CHUNK).map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>()).sum()
+    // partial sums collected in order, then added: independent of scheduling
+    let partial: Vec<f64> =
+        x.data.par_chunks(CHUNK).map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>()).collect();
+    partial.iter().sum()
 }
 
 /// `p ← p·(1 − lr·wd)`, `m ← β₁m + (1−β₁)g`, `v ← β₂v + (1−β₂)g²`,

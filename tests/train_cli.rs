@@ -1,0 +1,237 @@
+//! `admix train` / `admix eval` end to end on a tiny random BERT and a small learnable dataset:
+//! it learns, checkpoints reload to the same accuracy, an interrupted run resumes to the same
+//! result as an uninterrupted one, and bad input fails with one clear error line.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::cli::{admix, assert_error};
+use common::tiny;
+use safetensors::Dtype;
+
+/// "the movie was really good" → pos, "… awful" → neg: learnable from one word.
+fn dataset(n: usize, seed: u64) -> String {
+    let mut rng = admix::train::rng::Rng::new(seed);
+    let mut pick = |xs: &[&'static str]| xs[(rng.next_u64() % xs.len() as u64) as usize];
+    let mut out = String::from("text\tlabel\n");
+    for i in 0..n {
+        let positive = i % 2 == 0;
+        let word = if positive {
+            pick(&["good", "great", "wonderful", "superb"])
+        } else {
+            pick(&["bad", "awful", "terrible", "boring"])
+        };
+        let subject = pick(&["the movie", "this film", "the plot", "the cast", "it"]);
+        let adverb = pick(&["really", "truly", "quite", "so", "very"]);
+        out += &format!("{subject} was {adverb} {word}\t{}\n", if positive { "pos" } else { "neg" });
+    }
+    out
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        tiny::write_model(&dir.path().join("model"), 21, Dtype::F32, "");
+        std::fs::write(dir.path().join("train.tsv"), dataset(128, 1)).unwrap();
+        std::fs::write(dir.path().join("dev.tsv"), dataset(40, 2)).unwrap();
+        Env { dir }
+    }
+    fn p(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+    fn s(&self, name: &str) -> String {
+        self.p(name).to_str().unwrap().to_string()
+    }
+    fn train(&self, out: &str, extra: &[&str]) -> Output {
+        let (model, train, dev, out) = (self.s("model"), self.s("train.tsv"), self.s("dev.tsv"), self.s(out));
+        let mut args = vec![
+            "train",
+            "--model",
+            &model,
+            "--train",
+            &train,
+            "--dev",
+            &dev,
+            "--out",
+            &out,
+            "--epochs",
+            "10",
+            "--lr",
+            "1e-2",
+            "--batch-size",
+            "16",
+            "--max-len",
+            "16",
+            "--save-every",
+            "0",
+            "--dropout",
+            "0",
+        ];
+        args.extend_from_slice(extra);
+        admix(&args, b"")
+    }
+}
+
+fn ok(out: &Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "failed: {err}");
+    err
+}
+
+fn eval_json(env: &Env, checkpoint: &Path) -> serde_json::Value {
+    let out = admix(
+        &[
+            "eval",
+            checkpoint.to_str().unwrap(),
+            "--model",
+            &env.s("model"),
+            "--data",
+            &env.s("dev.tsv"),
+            "--json",
+        ],
+        b"",
+    );
+    ok(&out);
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn trains_checkpoints_and_reloads_to_the_same_accuracy() {
+    let env = Env::new();
+    ok(&env.train("run", &[]));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(env.p("run/metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 10);
+    let first = lines[0]["train_loss"].as_f64().unwrap();
+    let last = lines[9]["train_loss"].as_f64().unwrap();
+    assert!(last < 0.5 * first, "train loss {first} → {last}");
+    let best = lines.iter().map(|l| l["dev"]["accuracy"].as_f64().unwrap()).fold(0.0, f64::max);
+    assert!(best >= 0.9, "dev accuracy {best}");
+    // the best checkpoint, in AdapterHub's layout, evaluates to the accuracy recorded for it
+    for f in ["adapter_config.json", "adapter.safetensors", "head_config.json", "model_head.safetensors"] {
+        assert!(env.p("run/best").join(f).exists(), "{f}");
+    }
+    let head_cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(env.p("run/best/head_config.json")).unwrap()).unwrap();
+    assert_eq!(head_cfg["config"]["label2id"], serde_json::json!({"neg": 0, "pos": 1}));
+    let m = eval_json(&env, &env.p("run"));
+    assert_eq!(m["accuracy"].as_f64().unwrap(), best);
+    // adapter tensor names are AdapterHub's, as in the fixture's adapter file
+    let w = admix::model::weights::WeightFile::open(&env.p("run/best/adapter.safetensors")).unwrap();
+    assert!(w.contains("bert.encoder.layer.1.output.adapters.clean.adapter_down.0.weight"));
+    // `score` takes the checkpoint directory too
+    let out = admix(
+        &["score", "--model", &env.s("model"), "--adapter", &env.s("run/best"), "--max-len", "16"],
+        b"the movie was really great\n",
+    );
+    let text = ok(&out);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["label"], "pos", "{text}");
+}
+
+#[test]
+fn an_interrupted_run_resumes_to_the_same_result() {
+    let env = Env::new();
+    ok(&env.train("straight", &["--epochs", "2"]));
+    // stop after 11 steps (mid-epoch 2 of 8 steps each), then resume
+    ok(&env.train("resumed", &["--epochs", "2", "--max-steps", "11", "--save-every", "1"]));
+    let err = ok(&env.train("resumed", &["--epochs", "2"]));
+    assert!(err.contains("resuming"), "{err}");
+    for f in ["last/adapter.safetensors", "last/model_head.safetensors", "last/optimizer.safetensors"] {
+        assert_eq!(
+            std::fs::read(env.p("straight").join(f)).unwrap(),
+            std::fs::read(env.p("resumed").join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    // other settings in the same directory are refused
+    assert_error(&env.train("resumed", &["--epochs", "3"]), "other settings");
+}
+
+#[test]
+fn full_fine_tuning_writes_a_model_directory() {
+    let env = Env::new();
+    ok(&env.train("full", &["--full", "--epochs", "1", "--lr", "1e-3"]));
+    for f in
+        ["config.json", "model.safetensors", "tokenizer.json", "head_config.json", "model_head.safetensors"]
+    {
+        assert!(env.p("full/best").join(f).exists(), "{f}");
+    }
+    let w = admix::model::weights::WeightFile::open(&env.p("full/best/model.safetensors")).unwrap();
+    assert!(w.contains("bert.encoder.layer.0.attention.self.query.weight"));
+    // the saved directory is a model admix loads
+    let m = eval_json(&env, &env.p("full"));
+    assert!(m["accuracy"].as_f64().is_some());
+}
+
+#[test]
+fn bad_training_input_is_one_clear_error() {
+    let env = Env::new();
+    std::fs::write(env.p("unknown.tsv"), "text\tlabel\nok\tpos\nhm\tmaybe\n").unwrap();
+    let (model, train, out) = (env.s("model"), env.s("train.tsv"), env.s("o"));
+    let base = ["train", "--model", &model, "--train", &train, "--out", &out];
+    let run = |extra: &[&str]| {
+        let mut a: Vec<&str> = base.to_vec();
+        a.extend_from_slice(extra);
+        admix(&a, b"")
+    };
+    assert_error(&run(&["--dev", &env.s("unknown.tsv")]), "unknown label `maybe`");
+    std::fs::write(env.p("nolabel.tsv"), "text\tgold\nok\tpos\n").unwrap();
+    assert_error(
+        &admix(&["train", "--model", &model, "--train", &env.s("nolabel.tsv")], b""),
+        "no `label` column",
+    );
+    std::fs::write(env.p("empty.tsv"), "text\tlabel\n").unwrap();
+    assert_error(&admix(&["train", "--model", &model, "--train", &env.s("empty.tsv")], b""), "no examples");
+    std::fs::write(env.p("one.tsv"), "text\tlabel\na\tx\nb\tx\n").unwrap();
+    assert_error(
+        &admix(&["train", "--model", &model, "--train", &env.s("one.tsv")], b""),
+        "at least two labels",
+    );
+    assert_error(&run(&["--lr", "0"]), "learning rate must be positive");
+    assert_error(&run(&["--lr=-1"]), "learning rate must be positive");
+    std::fs::write(env.p("afile"), "").unwrap();
+    assert_error(&run(&["--out", &env.s("afile/run")]), "cannot create output directory");
+    // eval: a checkpoint that does not exist
+    assert_error(
+        &admix(&["eval", &env.s("nothing"), "--model", &model, "--data", &train], b""),
+        "does not exist",
+    );
+}
+
+#[test]
+fn a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint() {
+    let env = Env::new();
+    ok(&env.train("run", &["--epochs", "2", "--max-steps", "8"]));
+    let before = std::fs::read(env.p("run/last/adapter.safetensors")).unwrap();
+    // poison the checkpoint's head: the resumed run's first loss is NaN
+    let head = env.p("run/last/model_head.safetensors");
+    let w = admix::model::weights::WeightFile::open(&head).unwrap();
+    let mut tensors = vec![];
+    for name in w.names().map(String::from).collect::<Vec<_>>() {
+        let t = w.tensor_any_shape(&name).unwrap();
+        let mut data = t.data().to_vec();
+        if name.ends_with("4.bias") {
+            data[0] = f32::NAN;
+        }
+        tensors.push((name, t.shape().to_vec(), data));
+    }
+    drop(w);
+    admix::io::write_safetensors(&head, &tensors).unwrap();
+    let out = env.train("run", &["--epochs", "2"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && !err.contains("panicked"), "{err}");
+    let last_line = err.lines().last().unwrap();
+    assert!(last_line.starts_with("error:") && last_line.contains("loss is NaN"), "{err}");
+    assert!(last_line.contains("last good checkpoint"), "{err}");
+    assert_eq!(std::fs::read(env.p("run/last/adapter.safetensors")).unwrap(), before);
+}
