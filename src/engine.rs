@@ -61,8 +61,8 @@ impl<B: Backend> Engine<B> {
     /// Logits `[B][labels]` of the classification head.
     pub fn logits_batch(&self, batch: &TokenBatch) -> Result<Vec<Vec<f32>>> {
         let Some(head) = &self.head else { bail!("no classification head loaded") };
-        let hidden = self.encode(batch)?;
-        let logits = head.forward(&self.backend, &hidden, batch.batch, batch.seq)?;
+        let cls = self.bert.encode_cls(&self.backend, batch, self.adapter.as_ref())?;
+        let logits = head.forward(&self.backend, &cls, batch.batch, 1)?;
         let (_, cols, data) = self.backend.download(&logits)?;
         Ok(data.chunks(cols).map(|r| r.to_vec()).collect())
     }

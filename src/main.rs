@@ -60,8 +60,12 @@ enum Command {
     Train(train_cmd::TrainArgs),
     /// Evaluate a checkpoint on a split: accuracy, loss, per-class precision/recall/F1.
     Eval(train_cmd::EvalArgs),
-    /// Print the MR splits' sizes and label balance.
-    Mr,
+    /// Print the MR splits' sizes and label balance; --export writes them as JSONL.
+    Mr {
+        /// Write train.jsonl, dev.jsonl, test.jsonl ({"text", "label"}) into this directory
+        #[arg(long)]
+        export: Option<PathBuf>,
+    },
     /// Report the CUDA situation (compiled kernels, driver, devices) and self-test the kernels.
     Device,
 }
@@ -194,8 +198,17 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Train(args) => train_cmd::train(args),
         Command::Eval(args) => train_cmd::eval(args),
-        Command::Mr => {
+        Command::Mr { export } => {
             let splits = admix::data::mr::load(&assets::mr_path())?;
+            if let Some(dir) = export {
+                std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+                for (name, ex) in [("train", &splits.train), ("dev", &splits.dev), ("test", &splits.test)] {
+                    write_jsonl(
+                        Some(&dir.join(format!("{name}.jsonl"))),
+                        ex.iter().map(|e| serde_json::json!({"text": e.text, "label": e.label})),
+                    )?;
+                }
+            }
             println!("split\texamples\tpositive");
             for (name, ex) in [("train", &splits.train), ("dev", &splits.dev), ("test", &splits.test)] {
                 let pos = ex.iter().filter(|e| e.label == 1).count();

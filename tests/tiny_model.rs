@@ -104,3 +104,23 @@ fn f32_weights_are_memory_mapped_without_copy() {
     let t = m.weights.tensor("embeddings.word_embeddings.weight", &[tiny::VOCAB, H]).unwrap();
     assert!(t.is_mapped());
 }
+
+#[test]
+fn cls_only_encoding_equals_the_cls_rows_of_the_full_encoding() {
+    let dir = tempfile::tempdir().unwrap();
+    tiny::write_model(dir.path(), 5, Dtype::F32, "");
+    let m = ModelDir::open(dir.path(), 64).unwrap();
+    let inputs = [TextInput::single("a short one"), TextInput::pair("and a pair", "of two texts, longer")];
+    let batch = m.tokenizer.encode(&inputs).unwrap();
+    let bert = m.bert().unwrap();
+    let file = admix::model::weights::WeightFile::open(&dir.path().join("adapter.safetensors")).unwrap();
+    let ad = Adapter::load(&file, "a", tiny::LAYERS, H, Activation::Relu).unwrap();
+    let full = bert.encode(&Cpu, &batch, Some(&ad), |_, _| {}).unwrap();
+    let cls = bert.encode_cls(&Cpu, &batch, Some(&ad)).unwrap();
+    assert_eq!(cls.rows, 2);
+    // equal up to the GEMMs' blocking (different row counts sum in a different order)
+    for b in 0..2 {
+        let want: Vec<f64> = full.row(b * batch.seq).iter().map(|&v| v as f64).collect();
+        assert!(common::max_abs(cls.row(b), &want) < 1e-5);
+    }
+}

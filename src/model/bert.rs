@@ -182,6 +182,12 @@ impl DropoutPlan {
 pub struct Tape<A> {
     layers: Vec<layer::Saved<A>>,
     plan: Option<DropoutPlan>,
+    cls_only: bool,
+}
+
+/// The [CLS] row of every sequence: `b · seq`.
+fn cls_rows(batch: &TokenBatch) -> Vec<usize> {
+    (0..batch.batch).map(|b| b * batch.seq).collect()
 }
 
 /// Gradient buffers of the encoder and adapter (each `None` = frozen).
@@ -201,20 +207,32 @@ impl<W> Bert<W> {
         adapter: Option<&Adapter<W>>,
         observe: impl FnMut(usize, &B::Act),
     ) -> Result<B::Act> {
-        Ok(self.run(be, batch, adapter, None, false, observe)?.0)
+        Ok(self.run(be, batch, adapter, None, false, false, observe)?.0)
+    }
+
+    /// The last layer's [CLS] rows only, `[B, H]`: what a classification head reads. The last
+    /// layer runs its attention on all rows and everything after it on the [CLS] rows alone.
+    pub fn encode_cls<B: Backend<Weight = W>>(
+        &self,
+        be: &B,
+        batch: &TokenBatch,
+        adapter: Option<&Adapter<W>>,
+    ) -> Result<B::Act> {
+        Ok(self.run(be, batch, adapter, None, false, true, |_, _| {})?.0)
     }
 
     /// The forward pass of a training step: dropout per `plan` (none when `None`), and the tape
-    /// for [`Bert::backward`].
+    /// for [`Bert::backward`]. With `cls_only` the output is [`Bert::encode_cls`]'s.
     pub fn forward_train<B: Backend<Weight = W>>(
         &self,
         be: &B,
         batch: &TokenBatch,
         adapter: Option<&Adapter<W>>,
         plan: Option<DropoutPlan>,
+        cls_only: bool,
     ) -> Result<(B::Act, Tape<B::Act>)> {
-        let (out, layers) = self.run(be, batch, adapter, plan, true, |_, _| {})?;
-        Ok((out, Tape { layers, plan }))
+        let (out, layers) = self.run(be, batch, adapter, plan, true, cls_only, |_, _| {})?;
+        Ok((out, Tape { layers, plan, cls_only }))
     }
 
     fn layer_ctx<'a>(
@@ -222,8 +240,10 @@ impl<W> Bert<W> {
         l: usize,
         batch: &'a TokenBatch,
         adapter: Option<&'a Adapter<W>>,
+        out_rows: Option<&'a [usize]>,
     ) -> LayerCtx<'a, W> {
         LayerCtx {
+            out_rows: out_rows.filter(|_| l + 1 == self.layers.len()),
             w: &self.layers[l],
             adapter: adapter.map(|a| (a.kind, a.activation, &a.layers[l])),
             lens: &batch.lens,
@@ -240,8 +260,10 @@ impl<W> Bert<W> {
         adapter: Option<&Adapter<W>>,
         plan: Option<DropoutPlan>,
         keep: bool,
+        cls_only: bool,
         mut observe: impl FnMut(usize, &B::Act),
     ) -> Result<(B::Act, Vec<layer::Saved<B::Act>>)> {
+        let cls = cls_only.then(|| cls_rows(batch));
         if batch.batch == 0 || batch.seq == 0 {
             bail!("empty batch");
         }
@@ -259,8 +281,9 @@ impl<W> Bert<W> {
         let mut saved = Vec::with_capacity(if keep { self.layers.len() } else { 0 });
         for l in 0..self.layers.len() {
             let drops = plan.map(|p| p.layer(l)).unwrap_or_default();
-            let (out, s) = layer::forward(be, &self.layer_ctx(l, batch, adapter), x, &drops, keep)
-                .with_context(|| format!("layer {l}"))?;
+            let (out, s) =
+                layer::forward(be, &self.layer_ctx(l, batch, adapter, cls.as_deref()), x, &drops, keep)
+                    .with_context(|| format!("layer {l}"))?;
             saved.extend(s);
             x = out;
             observe(l + 1, &x);
@@ -268,7 +291,8 @@ impl<W> Bert<W> {
         Ok((x, saved))
     }
 
-    /// Backward from `dlast` (the gradient of the last hidden state) through the tape of
+    /// Backward from `dlast` (the gradient of the last hidden state, or of its [CLS] rows for a
+    /// `cls_only` tape) through the tape of
     /// [`Bert::forward_train`]: accumulates into `grads`, and returns the gradient w.r.t. the
     /// word-embedding rows looked up (`[B*S, H]`) when `want_input_grad`.
     #[allow(clippy::too_many_arguments)]
@@ -287,6 +311,7 @@ impl<W> Bert<W> {
         }
         let EncoderGrads { mut bert, adapter: mut adapter_grads } = grads;
         let below = want_input_grad || bert.is_some();
+        let cls = tape.cls_only.then(|| cls_rows(batch));
         let mut dy = dlast;
         for l in (0..self.layers.len()).rev() {
             let g = LayerGrads {
@@ -294,7 +319,7 @@ impl<W> Bert<W> {
                 adapter: adapter_grads.as_deref_mut().map(|a| &mut a.layers[l]),
             };
             let drops = tape.plan.map(|p| p.layer(l)).unwrap_or_default();
-            let ctx = self.layer_ctx(l, batch, adapter);
+            let ctx = self.layer_ctx(l, batch, adapter, cls.as_deref());
             match layer::backward(be, &ctx, &tape.layers[l], &dy, &drops, g, l > 0 || below)
                 .with_context(|| format!("layer {l} backward"))?
             {

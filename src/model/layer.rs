@@ -19,6 +19,9 @@ pub struct LayerCtx<'a, W> {
     pub seq: usize,
     pub heads: usize,
     pub eps: f32,
+    /// Only these rows of the output are wanted (the [CLS] rows when a classification head reads
+    /// the last layer): everything after the attention runs on them alone.
+    pub out_rows: Option<&'a [usize]>,
 }
 
 /// The dropout sites of a layer (BERT's: attention probabilities, after the attention output
@@ -152,17 +155,26 @@ pub fn forward<B: Backend>(
 ) -> Result<(B::Act, Option<Saved<B::Act>>)> {
     let (w, eps) = (c.w, c.eps);
     let qkv = be.linear(&x, &w.qkv_w, &w.qkv_b, Activation::Identity, None)?;
-    let ctx = be.attention(&qkv, c.lens, c.seq, c.heads, d.attn_probs)?;
+    let mut ctx = be.attention(&qkv, c.lens, c.seq, c.heads, d.attn_probs)?;
+    // from here on every op is row-wise: keep only the wanted rows
+    let x_rows = match c.out_rows {
+        Some(rows) => {
+            ctx = be.gather_rows(&ctx, rows)?;
+            Some(be.gather_rows(&x, rows)?)
+        }
+        None => None,
+    };
+    let xr = x_rows.as_ref().unwrap_or(&x);
     let (attn_in, mh) = match c.adapter {
         // Houlsby: LN_attn(o + A_mh(o) + x), o = the (dropped-out) attention output projection
         Some((AdapterKind::DoubleSeqBn, act, al)) => {
             let bn = al.attention.as_ref().context("double_seq_bn adapter lacks its attention half")?;
             let o = be.linear(&ctx, &w.attn_out_w, &w.attn_out_b, Activation::Identity, None)?;
             let o = dropout(be, o, d.attn_out)?;
-            let s = be.add(&o, &x)?;
+            let s = be.add(&o, xr)?;
             bottleneck_forward(be, o, bn, act, &s, keep)?
         }
-        _ => (linear_residual(be, &ctx, &w.attn_out_w, &w.attn_out_b, d.attn_out, &x)?, None),
+        _ => (linear_residual(be, &ctx, &w.attn_out_w, &w.attn_out_b, d.attn_out, xr)?, None),
     };
     let attn = be.layernorm(&attn_in, &w.attn_ln_g, &w.attn_ln_b, eps)?;
     let (inter_pre, inter) = linear_act(be, &attn, &w.ffn_in_w, &w.ffn_in_b, Activation::Gelu, keep)?;
@@ -276,7 +288,15 @@ pub fn backward<B: Backend>(
     }
     let d_o = dropout(be, d_o, d.attn_out)?;
     let attn_out = base.as_deref_mut().map(|b| (&mut b.attn_out_w, &mut b.attn_out_b));
-    let dctx = be.linear_backward(&d_o, &s.ctx, &w.attn_out_w, attn_out, true)?.context("dctx")?;
+    let mut dctx = be.linear_backward(&d_o, &s.ctx, &w.attn_out_w, attn_out, true)?.context("dctx")?;
+    let total = c.lens.len() * c.seq;
+    let d_attn_in = match c.out_rows {
+        Some(rows) => {
+            dctx = be.scatter_rows(&dctx, rows, total)?;
+            be.scatter_rows(&d_attn_in, rows, total)?
+        }
+        None => d_attn_in,
+    };
     let dqkv = be.attention_backward(&dctx, &s.qkv, c.lens, c.seq, c.heads, d.attn_probs)?;
     let qkv = base.as_deref_mut().map(|b| (&mut b.qkv_w, &mut b.qkv_b));
     let dx = be.linear_backward(&dqkv, &s.x, &w.qkv_w, qkv, need_dx)?;

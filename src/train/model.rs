@@ -71,8 +71,8 @@ impl<B: Backend> Model<B> {
 
     /// Logits of a batch in evaluation mode (no dropout, nothing kept).
     pub fn logits(&self, be: &B, batch: &TokenBatch) -> Result<B::Act> {
-        let hidden = self.bert.encode(be, batch, self.adapter.as_ref(), |_, _| {})?;
-        self.head.forward(be, &hidden, batch.batch, batch.seq)
+        let cls = self.bert.encode_cls(be, batch, self.adapter.as_ref())?;
+        self.head.forward(be, &cls, batch.batch, 1)
     }
 
     /// Forward and backward on one batch: the loss, and the gradients *accumulated* into the
@@ -86,10 +86,11 @@ impl<B: Backend> Model<B> {
         want_input_grad: bool,
     ) -> Result<StepOutput<B::Act>> {
         ensure!(labels.len() == batch.batch, "{} labels for a batch of {}", labels.len(), batch.batch);
-        let (hidden, tape) = self.bert.forward_train(be, batch, self.adapter.as_ref(), plan)?;
+        // the head reads only the [CLS] rows: the last layer computes just those (after attention)
+        let (cls, tape) = self.bert.forward_train(be, batch, self.adapter.as_ref(), plan, true)?;
         let drop = plan.map(|p| [p.head(0), p.head(1)]).unwrap_or_default();
-        let (logits, head_saved) = self.head.forward_train(be, &hidden, batch.batch, batch.seq, drop)?;
-        drop_early(hidden);
+        let (logits, head_saved) = self.head.forward_train(be, &cls, batch.batch, 1, drop)?;
+        drop_early(cls);
         let (loss, dlogits) = be.cross_entropy(&logits, labels)?;
         if !loss.is_finite() {
             bail!("the loss is {loss}");

@@ -137,6 +137,8 @@ pub fn train<B: Backend>(
     let resumed_from_step = step;
     let total_steps = cfg.max_steps.map_or(total, |m| m.min(total));
 
+    let interactive = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let log_every = steps_per_epoch.div_ceil(10).max(1);
     while step < total_steps {
         let epoch = step / steps_per_epoch;
         let batches = epoch_batches(&lens, cfg.batch_size, cfg.seed, epoch);
@@ -180,6 +182,17 @@ pub fn train<B: Backend>(
             loss_n += 1;
             bar.set_message(format!("{:.4}", loss_sum / loss_n as f64));
             bar.inc(1);
+            if !interactive && step % log_every == 0 {
+                // logs (no terminal): a line every tenth of an epoch instead of the bar
+                let done = step % steps_per_epoch;
+                let done = if done == 0 { steps_per_epoch } else { done };
+                eprintln!(
+                    "epoch {}: step {done}/{steps_per_epoch}, loss {:.4}, {:.2} steps/s",
+                    epoch + 1,
+                    loss_sum / loss_n as f64,
+                    loss_n as f64 / started.elapsed().as_secs_f64()
+                );
+            }
             if cfg.save_every > 0 && step % cfg.save_every == 0 && step % steps_per_epoch != 0 {
                 save_last(be, model, &opt, meta, out, fp, step, best)?;
             }

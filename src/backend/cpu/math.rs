@@ -99,6 +99,66 @@ dispatch_slice_fn!(
     /// In place SiLU.
     silu_inplace, |v| silu(*v));
 
+/// Like `dispatch_slice_fn`, for backward passes: `dy[i] ← f(dy[i], x[i])` over two slices.
+macro_rules! dispatch_grad_fn {
+    ($(#[$doc:meta])* $name:ident, |$d:ident, $x:ident| $body:expr) => {
+        $(#[$doc])*
+        pub fn $name(dy: &mut [f32], xs: &[f32]) {
+            assert_eq!(dy.len(), xs.len());
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    #[target_feature(enable = "avx2,fma")]
+                    unsafe fn fast(dy: &mut [f32], xs: &[f32]) {
+                        for ($d, &$x) in dy.iter_mut().zip(xs) {
+                            *$d = $body;
+                        }
+                    }
+                    // SAFETY: the features were detected just above.
+                    return unsafe { fast(dy, xs) };
+                }
+            }
+            for ($d, &$x) in dy.iter_mut().zip(xs) {
+                *$d = $body;
+            }
+        }
+    };
+}
+
+/// GELU′(x) = Φ(x) + x·φ(x).
+#[inline(always)]
+pub fn gelu_grad(x: f32) -> f32 {
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)) + x * INV_SQRT_2PI * exp(-0.5 * x * x)
+}
+
+/// SiLU′(x) = σ(x)·(1 + x·(1 − σ(x))).
+#[inline(always)]
+pub fn silu_grad(x: f32) -> f32 {
+    let s = 1.0 / (1.0 + exp(-x));
+    s * (1.0 + x * (1.0 - s))
+}
+
+/// tanh′(x) = 1 − tanh²(x).
+#[inline(always)]
+pub fn tanh_grad(x: f32) -> f32 {
+    let t = tanh(x);
+    1.0 - t * t
+}
+
+dispatch_grad_fn!(
+    /// `dy ← dy·GELU′(x)`.
+    gelu_backward, |d, x| *d * gelu_grad(x));
+dispatch_grad_fn!(
+    /// `dy ← dy·SiLU′(x)`.
+    silu_backward, |d, x| *d * silu_grad(x));
+dispatch_grad_fn!(
+    /// `dy ← dy·tanh′(x)`.
+    tanh_backward, |d, x| *d * tanh_grad(x));
+dispatch_grad_fn!(
+    /// `dy ← dy·ReLU′(x)` (0 at x ≤ 0).
+    relu_backward, |d, x| if x > 0.0 { *d } else { 0.0 });
+
 /// In place softmax of one row (max-subtracted).
 pub fn softmax_inplace(row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -175,5 +235,41 @@ mod tests {
         let z: f64 = [1.0f64, 2.0, 3.0].iter().map(|v| v.exp()).sum();
         assert!((row[2] as f64 - 3f64.exp() / z).abs() < 1e-6);
         assert_eq!(row[3], 0.0);
+    }
+
+    #[test]
+    fn activation_derivatives_match_central_differences() {
+        let f64s: [(fn(f64) -> f64, fn(&mut [f32], &[f32]), &str); 3] = [
+            (|x| 0.5 * x * (1.0 + libm_erf(x / 2f64.sqrt())), gelu_backward, "gelu"),
+            (|x| x / (1.0 + (-x).exp()), silu_backward, "silu"),
+            (|x| x.tanh(), tanh_backward, "tanh"),
+        ];
+        for (f, grad, name) in f64s {
+            let xs: Vec<f32> = (0..600).map(|i| (i as f32 - 300.0) * 0.0133 + 0.001).collect();
+            let mut d = vec![1.0f32; xs.len()];
+            grad(&mut d, &xs);
+            for (x, g) in xs.iter().zip(&d) {
+                let x = *x as f64;
+                let fd = (f(x + 1e-5) - f(x - 1e-5)) / 2e-5;
+                assert!((*g as f64 - fd).abs() < 2e-6, "{name}'({x}) = {g}, expected {fd}");
+            }
+        }
+        let mut d = vec![2.0f32, 2.0];
+        relu_backward(&mut d, &[-1.0, 1.0]);
+        assert_eq!(d, vec![0.0, 2.0]);
+    }
+
+    /// erf in f64 by its Taylor series (|x| ≤ 6 here), as an independent reference.
+    fn libm_erf(x: f64) -> f64 {
+        if x.abs() > 5.0 {
+            return x.signum();
+        }
+        let (mut sum, mut term, mut n) = (0.0, x, 0.0);
+        while term.abs() > 1e-17 {
+            sum += term / (2.0 * n + 1.0);
+            n += 1.0;
+            term *= -x * x / n;
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
     }
 }

@@ -1,0 +1,56 @@
+"""PyTorch peer of benches/train_step.rs: one seq_bn adapter-training step (frozen MiniLM, forward,
+backward, AdamW) at batch 32 x 128, all tokens valid, without dropout; same shapes, same threads.
+
+    python benches/pytorch_train_step.py [--threads 2]
+
+Needs torch and safetensors (pip); reuses the functional model of pytorch_forward.py (no dropout
+there, so this is the no-dropout case). Eager PyTorch, f32; 2 warm-up steps, median over 10.
+"""
+import argparse, json, os, statistics, sys, time
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+sys.path.insert(0, os.path.dirname(__file__))
+from pytorch_forward import forward, model_dir  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    w = load_file(os.path.join(model_dir(), "model.safetensors"))
+    h, r = 384, 24
+    param = lambda *s: (torch.randn(*s) * 0.02).requires_grad_()
+    ad = [(param(r, h), param(r), param(h, r), param(h)) for _ in range(6)]
+    head = (param(h, h), param(h), param(2, h), param(2))
+    params = [p for layer in ad for p in layer] + list(head)
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    ids = torch.randint(1000, 29000, (32, 128))
+    labels = torch.arange(32) % 2
+
+    def step():
+        opt.zero_grad()
+        loss = F.cross_entropy(forward(w, ad, head, ids), labels)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+
+    print(f"PyTorch {torch.__version__}, MiniLM-L6 seq_bn adapter training step, f32, {args.threads} threads")
+    for _ in range(2):
+        step()
+    ms = []
+    for _ in range(10):
+        t = time.perf_counter()
+        step()
+        ms.append((time.perf_counter() - t) * 1e3)
+    ms.sort()
+    print(f"adapter step 32 x 128   median {statistics.median(ms):8.2f} ms   min {ms[0]:8.2f}   max {ms[-1]:8.2f}   (10 reps)")
+    print(json.dumps({"bench": "pytorch adapter step 32 x 128", "median_ms": round(statistics.median(ms), 3), "min_ms": round(ms[0], 3), "reps": 10}))
+
+
+if __name__ == "__main__":
+    main()
