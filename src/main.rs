@@ -115,6 +115,7 @@ struct AdapterArgs {
 }
 
 fn main() -> ExitCode {
+    admix::tune_allocator();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

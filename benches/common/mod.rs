@@ -29,7 +29,12 @@ pub fn batch(b: usize, s: usize, seed: u64) -> TokenBatch {
     TokenBatch::from_rows(&rows, 0)
 }
 
+/// Runs `f` `reps` times after 2 warm-up runs and prints the timing, unless `ADMIX_BENCH_ONLY` is
+/// set and `name` does not contain it.
 pub fn time(name: &str, reps: usize, mut f: impl FnMut()) {
+    if std::env::var("ADMIX_BENCH_ONLY").is_ok_and(|only| !name.contains(&only)) {
+        return;
+    }
     for _ in 0..2 {
         f();
     }
@@ -53,6 +58,7 @@ pub fn time(name: &str, reps: usize, mut f: impl FnMut()) {
 /// The fetched MiniLM (max length 128) and the thread count (`ADMIX_BENCH_THREADS`, default 2),
 /// with the rayon pool set to it.
 pub fn load_model(bench: &str) -> (ModelDir, usize) {
+    admix::tune_allocator();
     let threads: usize = std::env::var("ADMIX_BENCH_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or(2);
     rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().unwrap();
     match ModelDir::open(&admix::assets::default_model_dir(), 128) {

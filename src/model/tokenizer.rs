@@ -127,19 +127,12 @@ impl TextTokenizer {
 
     /// Tokenizes and pads a batch.
     pub fn encode(&self, inputs: &[TextInput]) -> Result<TokenBatch> {
-        let encode_inputs: Vec<EncodeInput> = inputs
-            .iter()
-            .map(|i| match &i.pair {
-                None => EncodeInput::Single(i.text.as_str().into()),
-                Some(p) => EncodeInput::Dual(i.text.as_str().into(), p.as_str().into()),
-            })
-            .collect();
-        let encodings =
-            self.inner.encode_batch(encode_inputs, true).map_err(|e| anyhow!("tokenization failed: {e}"))?;
+        let encoded = self.encode_rows(inputs)?;
+        let truncated = encoded.iter().map(|r| r.2).collect();
         let rows: Vec<(Vec<u32>, Vec<u32>)> =
-            encodings.iter().map(|e| (e.get_ids().to_vec(), e.get_type_ids().to_vec())).collect();
+            encoded.into_iter().map(|(ids, types, _)| (ids, types)).collect();
         let mut batch = TokenBatch::from_rows(&rows, self.pad_id);
-        batch.truncated = encodings.iter().map(|e| !e.get_overflowing().is_empty()).collect();
+        batch.truncated = truncated;
         Ok(batch)
     }
 }

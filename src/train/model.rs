@@ -88,9 +88,9 @@ impl<B: Backend> Model<B> {
         ensure!(labels.len() == batch.batch, "{} labels for a batch of {}", labels.len(), batch.batch);
         // the head reads only the [CLS] rows: the last layer computes just those (after attention)
         let (cls, tape) = self.bert.forward_train(be, batch, self.adapter.as_ref(), plan, true)?;
-        let drop = plan.map(|p| [p.head(0), p.head(1)]).unwrap_or_default();
-        let (logits, head_saved) = self.head.forward_train(be, &cls, batch.batch, 1, drop)?;
-        drop_early(cls);
+        let keys = plan.map(|p| [p.head(0), p.head(1)]).unwrap_or_default();
+        let (logits, head_saved) = self.head.forward_train(be, &cls, batch.batch, 1, keys)?;
+        drop(cls);
         let (loss, dlogits) = be.cross_entropy(&logits, labels)?;
         if !loss.is_finite() {
             bail!("the loss is {loss}");
@@ -125,6 +125,3 @@ impl<B: Backend> Model<B> {
             .collect()
     }
 }
-
-/// The last hidden state is not needed once the head has read it.
-fn drop_early<T>(_: T) {}

@@ -1,0 +1,52 @@
+"""Cross-check: load an admix checkpoint with Python AdapterHub and compare with admix.
+
+    python scripts/check-adapterhub.py runs/clean/best [--data /tmp/mr] [--limit 200]
+
+Loads the base model fetched by `admix fetch`, then `load_adapter(checkpoint)` (which also loads
+the head saved beside it), scores the first --limit texts of the MR test split (exported by
+`admix mr --export DIR`), and prints the largest logit difference against `admix score` on the
+same texts, and both accuracies. Needs torch, transformers==4.57.6, adapters==1.3.0.
+"""
+import argparse, json, os, subprocess, sys
+
+import torch
+from transformers import AutoTokenizer
+from adapters import AutoAdapterModel
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("checkpoint")
+    ap.add_argument("--data", default="/tmp/mr")
+    ap.add_argument("--limit", type=int, default=200)
+    ap.add_argument("--admix", default="target/release/admix")
+    args = ap.parse_args()
+    home = os.environ.get("ADMIX_HOME") or os.path.join(os.path.expanduser("~/.cache"), "admix")
+    model_dir = os.path.join(home, "models", "all-MiniLM-L6-v2")
+    info = json.load(open(os.path.join(args.checkpoint, "admix.json")))
+    max_len = info.get("max_len", 128)
+    subprocess.run([args.admix, "mr", "--export", args.data], check=True, stdout=subprocess.DEVNULL)
+    rows = [json.loads(l) for l in open(os.path.join(args.data, "test.jsonl"))][: args.limit]
+    texts, labels = [r["text"] for r in rows], [r["label"] for r in rows]
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoAdapterModel.from_pretrained(model_dir)
+    name = model.load_adapter(args.checkpoint)
+    model.set_active_adapters(name)
+    model.eval()
+    with torch.no_grad():
+        enc = tok(texts, padding="longest", truncation=True, max_length=max_len, return_tensors="pt")
+        ref = model(**enc).logits
+
+    inp = "\n".join(texts) + "\n"
+    out = subprocess.run([args.admix, "score", "-", "--adapter", args.checkpoint, "--max-len", str(max_len)],
+                         input=inp, capture_output=True, text=True, check=True).stdout
+    ours = torch.tensor([json.loads(l)["logits"] for l in out.splitlines()])
+    acc = lambda logits: sum(int(p) == y for p, y in zip(logits.argmax(-1), labels)) / len(labels)
+    print(f"adapter `{name}` from {args.checkpoint}: {len(texts)} MR test texts")
+    print(f"max |logit difference| admix vs AdapterHub: {(ours - ref).abs().max().item():.2e}")
+    print(f"accuracy: admix {100 * acc(ours):.2f}%, AdapterHub {100 * acc(ref):.2f}%")
+
+
+if __name__ == "__main__":
+    main()
