@@ -103,12 +103,12 @@ impl<W> ClassificationHead<W> {
         let rows: Vec<usize> = (0..batch).map(|b| b * seq).collect();
         let mut cls = be.gather_rows(hidden, &rows)?;
         if let Some(k) = drop[0] {
-            cls = be.dropout(&cls, k)?;
+            cls = be.dropout(cls, k)?;
         }
         let pre = be.linear(&cls, &self.dense_w, &self.dense_b, Activation::Identity, None)?;
         let mut h = be.activation(&pre, Activation::Tanh)?;
         if let Some(k) = drop[1] {
-            h = be.dropout(&h, k)?;
+            h = be.dropout(h, k)?;
         }
         let logits = be.linear(&h, &self.out_w, &self.out_b, Activation::Identity, None)?;
         Ok((logits, HeadSaved { cls, pre, hidden: h, drop, rows, total_rows: batch * seq }))
@@ -129,12 +129,12 @@ impl<W> ClassificationHead<W> {
         };
         let mut dh = be.linear_backward(dlogits, &s.hidden, &self.out_w, out, true)?.context("head dx")?;
         if let Some(k) = s.drop[1] {
-            dh = be.dropout(&dh, k)?;
+            dh = be.dropout(dh, k)?;
         }
-        let dpre = be.activation_backward(&dh, &s.pre, Activation::Tanh)?;
+        let dpre = be.activation_backward(dh, &s.pre, Activation::Tanh)?;
         let mut dcls = be.linear_backward(&dpre, &s.cls, &self.dense_w, dense, true)?.context("head dx")?;
         if let Some(k) = s.drop[0] {
-            dcls = be.dropout(&dcls, k)?;
+            dcls = be.dropout(dcls, k)?;
         }
         be.scatter_rows(&dcls, &s.rows, s.total_rows)
     }

@@ -148,17 +148,17 @@ pub trait Backend {
     /// Mean over the valid tokens of each sequence, then L2 normalisation: `[B, H]`.
     fn mean_pool_l2(&self, x: &Self::Act, lens: &[usize], seq: usize) -> Result<Self::Act>;
 
-    /// `dropout(x)` (element index `row·cols + col`). Dropout is linear, so the same call with the
-    /// same key is also its backward.
-    fn dropout(&self, x: &Self::Act, drop: DropKey) -> Result<Self::Act>;
+    /// `dropout(x)` (element index `row·cols + col`), in `x`'s buffer. Dropout is linear, so the
+    /// same call with the same key is also its backward.
+    fn dropout(&self, x: Self::Act, drop: DropKey) -> Result<Self::Act>;
     /// `act(x)`, element-wise (training keeps the pre-activation for the backward pass).
     fn activation(&self, x: &Self::Act, act: Activation) -> Result<Self::Act>;
 
     // ---- backward ops, each the adjoint of the forward op above of the same name ----
     // Parameter gradients are *accumulated* into `[out, in]` / `[1, n]` matrices.
 
-    /// `dx = dy ⊙ act'(pre)`.
-    fn activation_backward(&self, dy: &Self::Act, pre: &Self::Act, act: Activation) -> Result<Self::Act>;
+    /// `dx = dy ⊙ act'(pre)`, computed in `dy`'s buffer.
+    fn activation_backward(&self, dy: Self::Act, pre: &Self::Act, act: Activation) -> Result<Self::Act>;
     /// Backward of `x·Wᵀ + b` (activation and residual are handled by the caller):
     /// `dW += dyᵀ·x`, `db += Σ_rows dy` when `grads` is given; returns `dx = dy·W` when `need_dx`.
     fn linear_backward(

@@ -275,7 +275,7 @@ impl<W> Bert<W> {
         let eps = self.cfg.layer_norm_eps as f32;
         let mut x = be.embed(batch, &self.emb, eps).context("embeddings")?;
         if let Some(k) = plan.and_then(|p| p.embeddings()) {
-            x = be.dropout(&x, k)?;
+            x = be.dropout(x, k)?;
         }
         observe(0, &x);
         let mut saved = Vec::with_capacity(if keep { self.layers.len() } else { 0 });
@@ -328,7 +328,7 @@ impl<W> Bert<W> {
             }
         }
         if let Some(k) = tape.plan.and_then(|p| p.embeddings()) {
-            dy = be.dropout(&dy, k)?;
+            dy = be.dropout(dy, k)?;
         }
         let eps = self.cfg.layer_norm_eps as f32;
         let d_in = be.embed_backward(&dy, batch, &self.emb, eps, bert.map(|b| &mut b.emb))?;

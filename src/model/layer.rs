@@ -71,7 +71,7 @@ pub struct LayerGrads<'a, A> {
 
 fn dropout<B: Backend>(be: &B, x: B::Act, key: Option<DropKey>) -> Result<B::Act> {
     match key {
-        Some(k) => be.dropout(&x, k),
+        Some(k) => be.dropout(x, k),
         None => Ok(x),
     }
 }
@@ -89,7 +89,7 @@ fn linear_residual<B: Backend>(
         None => be.linear(x, w, b, Activation::Identity, Some(residual)),
         Some(k) => {
             let y = be.linear(x, w, b, Activation::Identity, None)?;
-            be.add(&be.dropout(&y, k)?, residual)
+            be.add(&be.dropout(y, k)?, residual)
         }
     }
 }
@@ -141,7 +141,7 @@ pub fn bottleneck_backward<B: Backend>(
         None => (None, None),
     };
     let dh = be.linear_backward(dy, &s.hidden, &bn.up_w, up, true)?.context("bottleneck dx")?;
-    let dpre = be.activation_backward(&dh, &s.pre, act)?;
+    let dpre = be.activation_backward(dh, &s.pre, act)?;
     be.linear_backward(&dpre, &s.z, &bn.down_w, down, need_dz)
 }
 
@@ -260,7 +260,7 @@ pub fn backward<B: Backend>(
     let df = dropout(be, df, d.ffn_out)?;
     let ffn_out = base.as_deref_mut().map(|b| (&mut b.ffn_out_w, &mut b.ffn_out_b));
     let dinter = be.linear_backward(&df, &s.inter, &w.ffn_out_w, ffn_out, true)?.context("dinter")?;
-    let dinter = be.activation_backward(&dinter, &s.inter_pre, Activation::Gelu)?;
+    let dinter = be.activation_backward(dinter, &s.inter_pre, Activation::Gelu)?;
     let ffn_in = base.as_deref_mut().map(|b| (&mut b.ffn_in_w, &mut b.ffn_in_b));
     let da = be.linear_backward(&dinter, &s.attn, &w.ffn_in_w, ffn_in, true)?.context("dattn")?;
     be.add_assign(&mut dattn, &da)?;

@@ -19,13 +19,22 @@ pub fn apply_activation(act: Activation, xs: &mut [f32]) {
 }
 
 pub fn activation(x: &Mat, act: Activation) -> Mat {
-    let mut out = x.clone();
-    out.data.par_chunks_mut(CHUNK).for_each(|c| apply_activation(act, c));
+    if act == Activation::Identity {
+        return x.clone();
+    }
+    let mut out = Mat::zeros(x.rows, x.cols);
+    out.data.par_chunks_mut(CHUNK).zip(x.data.par_chunks(CHUNK)).for_each(|(o, x)| match act {
+        Activation::Identity => o.copy_from_slice(x),
+        Activation::Gelu => math::gelu_to(o, x),
+        Activation::Relu => math::relu_to(o, x),
+        Activation::Tanh => math::tanh_to(o, x),
+        Activation::Silu => math::silu_to(o, x),
+    });
     out
 }
 
-pub fn activation_backward(dy: &Mat, pre: &Mat, act: Activation) -> Mat {
-    let mut dx = dy.clone();
+pub fn activation_backward(dy: Mat, pre: &Mat, act: Activation) -> Mat {
+    let mut dx = dy;
     dx.data.par_chunks_mut(CHUNK).zip(pre.data.par_chunks(CHUNK)).for_each(|(d, p)| match act {
         Activation::Identity => {}
         Activation::Gelu => math::gelu_backward(d, p),

@@ -46,8 +46,7 @@ fn probabilities(qkv: &Mat, s: &Shape, b: usize, hd: usize, len: usize) -> Vec<f
     // P = Q·Kᵀ  (Kᵀ[kk][j] = K[j][kk]: row stride 1, column stride ld)
     gemm_strided(len, len, s.d, &mut p, len, false, q, ld, 1, k, 1, ld, false);
     for row in p.chunks_mut(len) {
-        row.iter_mut().for_each(|v| *v *= scale);
-        math::softmax_inplace(row);
+        math::softmax_scaled_inplace(row, scale);
     }
     p
 }

@@ -7,9 +7,9 @@ use crate::backend::DropKey;
 
 const CHUNK: usize = 1 << 14;
 
-pub fn dropout(x: &Mat, drop: DropKey) -> Mat {
+pub fn dropout(x: Mat, drop: DropKey) -> Mat {
     let scale = drop.scale();
-    let mut out = x.clone();
+    let mut out = x;
     out.data.par_chunks_mut(CHUNK).enumerate().for_each(|(c, xs)| {
         let base = (c * CHUNK) as u64;
         for (i, v) in xs.iter_mut().enumerate() {

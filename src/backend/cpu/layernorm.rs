@@ -12,11 +12,11 @@ pub fn layernorm(x: &Mat, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<Mat
         gamma.data().len() == n && beta.data().len() == n,
         "layernorm: parameters do not match width {n}"
     );
-    let mut out = x.clone();
+    let mut out = Mat::zeros(x.rows, n);
     let (g, b) = (gamma.data(), beta.data());
-    out.data.par_chunks_mut(n * ROW_CHUNK).for_each(|rows| {
-        for row in rows.chunks_mut(n) {
-            layernorm_row(row, g, b, eps);
+    out.data.par_chunks_mut(n * ROW_CHUNK).zip(x.data.par_chunks(n * ROW_CHUNK)).for_each(|(rows, src)| {
+        for (row, src) in rows.chunks_mut(n).zip(src.chunks(n)) {
+            layernorm_row_to(row, src, g, b, eps);
         }
     });
     Ok(out)
@@ -24,13 +24,26 @@ pub fn layernorm(x: &Mat, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<Mat
 
 /// Normalises one row in place.
 pub fn layernorm_row(row: &mut [f32], g: &[f32], b: &[f32], eps: f32) {
-    let n = row.len() as f32;
-    let mean = row.iter().sum::<f32>() / n;
-    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
-    let rstd = 1.0 / (var + eps).sqrt();
+    let (mean, rstd) = stats(row, eps);
     for ((v, g), b) in row.iter_mut().zip(g).zip(b) {
         *v = (*v - mean) * rstd * g + b;
     }
+}
+
+/// Normalises `src` into `dst`.
+fn layernorm_row_to(dst: &mut [f32], src: &[f32], g: &[f32], b: &[f32], eps: f32) {
+    let (mean, rstd) = stats(src, eps);
+    for (((d, v), g), b) in dst.iter_mut().zip(src).zip(g).zip(b) {
+        *d = (*v - mean) * rstd * g + b;
+    }
+}
+
+/// Mean and 1/√(biased variance + eps) of a row.
+fn stats(row: &[f32], eps: f32) -> (f32, f32) {
+    let n = row.len() as f32;
+    let mean = row.iter().sum::<f32>() / n;
+    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    (mean, 1.0 / (var + eps).sqrt())
 }
 
 /// Backward of LayerNorm from its input `x`: returns `dx`; accumulates `dγ`, `dβ` when asked.
@@ -100,9 +113,7 @@ pub fn layernorm_row_backward(
     grads: Option<(&mut [f32], &mut [f32])>,
 ) {
     let n = x.len() as f32;
-    let mean = x.iter().sum::<f32>() / n;
-    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
-    let rstd = 1.0 / (var + eps).sqrt();
+    let (mean, rstd) = stats(x, eps);
     let (mut sum_d, mut sum_dx) = (0.0f32, 0.0f32);
     for i in 0..x.len() {
         let xhat = (x[i] - mean) * rstd;

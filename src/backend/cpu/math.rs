@@ -99,6 +99,45 @@ dispatch_slice_fn!(
     /// In place SiLU.
     silu_inplace, |v| silu(*v));
 
+/// Like `dispatch_slice_fn`, out of place: `dst[i] ← f(src[i])`.
+macro_rules! dispatch_map_fn {
+    ($(#[$doc:meta])* $name:ident, |$x:ident| $body:expr) => {
+        $(#[$doc])*
+        pub fn $name(dst: &mut [f32], src: &[f32]) {
+            assert_eq!(dst.len(), src.len());
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    #[target_feature(enable = "avx2,fma")]
+                    unsafe fn fast(dst: &mut [f32], src: &[f32]) {
+                        for (d, &$x) in dst.iter_mut().zip(src) {
+                            *d = $body;
+                        }
+                    }
+                    // SAFETY: the features were detected just above.
+                    return unsafe { fast(dst, src) };
+                }
+            }
+            for (d, &$x) in dst.iter_mut().zip(src) {
+                *d = $body;
+            }
+        }
+    };
+}
+
+dispatch_map_fn!(
+    /// `dst ← GELU(src)`.
+    gelu_to, |x| gelu(x));
+dispatch_map_fn!(
+    /// `dst ← ReLU(src)`.
+    relu_to, |x| x.max(0.0));
+dispatch_map_fn!(
+    /// `dst ← tanh(src)`.
+    tanh_to, |x| tanh(x));
+dispatch_map_fn!(
+    /// `dst ← SiLU(src)`.
+    silu_to, |x| silu(x));
+
 /// Like `dispatch_slice_fn`, for backward passes: `dy[i] ← f(dy[i], x[i])` over two slices.
 macro_rules! dispatch_grad_fn {
     ($(#[$doc:meta])* $name:ident, |$d:ident, $x:ident| $body:expr) => {
@@ -161,9 +200,14 @@ dispatch_grad_fn!(
 
 /// In place softmax of one row (max-subtracted).
 pub fn softmax_inplace(row: &mut [f32]) {
+    softmax_scaled_inplace(row, 1.0);
+}
+
+/// In place `softmax(scale · row)` for `scale > 0`, in one pass before the exponentials.
+pub fn softmax_scaled_inplace(row: &mut [f32], scale: f32) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     for v in row.iter_mut() {
-        *v -= max;
+        *v = (*v - max) * scale;
     }
     exp_inplace(row);
     let inv = 1.0 / row.iter().sum::<f32>();

@@ -123,7 +123,7 @@ impl Backend for Cpu {
         pooling::mean_pool_l2(x, lens, seq)
     }
 
-    fn dropout(&self, x: &Mat, drop: DropKey) -> Result<Mat> {
+    fn dropout(&self, x: Mat, drop: DropKey) -> Result<Mat> {
         Ok(dropout::dropout(x, drop))
     }
 
@@ -131,7 +131,7 @@ impl Backend for Cpu {
         Ok(activation::activation(x, act))
     }
 
-    fn activation_backward(&self, dy: &Mat, pre: &Mat, act: Activation) -> Result<Mat> {
+    fn activation_backward(&self, dy: Mat, pre: &Mat, act: Activation) -> Result<Mat> {
         dy.check_same(pre, "activation_backward")?;
         Ok(activation::activation_backward(dy, pre, act))
     }
