@@ -18,29 +18,31 @@ def model_dir():
     return os.path.join(home, "models", "all-MiniLM-L6-v2")
 
 
-def forward(w, ad, head, ids, heads=12, layers=6, eps=1e-12):
+def forward(w, ad, head, ids, heads=12, layers=6, eps=1e-12, dropout=0.0):
+    """The model; `dropout` > 0 drops at BERT's and the head's sites (training)."""
+    drop = (lambda t: F.dropout(t, dropout, training=True)) if dropout > 0 else (lambda t: t)
     b, s = ids.shape
     h = w["embeddings.word_embeddings.weight"].shape[1]
     x = (w["embeddings.word_embeddings.weight"][ids]
          + w["embeddings.position_embeddings.weight"][:s]
          + w["embeddings.token_type_embeddings.weight"][0])
-    x = F.layer_norm(x, (h,), w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], eps)
+    x = drop(F.layer_norm(x, (h,), w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], eps))
     d = h // heads
     for l in range(layers):
         p = f"encoder.layer.{l}."
         lin = lambda t, n: F.linear(t, w[p + n + ".weight"], w[p + n + ".bias"])
         q, k, v = (lin(x, f"attention.self.{n}").view(b, s, heads, d).transpose(1, 2) for n in ("query", "key", "value"))
-        att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d), dim=-1) @ v
-        a = lin(att.transpose(1, 2).reshape(b, s, h), "attention.output.dense")
+        att = drop(torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d), dim=-1)) @ v
+        a = drop(lin(att.transpose(1, 2).reshape(b, s, h), "attention.output.dense"))
         a = F.layer_norm(a + x, (h,), w[p + "attention.output.LayerNorm.weight"], w[p + "attention.output.LayerNorm.bias"], eps)
-        f = lin(F.gelu(lin(a, "intermediate.dense")), "output.dense")
+        f = drop(lin(F.gelu(lin(a, "intermediate.dense")), "output.dense"))
         g, bb = w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"]
         r = f + a
         z = F.layer_norm(r, (h,), g, bb, eps)
         dw, db, uw, ub = ad[l]
         x = F.layer_norm(r + F.linear(F.relu(F.linear(z, dw, db)), uw, ub), (h,), g, bb, eps)
     w1, b1, w2, b2 = head
-    return F.linear(torch.tanh(F.linear(x[:, 0], w1, b1)), w2, b2)
+    return F.linear(drop(torch.tanh(F.linear(drop(x[:, 0]), w1, b1))), w2, b2)
 
 
 def main():

@@ -31,7 +31,7 @@ def main():
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoAdapterModel.from_pretrained(model_dir)
-    name = model.load_adapter(args.checkpoint)
+    name = model.load_adapter(args.checkpoint, use_safetensors=True)
     model.set_active_adapters(name)
     model.eval()
     with torch.no_grad():

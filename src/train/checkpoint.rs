@@ -54,7 +54,7 @@ fn activation_name(a: Activation) -> &'static str {
 fn adapter_config(kind: AdapterKind, reduction: usize, act: Activation, init: Init) -> serde_json::Value {
     let pfeiffer = kind == AdapterKind::SeqBn;
     json!({
-        "architecture": "bottleneck",
+        "architecture": null,
         "mh_adapter": !pfeiffer,
         "output_adapter": true,
         "reduction_factor": reduction,
