@@ -125,6 +125,23 @@ fn trains_checkpoints_and_reloads_to_the_same_accuracy() {
     assert_eq!(head_cfg["config"]["label2id"], serde_json::json!({"neg": 0, "pos": 1}));
     let m = eval_json(&env, &env.p("run"));
     assert_eq!(m["accuracy"].as_f64().unwrap(), best);
+    // adapter_config.json says what AdapterHub itself resolves for seq_bn (the fixture records it)
+    let ours: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(env.p("run/best/adapter_config.json")).unwrap())
+            .unwrap();
+    let fixture: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(common::fixture_dir().join("sentences.json")).unwrap())
+            .unwrap();
+    let cfg = ours["config"].as_object().unwrap();
+    assert!(cfg["architecture"].is_null(), "AdapterHub maps architecture null to a bottleneck config");
+    let mut compared = 0;
+    for (k, v) in fixture["adapter_config"].as_object().unwrap() {
+        if let Some(mine) = cfg.get(k) {
+            assert_eq!(mine, v, "adapter_config `{k}`");
+            compared += 1;
+        }
+    }
+    assert!(compared >= 15, "only {compared} keys compared");
     // adapter tensor names are AdapterHub's, as in the fixture's adapter file
     let w = admix::model::weights::WeightFile::open(&env.p("run/best/adapter.safetensors")).unwrap();
     assert!(w.contains("bert.encoder.layer.1.output.adapters.clean.adapter_down.0.weight"));
