@@ -1,13 +1,15 @@
-"""Cross-check: load an admix checkpoint with Python AdapterHub and compare with admix.
+"""Cross-check admix checkpoints with Python AdapterHub, both ways.
 
     python scripts/check-adapterhub.py runs/clean/best [--data /tmp/mr] [--limit 200]
 
 Loads the base model fetched by `admix fetch`, then `load_adapter(checkpoint)` (which also loads
 the head saved beside it), scores the first --limit texts of the MR test split (exported by
 `admix mr --export DIR`), and prints the largest logit difference against `admix score` on the
-same texts, and both accuracies. Needs torch, transformers==4.57.6, adapters==1.3.0.
+same texts, and both accuracies. Then AdapterHub saves the adapter and head again
+(`save_adapter(..., with_head=True, use_safetensors=True)`) and `admix score` reads that
+directory: its logits must be the same. Needs torch, transformers==4.57.6, adapters==1.3.0.
 """
-import argparse, json, os, subprocess, sys
+import argparse, json, os, subprocess, sys, tempfile
 
 import torch
 from transformers import AutoTokenizer
@@ -38,14 +40,23 @@ def main():
         enc = tok(texts, padding="longest", truncation=True, max_length=max_len, return_tensors="pt")
         ref = model(**enc).logits
 
-    inp = "\n".join(texts) + "\n"
-    out = subprocess.run([args.admix, "score", "-", "--adapter", args.checkpoint, "--max-len", str(max_len)],
-                         input=inp, capture_output=True, text=True, check=True).stdout
-    ours = torch.tensor([json.loads(l)["logits"] for l in out.splitlines()])
+    def admix_logits(checkpoint):
+        inp = "\n".join(texts) + "\n"
+        out = subprocess.run([args.admix, "score", "-", "--adapter", checkpoint, "--max-len", str(max_len)],
+                             input=inp, capture_output=True, text=True, check=True).stdout
+        return torch.tensor([json.loads(l)["logits"] for l in out.splitlines()])
+
+    ours = admix_logits(args.checkpoint)
     acc = lambda logits: sum(int(p) == y for p, y in zip(logits.argmax(-1), labels)) / len(labels)
     print(f"adapter `{name}` from {args.checkpoint}: {len(texts)} MR test texts")
     print(f"max |logit difference| admix vs AdapterHub: {(ours - ref).abs().max().item():.2e}")
     print(f"accuracy: admix {100 * acc(ours):.2f}%, AdapterHub {100 * acc(ref):.2f}%")
+    with tempfile.TemporaryDirectory() as saved:
+        model.save_adapter(saved, name, with_head=True, use_safetensors=True)
+        files = ", ".join(sorted(os.listdir(saved)))
+        again = admix_logits(saved)
+    print(f"saved again by AdapterHub ({files}) and read by admix: "
+          f"max |logit difference| {(again - ours).abs().max().item():.2e}")
 
 
 if __name__ == "__main__":
