@@ -45,7 +45,9 @@ def forward(w, ad, head, ids, heads=12, layers=6, eps=1e-12, dropout=0.0):
     return F.linear(drop(torch.tanh(F.linear(drop(x[:, 0]), w1, b1))), w2, b2)
 
 
-def main():
+def setup(std):
+    """Parses --threads, seeds, loads MiniLM; returns (args, weights, adapter, head), the adapter
+    and head random N(0, std) (shapes of seq_bn reduction 16 and a 2-label head)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -53,8 +55,14 @@ def main():
     torch.manual_seed(0)
     w = load_file(os.path.join(model_dir(), "model.safetensors"))
     h, r = 384, 24
-    ad = [(torch.randn(r, h) * 0.05, torch.randn(r) * 0.05, torch.randn(h, r) * 0.05, torch.randn(h) * 0.05) for _ in range(6)]
-    head = (torch.randn(h, h) * 0.05, torch.randn(h) * 0.05, torch.randn(2, h) * 0.05, torch.randn(2) * 0.05)
+    t = lambda *s: torch.randn(*s) * std
+    ad = [(t(r, h), t(r), t(h, r), t(h)) for _ in range(6)]
+    head = (t(h, h), t(h), t(2, h), t(2))
+    return args, w, ad, head
+
+
+def main():
+    args, w, ad, head = setup(0.05)
     print(f"PyTorch {torch.__version__}, MiniLM-L6 forward + seq_bn adapter + head, f32, {args.threads} threads")
     for batch, reps in ((32, 10), (1, 50)):
         ids = torch.randint(1000, 29000, (batch, 128))

@@ -7,28 +7,18 @@ backward, gradient clipping, AdamW) at batch 32 x 128, all tokens valid, without
 Needs torch and safetensors (pip); reuses the functional model of pytorch_forward.py. Eager
 PyTorch, f32; 2 warm-up steps, median over 10.
 """
-import argparse, json, os, statistics, sys, time
+import json, os, statistics, sys, time
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 
 sys.path.insert(0, os.path.dirname(__file__))
-from pytorch_forward import forward, model_dir  # noqa: E402
+from pytorch_forward import forward, setup  # noqa: E402
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    w = load_file(os.path.join(model_dir(), "model.safetensors"))
-    h, r = 384, 24
-    param = lambda *s: (torch.randn(*s) * 0.02).requires_grad_()
-    ad = [(param(r, h), param(r), param(h, r), param(h)) for _ in range(6)]
-    head = (param(h, h), param(h), param(2, h), param(2))
-    params = [p for layer in ad for p in layer] + list(head)
+    args, w, ad, head = setup(0.02)
+    params = [p.requires_grad_() for layer in ad for p in layer] + [p.requires_grad_() for p in head]
     opt = torch.optim.AdamW(params, lr=1e-4)
     ids = torch.randint(1000, 29000, (32, 128))
     labels = torch.arange(32) % 2

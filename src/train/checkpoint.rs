@@ -176,7 +176,6 @@ pub struct Loaded {
     pub labels: Vec<String>,
     /// set when the checkpoint holds a full model (`config.json` + `model.safetensors`)
     pub model_dir: Option<PathBuf>,
-    pub reduction: Option<usize>,
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {
@@ -211,7 +210,7 @@ pub fn load(dir: &Path, layers: usize, hidden: usize) -> Result<Loaded> {
         }
         _ => labels.iter_mut().enumerate().for_each(|(i, l)| *l = i.to_string()),
     }
-    let (adapter, reduction) = if dir.join(ADAPTER_CONFIG).exists() {
+    let adapter = if dir.join(ADAPTER_CONFIG).exists() {
         let cfg = read_json(&dir.join(ADAPTER_CONFIG))?;
         let file = WeightFile::open(&dir.join(ADAPTER_WEIGHTS))?;
         let name =
@@ -220,11 +219,10 @@ pub fn load(dir: &Path, layers: usize, hidden: usize) -> Result<Loaded> {
         let act = Activation::parse(act_name).with_context(|| {
             format!("{}: unknown non_linearity `{act_name}`", dir.join(ADAPTER_CONFIG).display())
         })?;
-        let reduction = cfg["config"]["reduction_factor"].as_u64().map(|r| r as usize);
-        (Some(Adapter::load(&file, &name, layers, hidden, act)?), reduction)
+        Some(Adapter::load(&file, &name, layers, hidden, act)?)
     } else {
-        (None, None)
+        None
     };
     let model_dir = dir.join("model.safetensors").exists().then(|| dir.to_path_buf());
-    Ok(Loaded { adapter, head, labels, model_dir, reduction })
+    Ok(Loaded { adapter, head, labels, model_dir })
 }

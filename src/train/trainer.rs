@@ -64,7 +64,6 @@ pub struct Summary {
     pub epochs: Vec<EpochRecord>,
     pub best_epoch: usize,
     pub best_dev_accuracy: Option<f64>,
-    pub resumed_from_step: usize,
 }
 
 /// The fields of a run that must agree for `last/` to be resumed.
@@ -122,19 +121,12 @@ pub fn train<B: Backend>(
     let mut step = 0usize;
     let mut epochs = vec![];
     if resume {
-        let state = read_state(&out.join("last"))?;
-        if state["fingerprint"] != *fp {
-            bail!(
-                "{} holds a run with other settings; choose another --out or pass --overwrite",
-                out.display()
-            );
-        }
+        let state = resumable_state(out, fp)?;
         step = state["step"].as_u64().unwrap_or(0) as usize;
         best = (state["best_epoch"].as_u64().unwrap_or(0) as usize, state["best_dev_accuracy"].as_f64());
         let (m, v) = load_moments(be, model, &out.join("last").join("optimizer.safetensors"))?;
         opt.restore(m, v, step as u64);
     }
-    let resumed_from_step = step;
     let total_steps = cfg.max_steps.map_or(total, |m| m.min(total));
 
     let interactive = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -245,7 +237,7 @@ pub fn train<B: Backend>(
         save_last(be, model, &opt, meta, out, fp, step, best)?;
         epochs.push(record);
     }
-    Ok(Summary { epochs, best_epoch: best.0, best_dev_accuracy: best.1, resumed_from_step })
+    Ok(Summary { epochs, best_epoch: best.0, best_dev_accuracy: best.1 })
 }
 
 fn record_json(r: &EpochRecord) -> serde_json::Value {
@@ -306,10 +298,17 @@ pub fn can_resume(out: &Path, fp: &serde_json::Value) -> Result<bool> {
     if !last.join("trainer_state.json").exists() {
         return Ok(false);
     }
-    if read_state(&last)?["fingerprint"] != *fp {
+    resumable_state(out, fp)?;
+    Ok(true)
+}
+
+/// The trainer state in `out/last`, if it was made with the settings `fp`.
+fn resumable_state(out: &Path, fp: &serde_json::Value) -> Result<serde_json::Value> {
+    let state = read_state(&out.join("last"))?;
+    if state["fingerprint"] != *fp {
         bail!("{} holds a run with other settings; choose another --out or pass --overwrite", out.display());
     }
-    Ok(true)
+    Ok(state)
 }
 
 /// The trainer state of a `last/` checkpoint.
