@@ -1,5 +1,9 @@
-//! Compiles `kernels/*.cu` with nvcc into fatbins (sm_80, sm_90, sm_90a SASS + compute_80 PTX)
-//! that are embedded in the binary, one module per kernel family.
+//! Compiles `kernels/*.cu` twice:
+//! - with nvcc into fatbins (sm_80, sm_90, sm_90a SASS + compute_80 PTX) that are embedded in the
+//!   binary, one module per kernel family (the GPU executor);
+//! - with the C++ compiler, as plain C++ against the SIMT emulator (kernels/emu), into a static
+//!   library with one `admix_emu__NAME(void** args)` entry per `extern "C" __global__` kernel (the
+//!   emulator executor). This half always builds: it is how the kernels are tested without a GPU.
 //!
 //! nvcc is looked up in `$NVCC`, `$CUDA_HOME/bin`, `PATH`, then the PyPI wheels
 //! (`site-packages/nvidia/cu13/bin/nvcc`). Without nvcc the crate still builds and the CUDA device
@@ -58,6 +62,9 @@ fn main() {
         }
     }
 
+    let kernels = kernel_names(&sources);
+    build_emulator(&sources, &kernels, &out_dir);
+
     let mut rs = String::from("/// Kernel modules compiled by build.rs: (family, fatbin bytes).\n");
     rs.push_str("pub const MODULES: &[(&str, &[u8])] = &[\n");
     for (name, path) in &modules {
@@ -67,7 +74,88 @@ fn main() {
         "];\n/// `nvcc --version` release line of the compiler that built them (empty without nvcc).\n",
     );
     rs.push_str(&format!("pub const NVCC_VERSION: &str = {version:?};\n"));
+    rs.push_str("/// Every kernel entry point: (family, name).\npub const KERNELS: &[(&str, &str)] = &[\n");
+    for (family, name) in &kernels {
+        rs.push_str(&format!("    ({family:?}, {name:?}),\n"));
+    }
+    rs.push_str("];\n");
     std::fs::write(out_dir.join("kernels.rs"), rs).unwrap();
+}
+
+/// `(family, name)` of every `extern "C" __global__` kernel, in file order.
+fn kernel_names(sources: &[PathBuf]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for src in sources {
+        let family = src.file_stem().unwrap().to_string_lossy().to_string();
+        let text = std::fs::read_to_string(src).unwrap();
+        let marker = "extern \"C\" __global__";
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find(marker) {
+            rest = &rest[at + marker.len()..];
+            let mut head = rest;
+            // skip `void` and `__launch_bounds__(...)` up to the name's opening parenthesis
+            let mut decl = String::new();
+            while let Some(open) = head.find('(') {
+                let before = &head[..open];
+                if before.trim_end().ends_with("__launch_bounds__") {
+                    decl.push_str(&before[..before.rfind("__launch_bounds__").unwrap()]);
+                    head = &head[head[open..].find(')').unwrap() + open + 1..];
+                    continue;
+                }
+                decl.push_str(before);
+                break;
+            }
+            let name = decl.split_whitespace().last().expect("kernel name").to_string();
+            out.push((family.clone(), name));
+        }
+    }
+    out
+}
+
+/// The emulator library: kernels/emu/emu.cpp and, per family, a translation unit that includes the
+/// .cu file as C++ and exports one `void**` entry per kernel. Always -O2 (an -O0 emulator is 5x
+/// slower), whatever cargo's profile.
+fn build_emulator(sources: &[PathBuf], kernels: &[(String, String)], out_dir: &Path) {
+    let emu_dir = out_dir.join("emu");
+    std::fs::create_dir_all(&emu_dir).unwrap();
+    let mut build = cc::Build::new();
+    build
+        .cpp(true)
+        .std("c++17")
+        .opt_level(2)
+        .debug(false)
+        .warnings(false)
+        .flag("-Wall")
+        .flag("-Wno-unknown-pragmas")
+        .flag("-Wno-unused-function")
+        .flag("-ftls-model=initial-exec")
+        .include("kernels")
+        .file("kernels/emu/emu.cpp");
+    println!("cargo:rerun-if-changed=kernels/emu");
+    let mut rs = String::from("unsafe extern \"C\" {\n");
+    for src in sources {
+        let family = src.file_stem().unwrap().to_string_lossy().to_string();
+        let mut cpp = format!("#include \"{}\"\n", std::fs::canonicalize(src).unwrap().display());
+        for (_, name) in kernels.iter().filter(|(f, _)| *f == family) {
+            cpp.push_str(&format!(
+                "extern \"C\" void admix_emu__{name}(void** args) {{ admix_emu::invoke({name}, args); }}\n"
+            ));
+            rs.push_str(&format!("    fn admix_emu__{name}(args: *mut *mut core::ffi::c_void);\n"));
+        }
+        let unit = emu_dir.join(format!("{family}.cpp"));
+        std::fs::write(&unit, cpp).unwrap();
+        build.file(unit);
+    }
+    rs.push_str("}\n/// Emulator entry of every kernel: (name, entry).\n");
+    rs.push_str(
+        "pub const EMU_KERNELS: &[(&str, unsafe extern \"C\" fn(*mut *mut core::ffi::c_void))] = &[\n",
+    );
+    for (_, name) in kernels {
+        rs.push_str(&format!("    ({name:?}, admix_emu__{name}),\n"));
+    }
+    rs.push_str("];\n");
+    std::fs::write(out_dir.join("emu_kernels.rs"), rs).unwrap();
+    build.compile("admix_emu");
 }
 
 fn find_nvcc() -> Option<PathBuf> {

@@ -1,6 +1,7 @@
 // LayerNorm forward, f32: one warp per row, two-pass statistics held in registers' partial sums.
 //   out[r, :] = (x[r, :] - mean) / sqrt(var + eps) * gamma + beta
 // The first kernel of the build plumbing; the bf16 model kernels (issue 4) join it here.
+#include "arch.cuh"
 
 extern "C" __global__ void layernorm_forward_f32(float* __restrict__ out, const float* __restrict__ x,
                                                  const float* __restrict__ gamma,

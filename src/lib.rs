@@ -9,7 +9,6 @@
 pub mod adapter;
 pub mod assets;
 pub mod backend;
-pub mod cuda;
 pub mod data;
 pub mod engine;
 pub mod io;

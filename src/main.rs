@@ -218,32 +218,33 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Device => {
-            print!("{}", admix::cuda::describe());
-            let dev = admix::cuda::Device::open(0)?;
-            println!("device 0: {}", dev.name);
-            let (rows, cols) = (1000usize, 384usize);
-            let x: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919 % 1000) as f32 / 250.0) - 2.0).collect();
-            let g: Vec<f32> = (0..cols).map(|i| 1.0 + i as f32 / cols as f32).collect();
-            let b: Vec<f32> = (0..cols).map(|i| i as f32 / 100.0).collect();
-            let gpu = dev.layernorm_f32(&x, &g, &b, cols, 1e-12)?;
-            let mut cpu = x.clone();
-            for row in cpu.chunks_mut(cols) {
-                admix::backend::cpu::layernorm_row(row, &g, &b, 1e-12);
+            use admix::backend::cuda::{conformance, emu::Emu, gpu, Executor};
+            print!("{}", gpu::describe());
+            let mut execs: Vec<(String, std::sync::Arc<dyn Executor>)> =
+                vec![("emu".into(), std::sync::Arc::new(Emu::new()?))];
+            match gpu::Gpu::open(0) {
+                Ok(g) => execs.push(("cuda".into(), std::sync::Arc::new(g))),
+                Err(e) => println!("cuda: {e:#}"),
             }
-            let err = rel_err(&gpu, &cpu);
-            println!("layernorm_forward_f32 vs cpu: relative error {err:.2e}");
-            if err > 1e-5 {
-                bail!("layernorm_forward_f32 disagrees with the CPU reference");
+            let mut failed = 0;
+            for (name, exec) in &execs {
+                println!("{name}: {}", exec.describe());
+                for (check, run) in conformance::CHECKS {
+                    match run(exec, 42) {
+                        Ok(()) => println!("  ok    {check}"),
+                        Err(e) => {
+                            failed += 1;
+                            println!("  FAIL  {check}: {e:#}");
+                        }
+                    }
+                }
+            }
+            if failed > 0 {
+                bail!("{failed} primitive conformance check(s) failed");
             }
             Ok(())
         }
     }
-}
-
-fn rel_err(a: &[f32], b: &[f32]) -> f64 {
-    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
-    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    (num / den.max(1e-30)).sqrt()
 }
 
 /// The engine, the inputs, and the label names a checkpoint carries.

@@ -5,6 +5,7 @@
 //! trait, once, over two executors (the GPU and the SIMT emulator).
 
 pub mod cpu;
+pub mod cuda;
 
 use anyhow::Result;
 

@@ -1,0 +1,37 @@
+//! The CUDA backend: admix's transformer in hand-written kernels (kernels/*.cu), bf16 storage with
+//! f32 accumulation and statistics.
+//!
+//! Device memory, layouts, launch shapes and the op set are written once here; every launch goes
+//! to an [`Executor`]: the GPU ([`gpu::Gpu`], the fatbins nvcc built) or the SIMT emulator
+//! ([`emu::Emu`], the same kernel source compiled as C++ and run on the CPU), so the whole CUDA
+//! path runs in `cargo test` on machines without a GPU.
+
+pub mod conformance;
+pub mod emu;
+pub mod executor;
+pub mod gpu;
+
+pub use executor::{Args, DevBuf, DevPtr, Executor, Launch};
+
+/// Host-side bf16 bits: round-to-nearest-even like `__float2bfloat16_rn` (NaN → 0x7fff).
+pub mod bf16 {
+    pub fn from_f32(f: f32) -> u16 {
+        let u = f.to_bits();
+        if u & 0x7fff_ffff > 0x7f80_0000 {
+            return 0x7fff;
+        }
+        ((u + 0x7fff + ((u >> 16) & 1)) >> 16) as u16
+    }
+
+    pub fn to_f32(h: u16) -> f32 {
+        f32::from_bits((h as u32) << 16)
+    }
+
+    pub fn from_slice(x: &[f32]) -> Vec<u16> {
+        x.iter().map(|&v| from_f32(v)).collect()
+    }
+
+    pub fn to_vec(h: &[u16]) -> Vec<f32> {
+        h.iter().map(|&v| to_f32(v)).collect()
+    }
+}
