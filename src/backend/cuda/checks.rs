@@ -1,0 +1,197 @@
+//! Every forward kernel against the CPU reference (llm.c's dev/cuda ladder, made automatic):
+//! fresh random inputs per run, outputs poisoned before the launch (the emulator poisons every
+//! allocation; [`Cuda::poisoned`] does it on a GPU), shapes that are not multiples of the tiles,
+//! and ‖out − ref‖/‖ref‖ ≤ 1e-2 (bf16 storage). The CPU reference gets the same bf16-rounded
+//! inputs. `cargo test` runs these on the emulator under both schedules; the GPU check runs them
+//! on the device.
+
+use anyhow::{ensure, Result};
+
+use super::{bf16, Cuda};
+use crate::backend::cpu::{Cpu, Mat};
+use crate::backend::{Activation, Backend, EmbeddingWeights};
+use crate::model::tokenizer::TokenBatch;
+use crate::model::weights::Tensor;
+
+/// Relative error bound of bf16 paths.
+pub const BF16_TOL: f64 = 1e-2;
+
+/// Every check: (name, run → the worst relative error over its shapes).
+pub const CHECKS: &[(&str, fn(&Cuda, u64) -> Result<f64>)] = &[
+    ("linear (gemm + bias/act/residual epilogues)", check_linear),
+    ("layernorm", check_layernorm),
+    ("embedding gather + layernorm", check_embed),
+    ("attention (online softmax, key mask)", check_attention),
+    ("add, activations, gather rows", check_elementwise),
+    ("mean pool + l2", check_mean_pool),
+];
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 >> 11
+    }
+    /// bf16-representable values in [-scale, scale)
+    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n)
+            .map(|_| bf16::to_f32(bf16::from_f32(((self.next() % 2_000_001) as f32 / 1e6 - 1.0) * scale)))
+            .collect()
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// ‖a − b‖/‖b‖, with any NaN (an unwritten or poisoned output) an error.
+pub fn rel_err(got: &[f32], want: &[f32]) -> Result<f64> {
+    ensure!(got.len() == want.len(), "length {} vs {}", got.len(), want.len());
+    if let Some(i) = got.iter().position(|v| !v.is_finite()) {
+        anyhow::bail!("element {i} is {} (unwritten or poisoned output)", got[i]);
+    }
+    let num: f64 = got.iter().zip(want).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+    let den: f64 = want.iter().map(|b| (*b as f64).powi(2)).sum();
+    Ok((num / den.max(1e-30)).sqrt())
+}
+
+fn compare(name: &str, cuda: &Cuda, got: &<Cuda as Backend>::Act, want: &Mat) -> Result<f64> {
+    let (rows, cols, data) = cuda.download(got)?;
+    ensure!(
+        rows == want.rows && cols == want.cols,
+        "{name}: shape {rows}x{cols}, expected {}x{}",
+        want.rows,
+        want.cols
+    );
+    let e = rel_err(&data, &want.data).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+    ensure!(e <= BF16_TOL, "{name}: relative error {e:.2e} > {BF16_TOL:.0e}");
+    Ok(e)
+}
+
+fn tensor(shape: &[usize], data: Vec<f32>) -> Tensor {
+    Tensor::from_vec(shape.to_vec(), data)
+}
+
+pub fn check_linear(cuda: &Cuda, seed: u64) -> Result<f64> {
+    let mut r = Rng(seed);
+    let mut worst: f64 = 0.0;
+    let shapes = [
+        (1, 8, 8, Activation::Identity, false),
+        (37, 70, 40, Activation::Gelu, true),
+        (130, 96, 64, Activation::Relu, false),
+        (64, 64, 32, Activation::Tanh, true),
+        (33, 24, 4, Activation::Silu, true),
+        (5, 2, 384, Activation::Identity, false),
+        (100, 72, 36, Activation::Gelu, false),
+    ];
+    for (m, n, k, act, res) in shapes {
+        let x = r.vec(m * k, 1.0);
+        let w = tensor(&[n, k], r.vec(n * k, 0.5));
+        let b = tensor(&[n], r.vec(n, 0.5));
+        let resid = r.vec(m * n, 1.0);
+        let want = Cpu.linear(
+            &Cpu.upload(m, k, &x)?,
+            &w,
+            &b,
+            act,
+            res.then(|| Cpu.upload(m, n, &resid)).transpose()?.as_ref(),
+        )?;
+        let dres = res.then(|| cuda.upload(m, n, &resid)).transpose()?;
+        let got =
+            cuda.linear(&cuda.upload(m, k, &x)?, &cuda.weight(&w)?, &cuda.weight(&b)?, act, dres.as_ref())?;
+        worst = worst.max(compare(&format!("linear {m}x{n}x{k} {act:?}"), cuda, &got, &want)?);
+    }
+    Ok(worst)
+}
+
+pub fn check_layernorm(cuda: &Cuda, seed: u64) -> Result<f64> {
+    let mut r = Rng(seed);
+    let mut worst: f64 = 0.0;
+    for (rows, cols) in [(1, 32), (7, 384), (13, 100)] {
+        let x: Vec<f32> = r.vec(rows * cols, 2.0).into_iter().map(|v| v + 0.5).collect();
+        let g = tensor(&[cols], r.vec(cols, 1.0));
+        let b = tensor(&[cols], r.vec(cols, 0.3));
+        let want = Cpu.layernorm(&Cpu.upload(rows, cols, &x)?, &g, &b, 1e-12)?;
+        let got =
+            cuda.layernorm(&cuda.upload(rows, cols, &x)?, &cuda.weight(&g)?, &cuda.weight(&b)?, 1e-12)?;
+        worst = worst.max(compare(&format!("layernorm {rows}x{cols}"), cuda, &got, &want)?);
+    }
+    Ok(worst)
+}
+
+pub fn check_embed(cuda: &Cuda, seed: u64) -> Result<f64> {
+    let mut r = Rng(seed);
+    let (vocab, positions, h) = (50, 20, 48);
+    let tables = |r: &mut Rng| EmbeddingWeights {
+        word: tensor(&[vocab, h], r.vec(vocab * h, 1.0)),
+        position: tensor(&[positions, h], r.vec(positions * h, 0.5)),
+        token_type: tensor(&[2, h], r.vec(2 * h, 0.5)),
+        ln_gamma: tensor(&[h], r.vec(h, 1.0)),
+        ln_beta: tensor(&[h], r.vec(h, 0.2)),
+    };
+    let w = tables(&mut r);
+    let (batch, seq) = (3, 7);
+    let lens = vec![7, 3, 5];
+    let ids = (0..batch * seq).map(|_| r.below(vocab) as u32).collect();
+    let type_ids = (0..batch * seq).map(|i| (i % seq > 3) as u32).collect();
+    let tb = TokenBatch { batch, seq, ids, type_ids, lens, truncated: vec![false; batch] };
+    let dw = EmbeddingWeights {
+        word: cuda.weight(&w.word)?,
+        position: cuda.weight(&w.position)?,
+        token_type: cuda.weight(&w.token_type)?,
+        ln_gamma: cuda.weight(&w.ln_gamma)?,
+        ln_beta: cuda.weight(&w.ln_beta)?,
+    };
+    let want = Cpu.embed(&tb, &w, 1e-12)?;
+    let got = cuda.embed(&tb, &dw, 1e-12)?;
+    compare("embed 3x7x48", cuda, &got, &want)
+}
+
+pub fn check_attention(cuda: &Cuda, seed: u64) -> Result<f64> {
+    let mut r = Rng(seed);
+    let mut worst: f64 = 0.0;
+    // (batch, seq, heads, head dim): dims 8/32/40/64/128, sequences across several key tiles
+    for (batch, seq, heads, d) in
+        [(2, 5, 4, 8), (2, 37, 2, 32), (1, 20, 2, 64), (1, 17, 1, 128), (2, 70, 3, 40)]
+    {
+        let lens: Vec<usize> = (0..batch).map(|b| if b == 0 { seq } else { 1 + r.below(seq) }).collect();
+        let qkv = r.vec(batch * seq * 3 * heads * d, 1.5);
+        let rows = batch * seq;
+        let want = Cpu.attention(&Cpu.upload(rows, 3 * heads * d, &qkv)?, &lens, seq, heads, None)?;
+        let got = cuda.attention(&cuda.upload(rows, 3 * heads * d, &qkv)?, &lens, seq, heads, None)?;
+        worst = worst.max(compare(&format!("attention b{batch} s{seq} h{heads} d{d}"), cuda, &got, &want)?);
+    }
+    Ok(worst)
+}
+
+pub fn check_elementwise(cuda: &Cuda, seed: u64) -> Result<f64> {
+    let mut r = Rng(seed);
+    let (rows, cols) = (19, 45);
+    let a = r.vec(rows * cols, 3.0);
+    let b = r.vec(rows * cols, 3.0);
+    let (ca, cb) = (Cpu.upload(rows, cols, &a)?, Cpu.upload(rows, cols, &b)?);
+    let (da, db) = (cuda.upload(rows, cols, &a)?, cuda.upload(rows, cols, &b)?);
+    let mut worst = compare("add", cuda, &cuda.add(&da, &db)?, &Cpu.add(&ca, &cb)?)?;
+    for act in [Activation::Identity, Activation::Gelu, Activation::Relu, Activation::Tanh, Activation::Silu]
+    {
+        let e = compare(&format!("{act:?}"), cuda, &cuda.activation(&da, act)?, &Cpu.activation(&ca, act)?)?;
+        worst = worst.max(e);
+    }
+    let pick: Vec<usize> = (0..7).map(|_| r.below(rows)).collect();
+    worst = worst.max(compare(
+        "gather_rows",
+        cuda,
+        &cuda.gather_rows(&da, &pick)?,
+        &Cpu.gather_rows(&ca, &pick)?,
+    )?);
+    Ok(worst)
+}
+
+pub fn check_mean_pool(cuda: &Cuda, seed: u64) -> Result<f64> {
+    let mut r = Rng(seed);
+    let (batch, seq, cols) = (3, 9, 300);
+    let x = r.vec(batch * seq * cols, 1.0);
+    let lens = vec![9, 1, 4];
+    let want = Cpu.mean_pool_l2(&Cpu.upload(batch * seq, cols, &x)?, &lens, seq)?;
+    let got = cuda.mean_pool_l2(&cuda.upload(batch * seq, cols, &x)?, &lens, seq)?;
+    compare("mean_pool_l2", cuda, &got, &want)
+}
