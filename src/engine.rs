@@ -3,7 +3,9 @@
 use anyhow::{bail, Result};
 
 use crate::adapter::{Adapter, ClassificationHead};
-use crate::backend::Backend;
+use crate::backend::cpu::Cpu;
+use crate::backend::cuda::Cuda;
+use crate::backend::{Backend, Device};
 use crate::model::bert::Bert;
 use crate::model::tokenizer::{TextInput, TextTokenizer, TokenBatch};
 use crate::model::weights::Tensor;
@@ -84,4 +86,55 @@ pub fn prediction(logits: Vec<f32>) -> Prediction {
         .fold((0, f32::NEG_INFINITY), |best, (i, &p)| if p > best.1 { (i, p) } else { best })
         .0;
     Prediction { label, logits, probs }
+}
+
+/// An engine on whichever backend `--device` chose.
+pub enum AnyEngine {
+    Cpu(Engine<Cpu>),
+    Cuda(Engine<Cuda>),
+}
+
+macro_rules! dispatch {
+    ($self:ident, $e:ident => $body:expr) => {
+        match $self {
+            AnyEngine::Cpu($e) => $body,
+            AnyEngine::Cuda($e) => $body,
+        }
+    };
+}
+
+impl AnyEngine {
+    pub fn new(
+        device: Device,
+        model: ModelDir,
+        adapter: Option<Adapter<Tensor>>,
+        head: Option<ClassificationHead<Tensor>>,
+    ) -> Result<Self> {
+        Ok(match device.cuda_backend()? {
+            None => AnyEngine::Cpu(Engine::new(Cpu, model, adapter, head)?),
+            Some(cuda) => AnyEngine::Cuda(Engine::new(cuda, model, adapter, head)?),
+        })
+    }
+
+    pub fn tokenize(&self, inputs: &[TextInput]) -> Result<TokenBatch> {
+        dispatch!(self, e => e.tokenize(inputs))
+    }
+
+    pub fn embed_batch(&self, batch: &TokenBatch) -> Result<Vec<Vec<f32>>> {
+        dispatch!(self, e => e.embed_batch(batch))
+    }
+
+    pub fn classify_batch(&self, batch: &TokenBatch) -> Result<Vec<Prediction>> {
+        dispatch!(self, e => e.classify_batch(batch))
+    }
+
+    /// Labels of the classification head, if one is loaded.
+    pub fn num_labels(&self) -> Option<usize> {
+        dispatch!(self, e => e.head.as_ref().map(|h| h.num_labels))
+    }
+
+    /// Token limit of the tokenizer.
+    pub fn max_len(&self) -> usize {
+        dispatch!(self, e => e.tokenizer.max_len())
+    }
 }

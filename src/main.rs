@@ -10,10 +10,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use admix::adapter::{self, Adapter, ClassificationHead};
 use admix::assets;
-use admix::backend::cpu::Cpu;
 use admix::backend::Activation;
 use admix::data::input::{self, Format, Record};
-use admix::engine::Engine;
+use admix::engine::AnyEngine;
 use admix::model::weights::WeightFile;
 use admix::model::ModelDir;
 
@@ -92,6 +91,10 @@ struct RunArgs {
     /// Worker threads (default: all cores)
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     threads: Option<u64>,
+    /// Where the model runs: cpu (f32 reference), cuda (the kernels on GPU 0), emu (the same
+    /// kernels on the CPU's SIMT emulator: slow, for checking without a GPU)
+    #[arg(long, value_enum, default_value = "cpu", env = "ADMIX_DEVICE")]
+    device: admix::backend::Device,
 }
 
 #[derive(Args)]
@@ -155,7 +158,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Score { run, adapter } => {
             let (engine, inputs, ck_labels) = prepare(&run, Some(&adapter))?;
-            let n = engine.head.as_ref().context("no classification head")?.num_labels;
+            let n = engine.num_labels().context("no classification head")?;
             let labels = match ck_labels {
                 Some(l) if adapter.labels.is_none() => l,
                 _ => label_names(&adapter, n)?,
@@ -251,7 +254,7 @@ fn run(cli: Cli) -> Result<()> {
 fn prepare(
     args: &RunArgs,
     adapter_args: Option<&AdapterArgs>,
-) -> Result<(Engine<Cpu>, Vec<Record>, Option<Vec<String>>)> {
+) -> Result<(AnyEngine, Vec<Record>, Option<Vec<String>>)> {
     if let Some(t) = args.threads {
         rayon::ThreadPoolBuilder::new().num_threads(t as usize).build_global().context("thread pool")?;
     }
@@ -274,7 +277,7 @@ fn prepare(
             (Some(ad), Some(hd), None, model)
         }
     };
-    Ok((Engine::new(Cpu, model, adapter, head)?, inputs, labels))
+    Ok((AnyEngine::new(args.device, model, adapter, head)?, inputs, labels))
 }
 
 fn load_adapter(
@@ -336,10 +339,10 @@ fn read_inputs(args: &RunArgs) -> Result<Vec<Record>> {
 
 /// Runs `f` over length-sorted batches (less padding) and returns results in input order.
 fn run_batches<T>(
-    engine: &Engine<Cpu>,
+    engine: &AnyEngine,
     inputs: &[Record],
     batch_size: usize,
-    f: impl Fn(&Engine<Cpu>, &admix::model::tokenizer::TokenBatch) -> Result<Vec<T>>,
+    f: impl Fn(&AnyEngine, &admix::model::tokenizer::TokenBatch) -> Result<Vec<T>>,
 ) -> Result<Vec<T>> {
     let mut order: Vec<usize> = (0..inputs.len()).collect();
     order.sort_by_key(|&i| inputs[i].input.text.len() + inputs[i].input.pair.as_ref().map_or(0, |p| p.len()));
@@ -358,10 +361,7 @@ fn run_batches<T>(
     }
     bar.finish_and_clear();
     if truncated > 0 {
-        eprintln!(
-            "note: {truncated} input(s) longer than {} tokens were truncated",
-            engine.tokenizer.max_len()
-        );
+        eprintln!("note: {truncated} input(s) longer than {} tokens were truncated", engine.max_len());
     }
     Ok(results.into_iter().map(|r| r.expect("every input was processed")).collect())
 }

@@ -8,7 +8,8 @@ use clap::Args;
 use admix::adapter::{AdapterKind, ClassificationHead};
 use admix::assets;
 use admix::backend::cpu::Cpu;
-use admix::backend::Activation;
+use admix::backend::cuda::Cuda;
+use admix::backend::{Activation, Backend, Device};
 use admix::data::labeled::{self, LabelSet};
 use admix::data::mr::{self, Split};
 use admix::data::Example;
@@ -89,6 +90,9 @@ pub struct TrainArgs {
     /// Stop after this many steps (smoke tests)
     #[arg(long)]
     max_steps: Option<usize>,
+    /// Where the model runs: cpu, cuda (GPU 0) or emu (the kernels on the CPU's SIMT emulator)
+    #[arg(long, value_enum, default_value = "cpu", env = "ADMIX_DEVICE")]
+    device: Device,
     /// Worker threads (default: all cores)
     #[arg(long)]
     threads: Option<usize>,
@@ -118,6 +122,10 @@ pub struct EvalArgs {
     /// Also write per-example predictions (JSONL) here
     #[arg(long)]
     predictions: Option<PathBuf>,
+    /// Where the model runs: cpu, cuda (GPU 0) or emu (the kernels on the CPU's SIMT emulator)
+    #[arg(long, value_enum, default_value = "cpu", env = "ADMIX_DEVICE")]
+    device: Device,
+    /// Worker threads (default: all cores)
     #[arg(long)]
     threads: Option<usize>,
 }
@@ -170,6 +178,9 @@ fn encode_split(model: &ModelDir, examples: &[Example], what: &str) -> Result<Ve
 
 pub fn train(a: TrainArgs) -> Result<()> {
     set_threads(a.threads)?;
+    if a.device != Device::Cpu {
+        bail!("training runs on --device cpu for now: the CUDA path has the inference kernels, its backward kernels are not written yet");
+    }
     // settings first: a bad flag should not cost a data load
     if let Some(lr) = a.lr {
         if !(lr > 0.0 && lr.is_finite()) {
@@ -362,20 +373,13 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         }
     };
     let data = encode_split(&model, &examples, "evaluation")?;
-    let be = Cpu;
-    let m = Model::new(
-        &be,
-        model.bert()?.to_backend(&be)?,
-        ck.adapter.map(|x| x.to_backend(&be)).transpose()?,
-        ck.head.to_backend(&be)?,
-        false,
-    )?;
-    let bar = indicatif::ProgressBar::new(data.len() as u64);
-    let (metrics, pred) =
-        evaluate(&be, &m, &data, a.batch_size.max(1), model.tokenizer.pad_id(), &ck.labels, |n| {
-            bar.inc(n as u64)
-        })?;
-    bar.finish_and_clear();
+    let pad = model.tokenizer.pad_id();
+    let (metrics, pred) = match a.device.cuda_backend()? {
+        None => eval_on(Cpu, &model, ck.adapter, ck.head, &data, a.batch_size, pad, &ck.labels)?,
+        Some(cuda) => {
+            eval_on::<Cuda>(cuda, &model, ck.adapter, ck.head, &data, a.batch_size, pad, &ck.labels)?
+        }
+    };
     if let Some(p) = &a.predictions {
         let mut text = String::new();
         for (i, (e, &p)) in examples.iter().zip(&pred).enumerate() {
@@ -391,6 +395,31 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         print_metrics(&metrics, &dir, &a.data, &a.split);
     }
     Ok(())
+}
+
+/// Accuracy, loss and per-class scores of a checkpoint on one backend.
+#[allow(clippy::too_many_arguments)]
+fn eval_on<B: Backend>(
+    be: B,
+    model: &ModelDir,
+    adapter: Option<admix::adapter::Adapter<admix::model::weights::Tensor>>,
+    head: ClassificationHead<admix::model::weights::Tensor>,
+    data: &[Encoded],
+    batch_size: usize,
+    pad_id: u32,
+    labels: &[String],
+) -> Result<(Metrics, Vec<usize>)> {
+    let m = Model::new(
+        &be,
+        model.bert()?.to_backend(&be)?,
+        adapter.map(|x| x.to_backend(&be)).transpose()?,
+        head.to_backend(&be)?,
+        false,
+    )?;
+    let bar = indicatif::ProgressBar::new(data.len() as u64);
+    let out = evaluate(&be, &m, data, batch_size.max(1), pad_id, labels, |n| bar.inc(n as u64))?;
+    bar.finish_and_clear();
+    Ok(out)
 }
 
 fn print_metrics(m: &Metrics, dir: &Path, data: &str, split: &str) {

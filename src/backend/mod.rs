@@ -12,6 +12,26 @@ use anyhow::Result;
 use crate::model::tokenizer::TokenBatch;
 use crate::model::weights::Tensor;
 
+/// Where the model runs: `cpu` (the f32 reference backend), `cuda` (the kernels on a GPU) or `emu`
+/// (the same kernels on the SIMT emulator: slow, for testing without a GPU).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Device {
+    Cpu,
+    Cuda,
+    Emu,
+}
+
+impl Device {
+    /// The CUDA backend for `cuda` / `emu` (`None` for `cpu`); a clear error without a GPU.
+    pub fn cuda_backend(self) -> anyhow::Result<Option<cuda::Cuda>> {
+        Ok(match self {
+            Device::Cpu => None,
+            Device::Cuda => Some(cuda::Cuda::gpu(0)?),
+            Device::Emu => Some(cuda::Cuda::emulator()?),
+        })
+    }
+}
+
 /// Element-wise function applied in a linear layer's epilogue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Activation {

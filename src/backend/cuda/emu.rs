@@ -44,6 +44,8 @@ pub struct Emu {
     schedule: AtomicU8,
     workers: usize,
     allocations: Mutex<HashMap<DevPtr, Layout>>,
+    /// with `ADMIX_EMU_PROFILE=1`: launches and seconds per kernel, printed to stderr on drop
+    profile: Option<Mutex<HashMap<String, (usize, f64)>>>,
 }
 
 const ALIGN: usize = 256;
@@ -58,7 +60,14 @@ impl Emu {
             Ok(other) => bail!("ADMIX_EMU_SCHEDULE={other}: expected round-robin or lowest-first"),
         };
         let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        Ok(Emu { schedule: AtomicU8::new(schedule as u8), workers, allocations: Mutex::new(HashMap::new()) })
+        let profile =
+            std::env::var("ADMIX_EMU_PROFILE").is_ok_and(|v| v == "1").then(|| Mutex::new(HashMap::new()));
+        Ok(Emu {
+            schedule: AtomicU8::new(schedule as u8),
+            workers,
+            allocations: Mutex::new(HashMap::new()),
+            profile,
+        })
     }
 
     pub fn set_schedule(&self, s: Schedule) {
@@ -80,6 +89,19 @@ impl Emu {
             bail!("emulator: {bytes} bytes at {p:#x} are outside every allocation");
         }
         Ok(())
+    }
+}
+
+impl Drop for Emu {
+    fn drop(&mut self) {
+        if let Some(p) = &self.profile {
+            let mut rows: Vec<_> = p.lock().unwrap().iter().map(|(k, v)| (k.clone(), *v)).collect();
+            rows.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
+            eprintln!("emulator profile: kernel, launches, seconds");
+            for (k, (n, t)) in rows {
+                eprintln!("  {k:<28} {n:>6} {t:>9.3}");
+            }
+        }
     }
 }
 
@@ -153,6 +175,7 @@ impl Executor for Emu {
             .map(|(_, e)| *e)
             .ok_or_else(|| anyhow!("no kernel named `{name}`"))?;
         let mut err = vec![0 as c_char; 1024];
+        let start = std::time::Instant::now();
         // SAFETY: the caller guarantees the arguments; the emulator reports kernel errors in `err`.
         let rc = unsafe {
             admix_emu_launch(
@@ -167,6 +190,12 @@ impl Executor for Emu {
                 err.len(),
             )
         };
+        if let Some(p) = &self.profile {
+            let mut p = p.lock().unwrap();
+            let e = p.entry(name.to_string()).or_insert((0, 0.0));
+            e.0 += 1;
+            e.1 += start.elapsed().as_secs_f64();
+        }
         if rc != 0 {
             // SAFETY: the emulator wrote a NUL-terminated message.
             let msg = unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned();
