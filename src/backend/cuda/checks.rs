@@ -16,8 +16,11 @@ use crate::model::weights::Tensor;
 /// Relative error bound of bf16 paths.
 pub const BF16_TOL: f64 = 1e-2;
 
-/// Every check: (name, run → the worst relative error over its shapes).
-pub const CHECKS: &[(&str, fn(&Cuda, u64) -> Result<f64>)] = &[
+/// A kernel check: runs on a backend with a seed, returns the worst relative error.
+pub type KernelCheck = fn(&Cuda, u64) -> Result<f64>;
+
+/// Every check: (name, run).
+pub const CHECKS: &[(&str, KernelCheck)] = &[
     ("linear (gemm + bias/act/residual epilogues)", check_linear),
     ("layernorm", check_layernorm),
     ("embedding gather + layernorm", check_embed),

@@ -11,8 +11,11 @@ use anyhow::{ensure, Result};
 use super::executor::{Args, DevBuf, Executor, Launch};
 use crate::backend::cuda::bf16;
 
+/// A primitive check: runs on an executor with a seed.
+pub type PrimitiveCheck = fn(&Arc<dyn Executor>, u64) -> Result<()>;
+
 /// Every check: (name, run).
-pub const CHECKS: &[(&str, fn(&Arc<dyn Executor>, u64) -> Result<()>)] = &[
+pub const CHECKS: &[(&str, PrimitiveCheck)] = &[
     ("mma.m16n8k16 bf16", check_mma),
     ("ldmatrix x1/x2/x4 (.trans)", check_ldmatrix),
     ("warp shuffles and votes", check_shuffle),

@@ -11,6 +11,7 @@ pub mod conformance;
 pub mod emu;
 pub mod executor;
 pub mod gpu;
+pub mod launch;
 pub mod ops;
 
 use std::sync::Arc;

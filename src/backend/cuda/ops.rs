@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, ensure, Result};
 
-use super::executor::{Args, DevBuf, Executor, Launch};
+use super::executor::{DevBuf, Executor};
+use super::launch;
 use super::{bf16, Cuda};
 use crate::backend::{Activation, Backend, DropKey, EmbeddingWeights};
 use crate::model::tokenizer::TokenBatch;
@@ -32,28 +33,13 @@ pub struct DevTensor {
 }
 
 impl DevTensor {
-    fn len(&self) -> usize {
+    pub fn buf(&self) -> &DevBuf {
+        &self.buf
+    }
+
+    pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
-}
-
-/// `Activation` as the kernels' code (kernels/activation.cuh).
-fn act_code(a: Activation) -> i32 {
-    match a {
-        Activation::Identity => 0,
-        Activation::Gelu => 1,
-        Activation::Relu => 2,
-        Activation::Tanh => 3,
-        Activation::Silu => 4,
-    }
-}
-
-const GEMM_TILE: usize = 64;
-const GEMM_SMEM: u32 = 3 * (64 + 64) * 40 * 2;
-const ROWS_PER_BLOCK: usize = 4;
-
-fn elementwise(n: usize) -> Launch {
-    Launch::linear(n.div_ceil(256).min(65_535) as u32, 256, 0)
 }
 
 fn training_only(op: &str) -> anyhow::Error {
@@ -120,24 +106,7 @@ impl Backend for Cuda {
         let ids = self.ints(batch.ids.iter().map(|&i| i as usize))?;
         let tys = self.ints(batch.type_ids.iter().map(|&i| i as usize))?;
         let out = self.mat(rows, h)?;
-        let dims = Launch::linear(rows.div_ceil(ROWS_PER_BLOCK) as u32, 128, (ROWS_PER_BLOCK * h * 4) as u32);
-        // SAFETY: embed_layernorm_bf16's parameters; ids/types checked against the tables above.
-        unsafe {
-            Args::new()
-                .buf(&out.buf)
-                .buf(&ids)
-                .buf(&tys)
-                .buf(&w.word.buf)
-                .buf(&w.position.buf)
-                .buf(&w.token_type.buf)
-                .buf(&w.ln_gamma.buf)
-                .buf(&w.ln_beta.buf)
-                .i32(rows as i32)
-                .i32(batch.seq as i32)
-                .i32(h as i32)
-                .f32(eps)
-                .launch(self.exec(), "embed_layernorm_bf16", dims)?;
-        }
+        launch::embed(self.exec(), &out.buf, &ids, &tys, w, rows, batch.seq, eps)?;
         Ok(out)
     }
 
@@ -152,7 +121,7 @@ impl Backend for Cuda {
         ensure!(w.shape.len() == 2, "linear: weight must be 2-D, got {:?}", w.shape);
         let (n, k) = (w.shape[0], w.shape[1]);
         ensure!(x.cols == k, "linear: input has {} columns, weight expects {k}", x.cols);
-        ensure!(b.len() == n, "linear: bias has {} entries, expected {n}", b.len());
+        ensure!(b.numel() == n, "linear: bias has {} entries, expected {n}", b.numel());
         if let Some(r) = residual {
             ensure!(
                 r.rows == x.rows && r.cols == n,
@@ -162,67 +131,27 @@ impl Backend for Cuda {
                 x.rows
             );
         }
-        let m = x.rows;
-        let out = self.mat(m, n)?;
-        let kernel = if k % 8 == 0 { "gemm_bf16" } else { "gemm_bf16_rowwise_k" };
-        let dims = Launch {
-            grid: [n.div_ceil(GEMM_TILE) as u32, m.div_ceil(GEMM_TILE) as u32, 1],
-            block: [128, 1, 1],
-            smem: GEMM_SMEM,
-        };
-        // SAFETY: gemm_bf16(out, x, w, bias, residual, M, N, K, act) with the shapes checked above.
-        unsafe {
-            Args::new()
-                .buf(&out.buf)
-                .buf(&x.buf)
-                .buf(&w.buf)
-                .buf(&b.buf)
-                .ptr(residual.map_or(0, |r| r.buf.ptr()))
-                .i32(m as i32)
-                .i32(n as i32)
-                .i32(k as i32)
-                .i32(act_code(act))
-                .launch(self.exec(), kernel, dims)?;
-        }
+        let out = self.mat(x.rows, n)?;
+        let res = residual.map(|r| &*r.buf);
+        launch::linear(self.exec(), &out.buf, &x.buf, &w.buf, Some(&b.buf), res, (x.rows, n, k), act)?;
         Ok(out)
     }
 
     fn add(&self, a: &DevMat, b: &DevMat) -> Result<DevMat> {
         ensure!(a.rows == b.rows && a.cols == b.cols, "add: {}x{} + {}x{}", a.rows, a.cols, b.rows, b.cols);
         let out = self.mat(a.rows, a.cols)?;
-        let n = a.rows * a.cols;
-        // SAFETY: add_bf16(out, a, b, n) over n elements of each.
-        unsafe {
-            Args::new().buf(&out.buf).buf(&a.buf).buf(&b.buf).u64(n as u64).launch(
-                self.exec(),
-                "add_bf16",
-                elementwise(n),
-            )?;
-        }
+        launch::add(self.exec(), &out.buf, &a.buf, &b.buf, a.rows * a.cols)?;
         Ok(out)
     }
 
     fn layernorm(&self, x: &DevMat, gamma: &DevTensor, beta: &DevTensor, eps: f32) -> Result<DevMat> {
         ensure!(
-            gamma.len() == x.cols && beta.len() == x.cols,
+            gamma.numel() == x.cols && beta.numel() == x.cols,
             "layernorm: parameters for {} columns",
-            gamma.len()
+            gamma.numel()
         );
         let out = self.mat(x.rows, x.cols)?;
-        let dims =
-            Launch::linear(x.rows.div_ceil(ROWS_PER_BLOCK) as u32, 128, (ROWS_PER_BLOCK * x.cols * 4) as u32);
-        // SAFETY: layernorm_bf16(out, x, gamma, beta, rows, cols, eps).
-        unsafe {
-            Args::new()
-                .buf(&out.buf)
-                .buf(&x.buf)
-                .buf(&gamma.buf)
-                .buf(&beta.buf)
-                .i32(x.rows as i32)
-                .i32(x.cols as i32)
-                .f32(eps)
-                .launch(self.exec(), "layernorm_bf16", dims)?;
-        }
+        launch::layernorm(self.exec(), &out.buf, &x.buf, &gamma.buf, &beta.buf, x.rows, x.cols, eps)?;
         Ok(out)
     }
 
@@ -250,22 +179,7 @@ impl Backend for Cuda {
         ensure!(d <= 128, "attention: head dimension {d} > 128 is not supported by the kernels");
         let out = self.mat(qkv.rows, h)?;
         let lens_dev = self.ints(lens.iter().copied())?;
-        let smem = (4 * (16 * d + 32 * (d + 1) + 32 * d)) as u32;
-        let dims =
-            Launch { grid: [seq.div_ceil(16) as u32, heads as u32, batch as u32], block: [128, 1, 1], smem };
-        let kernel = format!("attention_bf16_dpl{}", d.div_ceil(32));
-        // SAFETY: attention_bf16_dplN(ctx, qkv, lens, seq, heads, d, scale) with the shapes checked above.
-        unsafe {
-            Args::new()
-                .buf(&out.buf)
-                .buf(&qkv.buf)
-                .buf(&lens_dev)
-                .i32(seq as i32)
-                .i32(heads as i32)
-                .i32(d as i32)
-                .f32(1.0 / (d as f32).sqrt())
-                .launch(self.exec(), &kernel, dims)?;
-        }
+        launch::attention(self.exec(), &out.buf, &qkv.buf, &lens_dev, batch, seq, heads, d)?;
         Ok(out)
     }
 
@@ -274,17 +188,9 @@ impl Backend for Cuda {
             bail!("gather_rows: row {r} out of {}", x.rows);
         }
         let out = self.mat(rows.len(), x.cols)?;
-        if rows.is_empty() {
-            return Ok(out);
-        }
-        let idx = self.ints(rows.iter().copied())?;
-        // SAFETY: gather_rows_bf16(out, x, rows, cols); rows checked above.
-        unsafe {
-            Args::new().buf(&out.buf).buf(&x.buf).buf(&idx).i32(x.cols as i32).launch(
-                self.exec(),
-                "gather_rows_bf16",
-                Launch::linear(rows.len() as u32, 128, 0),
-            )?;
+        if !rows.is_empty() {
+            let idx = self.ints(rows.iter().copied())?;
+            launch::gather_rows(self.exec(), &out.buf, &x.buf, &idx, rows.len(), x.cols)?;
         }
         Ok(out)
     }
@@ -299,14 +205,7 @@ impl Backend for Cuda {
         ensure!(lens.iter().all(|&l| l > 0 && l <= seq), "mean_pool: sequence lengths must be in 1..={seq}");
         let out = self.mat(lens.len(), x.cols)?;
         let lens_dev = self.ints(lens.iter().copied())?;
-        // SAFETY: mean_pool_l2_bf16(out, x, lens, seq, cols); 256 threads → 8 partial sums.
-        unsafe {
-            Args::new().buf(&out.buf).buf(&x.buf).buf(&lens_dev).i32(seq as i32).i32(x.cols as i32).launch(
-                self.exec(),
-                "mean_pool_l2_bf16",
-                Launch::linear(lens.len() as u32, 256, (4 * x.cols + 32) as u32),
-            )?;
-        }
+        launch::mean_pool_l2(self.exec(), &out.buf, &x.buf, &lens_dev, lens.len(), seq, x.cols)?;
         Ok(out)
     }
 
@@ -316,15 +215,7 @@ impl Backend for Cuda {
 
     fn activation(&self, x: &DevMat, act: Activation) -> Result<DevMat> {
         let out = self.mat(x.rows, x.cols)?;
-        let n = x.rows * x.cols;
-        // SAFETY: activation_bf16(out, x, n, act).
-        unsafe {
-            Args::new().buf(&out.buf).buf(&x.buf).u64(n as u64).i32(act_code(act)).launch(
-                self.exec(),
-                "activation_bf16",
-                elementwise(n),
-            )?;
-        }
+        launch::activation(self.exec(), &out.buf, &x.buf, x.rows * x.cols, act)?;
         Ok(out)
     }
 
@@ -393,7 +284,7 @@ impl Backend for Cuda {
 
     fn zeros_like(&self, w: &DevTensor) -> Result<DevMat> {
         let rows = if w.shape.len() == 1 { 1 } else { w.shape[0] };
-        self.zeros(rows, w.len() / rows.max(1))
+        self.zeros(rows, w.numel() / rows.max(1))
     }
 
     fn fill_zero(&self, _x: &mut DevMat) -> Result<()> {
@@ -422,6 +313,6 @@ impl Backend for Cuda {
 
     fn weight_to_host(&self, w: &DevTensor) -> Result<Tensor> {
         let h: Vec<u16> = w.buf.to_vec()?;
-        Ok(Tensor::from_vec(w.shape.clone(), bf16::to_vec(&h[..w.len()])))
+        Ok(Tensor::from_vec(w.shape.clone(), bf16::to_vec(&h[..w.numel()])))
     }
 }

@@ -1,0 +1,215 @@
+//! One function per kernel: its launch configuration (grid, block, shared memory) and argument
+//! list, on caller-owned buffers. The op set (ops.rs) allocates outputs and calls these; the GPU
+//! check times them on preallocated buffers. Written once for both executors.
+
+use anyhow::Result;
+
+use super::executor::{Args, DevBuf, Executor, Launch};
+use super::ops::DevTensor;
+use crate::backend::{Activation, EmbeddingWeights};
+
+/// `Activation` as the kernels' code (kernels/activation.cuh).
+fn act_code(a: Activation) -> i32 {
+    match a {
+        Activation::Identity => 0,
+        Activation::Gelu => 1,
+        Activation::Relu => 2,
+        Activation::Tanh => 3,
+        Activation::Silu => 4,
+    }
+}
+
+/// The GEMM's block tile (kernels/gemm.cu: 64x64 per 128-thread block).
+pub const GEMM_TILE: usize = 64;
+/// 3 stages x (64 + 64) rows x 40 bf16.
+pub const GEMM_SMEM: u32 = 3 * (64 + 64) * 40 * 2;
+/// Row kernels (LayerNorm, embedding) put one warp on a row, 4 rows per block.
+const ROWS_PER_BLOCK: usize = 4;
+
+fn elementwise(n: usize) -> Launch {
+    Launch::linear(n.div_ceil(256).min(65_535) as u32, 256, 0)
+}
+
+/// `out[m,n] = act(x[m,k]·w[n,k]ᵀ + b) + residual`.
+#[allow(clippy::too_many_arguments)]
+pub fn linear(
+    exec: &dyn Executor,
+    out: &DevBuf,
+    x: &DevBuf,
+    w: &DevBuf,
+    b: Option<&DevBuf>,
+    residual: Option<&DevBuf>,
+    (m, n, k): (usize, usize, usize),
+    act: Activation,
+) -> Result<()> {
+    let kernel = if k % 8 == 0 { "gemm_bf16" } else { "gemm_bf16_rowwise_k" };
+    let dims = Launch {
+        grid: [n.div_ceil(GEMM_TILE) as u32, m.div_ceil(GEMM_TILE) as u32, 1],
+        block: [128, 1, 1],
+        smem: GEMM_SMEM,
+    };
+    // SAFETY: gemm_bf16(out, x, w, bias, residual, M, N, K, act); the callers size the buffers.
+    unsafe {
+        Args::new()
+            .buf(out)
+            .buf(x)
+            .buf(w)
+            .ptr(b.map_or(0, |b| b.ptr()))
+            .ptr(residual.map_or(0, |r| r.ptr()))
+            .i32(m as i32)
+            .i32(n as i32)
+            .i32(k as i32)
+            .i32(act_code(act))
+            .launch(exec, kernel, dims)
+    }
+}
+
+/// Row-wise LayerNorm of `x [rows, cols]`.
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm(
+    exec: &dyn Executor,
+    out: &DevBuf,
+    x: &DevBuf,
+    gamma: &DevBuf,
+    beta: &DevBuf,
+    rows: usize,
+    cols: usize,
+    eps: f32,
+) -> Result<()> {
+    let dims = Launch::linear(rows.div_ceil(ROWS_PER_BLOCK) as u32, 128, (ROWS_PER_BLOCK * cols * 4) as u32);
+    // SAFETY: layernorm_bf16(out, x, gamma, beta, rows, cols, eps).
+    unsafe {
+        Args::new().buf(out).buf(x).buf(gamma).buf(beta).i32(rows as i32).i32(cols as i32).f32(eps).launch(
+            exec,
+            "layernorm_bf16",
+            dims,
+        )
+    }
+}
+
+/// Embedding gather + LayerNorm of `rows` tokens (sequences of `seq`); ids must be in range.
+#[allow(clippy::too_many_arguments)]
+pub fn embed(
+    exec: &dyn Executor,
+    out: &DevBuf,
+    ids: &DevBuf,
+    type_ids: &DevBuf,
+    w: &EmbeddingWeights<DevTensor>,
+    rows: usize,
+    seq: usize,
+    eps: f32,
+) -> Result<()> {
+    let h = w.word.shape[1];
+    let dims = Launch::linear(rows.div_ceil(ROWS_PER_BLOCK) as u32, 128, (ROWS_PER_BLOCK * h * 4) as u32);
+    // SAFETY: embed_layernorm_bf16's parameters.
+    unsafe {
+        Args::new()
+            .buf(out)
+            .buf(ids)
+            .buf(type_ids)
+            .buf(w.word.buf())
+            .buf(w.position.buf())
+            .buf(w.token_type.buf())
+            .buf(w.ln_gamma.buf())
+            .buf(w.ln_beta.buf())
+            .i32(rows as i32)
+            .i32(seq as i32)
+            .i32(h as i32)
+            .f32(eps)
+            .launch(exec, "embed_layernorm_bf16", dims)
+    }
+}
+
+/// Shared memory of the attention kernel for head dimension `d`: Q, K (padded) and V tiles in f32.
+pub fn attention_smem(d: usize) -> u32 {
+    (4 * (16 * d + 32 * (d + 1) + 32 * d)) as u32
+}
+
+/// Fused attention of `batch` sequences of `seq` on `qkv [batch·seq, 3·heads·d]`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    exec: &dyn Executor,
+    ctx: &DevBuf,
+    qkv: &DevBuf,
+    lens: &DevBuf,
+    batch: usize,
+    seq: usize,
+    heads: usize,
+    d: usize,
+) -> Result<()> {
+    let dims = Launch {
+        grid: [seq.div_ceil(16) as u32, heads as u32, batch as u32],
+        block: [128, 1, 1],
+        smem: attention_smem(d),
+    };
+    let kernel = format!("attention_bf16_dpl{}", d.div_ceil(32));
+    // SAFETY: attention_bf16_dplN(ctx, qkv, lens, seq, heads, d, scale).
+    unsafe {
+        Args::new()
+            .buf(ctx)
+            .buf(qkv)
+            .buf(lens)
+            .i32(seq as i32)
+            .i32(heads as i32)
+            .i32(d as i32)
+            .f32(1.0 / (d as f32).sqrt())
+            .launch(exec, &kernel, dims)
+    }
+}
+
+/// `out = a + b` over `n` elements.
+pub fn add(exec: &dyn Executor, out: &DevBuf, a: &DevBuf, b: &DevBuf, n: usize) -> Result<()> {
+    // SAFETY: add_bf16(out, a, b, n).
+    unsafe { Args::new().buf(out).buf(a).buf(b).u64(n as u64).launch(exec, "add_bf16", elementwise(n)) }
+}
+
+/// `out = act(x)` over `n` elements.
+pub fn activation(exec: &dyn Executor, out: &DevBuf, x: &DevBuf, n: usize, act: Activation) -> Result<()> {
+    // SAFETY: activation_bf16(out, x, n, act).
+    unsafe {
+        Args::new().buf(out).buf(x).u64(n as u64).i32(act_code(act)).launch(
+            exec,
+            "activation_bf16",
+            elementwise(n),
+        )
+    }
+}
+
+/// `out[i] = x[rows[i]]` for the `n` rows listed (checked by the caller).
+pub fn gather_rows(
+    exec: &dyn Executor,
+    out: &DevBuf,
+    x: &DevBuf,
+    rows: &DevBuf,
+    n: usize,
+    cols: usize,
+) -> Result<()> {
+    // SAFETY: gather_rows_bf16(out, x, rows, cols).
+    unsafe {
+        Args::new().buf(out).buf(x).buf(rows).i32(cols as i32).launch(
+            exec,
+            "gather_rows_bf16",
+            Launch::linear(n as u32, 128, 0),
+        )
+    }
+}
+
+/// Mean over the valid rows of each of `batch` sequences, then L2 normalisation.
+pub fn mean_pool_l2(
+    exec: &dyn Executor,
+    out: &DevBuf,
+    x: &DevBuf,
+    lens: &DevBuf,
+    batch: usize,
+    seq: usize,
+    cols: usize,
+) -> Result<()> {
+    // SAFETY: mean_pool_l2_bf16(out, x, lens, seq, cols); 256 threads → 8 partial sums.
+    unsafe {
+        Args::new().buf(out).buf(x).buf(lens).i32(seq as i32).i32(cols as i32).launch(
+            exec,
+            "mean_pool_l2_bf16",
+            Launch::linear(batch as u32, 256, (4 * cols + 32) as u32),
+        )
+    }
+}
