@@ -65,8 +65,22 @@ enum Command {
         #[arg(long)]
         export: Option<PathBuf>,
     },
-    /// Report the CUDA situation (compiled kernels, driver, devices) and self-test the kernels.
+    /// Report the CUDA situation (compiled kernels, driver, devices) and check the PTX primitives on
+    /// the emulator and, where there is one, the GPU.
     Device,
+    /// The GPU check (scripts/gpu-check runs it on a lent GPU): primitives and every kernel vs the
+    /// CPU on the device, then ceilings, roofline and cuBLAS timings, BERT-base forward.
+    GpuCheck {
+        /// Where report.md and report.json go
+        #[arg(long, default_value = "gpu-report")]
+        out: PathBuf,
+        /// Only the correctness checks (what compute-sanitizer runs)
+        #[arg(long)]
+        correctness_only: bool,
+        /// Seeds per kernel check
+        #[arg(long, default_value_t = 3)]
+        seeds: u64,
+    },
 }
 
 #[derive(Args)]
@@ -217,6 +231,14 @@ fn run(cli: Cli) -> Result<()> {
             for (name, ex) in [("train", &splits.train), ("dev", &splits.dev), ("test", &splits.test)] {
                 let pos = ex.iter().filter(|e| e.label == 1).count();
                 println!("{name}\t{}\t{:.1}%", ex.len(), 100.0 * pos as f64 / ex.len() as f64);
+            }
+            Ok(())
+        }
+        Command::GpuCheck { out, correctness_only, seeds } => {
+            let opts =
+                admix::backend::cuda::gpu_check::Options { out, correctness_only, seeds: seeds.max(1) };
+            if !admix::backend::cuda::gpu_check::run(&opts)? {
+                bail!("the GPU check found failures (see {})", opts.out.join("report.md").display());
             }
             Ok(())
         }

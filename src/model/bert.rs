@@ -99,6 +99,41 @@ pub fn load_host(file: &WeightFile, cfg: &BertConfig) -> Result<Bert<Tensor>> {
 }
 
 /// Stacks tensors along their first dimension.
+/// A BERT of shape `cfg` with random weights (N(0, 0.02) matrices and embeddings, LayerNorm
+/// γ = 1 + N(0, 0.02), β and biases N(0, 0.02)): for benchmarks, where only the shapes matter.
+pub fn random(cfg: &BertConfig, seed: u64) -> Bert<Tensor> {
+    let mut rng = crate::train::rng::Rng::new(seed);
+    let mut t = |shape: &[usize], mean: f64| {
+        let n = shape.iter().product();
+        Tensor::from_vec(shape.to_vec(), (0..n).map(|_| (mean + 0.02 * rng.normal()) as f32).collect())
+    };
+    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+    let emb = EmbeddingWeights {
+        word: t(&[cfg.vocab_size, h], 0.0),
+        position: t(&[cfg.max_position_embeddings, h], 0.0),
+        token_type: t(&[cfg.type_vocab_size, h], 0.0),
+        ln_gamma: t(&[h], 1.0),
+        ln_beta: t(&[h], 0.0),
+    };
+    let layers = (0..cfg.num_hidden_layers)
+        .map(|_| Layer {
+            qkv_w: t(&[3 * h, h], 0.0),
+            qkv_b: t(&[3 * h], 0.0),
+            attn_out_w: t(&[h, h], 0.0),
+            attn_out_b: t(&[h], 0.0),
+            attn_ln_g: t(&[h], 1.0),
+            attn_ln_b: t(&[h], 0.0),
+            ffn_in_w: t(&[i, h], 0.0),
+            ffn_in_b: t(&[i], 0.0),
+            ffn_out_w: t(&[h, i], 0.0),
+            ffn_out_b: t(&[h], 0.0),
+            out_ln_g: t(&[h], 1.0),
+            out_ln_b: t(&[h], 0.0),
+        })
+        .collect();
+    Bert { cfg: cfg.clone(), emb, layers }
+}
+
 fn concat_rows(parts: &[&Tensor]) -> Tensor {
     let mut shape = parts[0].shape().to_vec();
     shape[0] = parts.iter().map(|t| t.shape()[0]).sum();

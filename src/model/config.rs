@@ -51,6 +51,25 @@ fn default_eps() -> f64 {
 }
 
 impl BertConfig {
+    /// bert-base-uncased's shape: 12 layers, hidden 768, 12 heads, FFN 3072 (benchmarks).
+    pub fn bert_base() -> Self {
+        BertConfig {
+            model_type: default_model_type(),
+            vocab_size: 30522,
+            hidden_size: 768,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            intermediate_size: 3072,
+            hidden_act: default_act(),
+            max_position_embeddings: 512,
+            type_vocab_size: default_type_vocab(),
+            layer_norm_eps: default_eps(),
+            position_embedding_type: default_position_type(),
+            hidden_dropout_prob: default_dropout(),
+            attention_probs_dropout_prob: default_dropout(),
+        }
+    }
+
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read model config {}", path.display()))?;

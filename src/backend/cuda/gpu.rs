@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::ffi::{c_void, CString};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use anyhow::{anyhow, Context, Result};
@@ -37,7 +38,22 @@ pub struct Gpu {
     /// kernels whose dynamic shared memory limit was raised, and to what
     smem_raised: Mutex<HashMap<&'static str, u32>>,
     /// synchronise after every launch so that a fault names its kernel (`ADMIX_CUDA_SYNC=1`)
-    sync_each: bool,
+    sync_each: AtomicBool,
+    /// freed buffers by rounded size, reused before asking the driver (cuMemAlloc/cuMemFree
+    /// synchronise and cost far more than a kernel at these sizes)
+    cache: Mutex<HashMap<usize, Vec<DevPtr>>>,
+    /// rounded size of every live allocation
+    sizes: Mutex<HashMap<DevPtr, usize>>,
+}
+
+/// The size class of an allocation: powers of two up to 1 MiB, then multiples of 2 MiB.
+fn size_class(bytes: usize) -> usize {
+    let b = bytes.max(256);
+    if b <= 1 << 20 {
+        b.next_power_of_two()
+    } else {
+        b.div_ceil(2 << 20) * (2 << 20)
+    }
 }
 
 // SAFETY: the context and function handles are plain driver handles, valid on any thread once the
@@ -87,8 +103,16 @@ impl Gpu {
                 functions.insert(*kernel, f);
             }
         }
-        let sync_each = std::env::var("ADMIX_CUDA_SYNC").is_ok_and(|v| v == "1");
-        Ok(Gpu { ctx, name, functions, smem_raised: Mutex::new(HashMap::new()), sync_each })
+        let sync_each = AtomicBool::new(std::env::var("ADMIX_CUDA_SYNC").is_ok_and(|v| v == "1"));
+        Ok(Gpu {
+            ctx,
+            name,
+            functions,
+            smem_raised: Mutex::new(HashMap::new()),
+            sync_each,
+            cache: Mutex::new(HashMap::new()),
+            sizes: Mutex::new(HashMap::new()),
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -98,6 +122,40 @@ impl Gpu {
     fn current(&self) -> Result<()> {
         // SAFETY: the context lives as long as self.
         unsafe { result::ctx::set_current(self.ctx) }.context("cannot make the CUDA context current")
+    }
+
+    /// Synchronise after every launch (checks: a fault then names its kernel).
+    pub fn set_sync_each(&self, on: bool) {
+        self.sync_each.store(on, Ordering::Relaxed);
+    }
+
+    /// Median milliseconds of `f` over `reps` runs after `warmup` runs, timed with CUDA events
+    /// on the default stream (`f` only queues work).
+    pub fn time_ms(&self, warmup: usize, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+        self.current()?;
+        for _ in 0..warmup {
+            f()?;
+        }
+        let flags = sys::CUevent_flags::CU_EVENT_DEFAULT;
+        let (start, end) = (result::event::create(flags)?, result::event::create(flags)?);
+        let mut times = Vec::with_capacity(reps);
+        for _ in 0..reps {
+            // SAFETY: live events on the current context's default stream.
+            unsafe {
+                result::event::record(start, std::ptr::null_mut())?;
+                f()?;
+                result::event::record(end, std::ptr::null_mut())?;
+                result::event::synchronize(end)?;
+                times.push(result::event::elapsed(start, end)? as f64);
+            }
+        }
+        // SAFETY: created above, not used afterwards.
+        unsafe {
+            let _ = result::event::destroy(start);
+            let _ = result::event::destroy(end);
+        }
+        times.sort_by(|a, b| a.total_cmp(b));
+        Ok(times[times.len() / 2])
     }
 
     /// Waits for all queued work; a fault in an earlier kernel is reported here.
@@ -113,16 +171,26 @@ impl Executor for Gpu {
     }
 
     fn alloc(&self, bytes: usize) -> Result<DevPtr> {
-        self.current()?;
-        // SAFETY: plain allocation.
-        unsafe { result::malloc_sync(bytes.max(1)) }
-            .with_context(|| format!("cannot allocate {bytes} bytes on the GPU"))
+        let class = size_class(bytes);
+        let reused = self.cache.lock().unwrap().get_mut(&class).and_then(|v| v.pop());
+        let p = match reused {
+            Some(p) => p,
+            None => {
+                self.current()?;
+                // SAFETY: plain allocation.
+                unsafe { result::malloc_sync(class) }
+                    .with_context(|| format!("cannot allocate {bytes} bytes on the GPU"))?
+            }
+        };
+        self.sizes.lock().unwrap().insert(p, class);
+        Ok(p)
     }
 
     unsafe fn free(&self, p: DevPtr) {
-        if self.current().is_ok() {
-            // SAFETY: p came from malloc_sync and is freed once; a failure here cannot be handled.
-            let _ = unsafe { result::free_sync(p) };
+        // kept for reuse rather than freed: work queued on the default stream that still reads it
+        // runs before any later work that could be handed the same buffer
+        if let Some(class) = self.sizes.lock().unwrap().remove(&p) {
+            self.cache.lock().unwrap().entry(class).or_default().push(p);
         }
     }
 
@@ -186,7 +254,7 @@ impl Executor for Gpu {
             )
         }
         .with_context(|| format!("cannot launch {name} (grid {g:?}, block {b:?}, {} B shared)", dims.smem))?;
-        if self.sync_each {
+        if self.sync_each.load(Ordering::Relaxed) {
             result::ctx::synchronize().with_context(|| format!("kernel {name} failed"))?;
         }
         Ok(())

@@ -11,6 +11,7 @@ pub mod conformance;
 pub mod emu;
 pub mod executor;
 pub mod gpu;
+pub mod gpu_check;
 pub mod launch;
 pub mod ops;
 
