@@ -17,4 +17,24 @@ __device__ __forceinline__ float activate(float x, int act) {
     }
 }
 
+// d act(x) / dx, as the CPU backend's math::*_backward.
+__device__ __forceinline__ float activate_grad(float x, int act) {
+    switch (act) {
+        case ACT_GELU: {
+            const float cdf = 0.5f * (1.f + erff(x * 0.70710678118654752f));
+            return cdf + x * 0.39894228040143268f * expf(-0.5f * x * x);
+        }
+        case ACT_RELU: return x > 0.f ? 1.f : 0.f;
+        case ACT_TANH: {
+            const float t = tanhf(x);
+            return 1.f - t * t;
+        }
+        case ACT_SILU: {
+            const float s = 1.f / (1.f + expf(-x));
+            return s * (1.f + x * (1.f - s));
+        }
+        default: return 1.f;
+    }
+}
+
 }  // namespace admix

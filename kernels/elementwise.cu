@@ -46,3 +46,77 @@ extern "C" __global__ void mean_pool_l2_bf16(bf16* out, const bf16* x, const int
     const float inv = 1.f / fmaxf(sqrtf(total), 1e-12f);
     for (int c = threadIdx.x; c < cols; c += blockDim.x) out[(size_t)b * cols + c] = to_bf16(mean[c] * inv);
 }
+
+// ---- backward and training support ----
+
+#define GRID_STRIDE(i, n) \
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < (n); i += (long long)gridDim.x * blockDim.x)
+
+// acc += x (bf16 activations' gradients)
+extern "C" __global__ void add_assign_bf16(bf16* acc, const bf16* x, long long n) {
+    GRID_STRIDE(i, n) acc[i] = to_bf16(to_f32(acc[i]) + to_f32(x[i]));
+}
+
+// acc += x (f32 gradient buffers)
+extern "C" __global__ void add_assign_f32(float* acc, const float* x, long long n) {
+    GRID_STRIDE(i, n) acc[i] += x[i];
+}
+
+// dy ← dy · act'(pre), in place.
+extern "C" __global__ void activation_backward_bf16(bf16* dy, const bf16* pre, long long n, int act) {
+    GRID_STRIDE(i, n) dy[i] = to_bf16(to_f32(dy[i]) * activate_grad(to_f32(pre[i]), act));
+}
+
+// splitmix64's finaliser (src/backend/mod.rs `mix64`).
+__device__ __forceinline__ unsigned long long mix64(unsigned long long z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+// Dropout in place with the counter-based mask of `DropKey`: element i is kept iff
+// (mix64(key ^ i·φ) >> 32) >= threshold (= ceil(p·2³²)), kept elements scaled by `scale`.
+// The same mask as the CPU backend's for the same key; its own backward.
+extern "C" __global__ void dropout_bf16(bf16* x, long long n, unsigned long long key, unsigned long long threshold,
+                                        float scale) {
+    GRID_STRIDE(i, n) {
+        const unsigned long long h = mix64(key ^ ((unsigned long long)i * 0x9E3779B97F4A7C15ull)) >> 32;
+        x[i] = to_bf16(h >= threshold ? to_f32(x[i]) * scale : 0.f);
+    }
+}
+
+// out[rows[i], :] = dy[i, :] for the n listed rows (out zeroed by the caller). grid n, 128 threads.
+extern "C" __global__ void scatter_rows_bf16(bf16* out, const bf16* dy, const int* rows, int cols) {
+    const bf16* src = dy + (size_t)blockIdx.x * cols;
+    bf16* dst = out + (size_t)rows[blockIdx.x] * cols;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) dst[c] = src[c];
+}
+
+// db[n] += Σ_m dy[m, n] (bias gradients): one thread per column, coalesced across the block.
+// grid ceil(N/256), 256 threads.
+extern "C" __global__ void col_sum_acc_f32(float* db, const bf16* dy, int M, int N) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= N) return;
+    float s = 0.f;
+    for (int m = 0; m < M; m++) s += to_f32(dy[(size_t)m * N + c]);
+    db[c] += s;
+}
+
+// Per-block partial sums of squares (f64) of n values, f32 (is_f32) or bf16; the host adds the
+// partials. grid ≤ 1024 blocks of 256 threads; partial[blockIdx.x].
+extern "C" __global__ void sum_squares_partial(double* partial, const void* x, long long n, int is_f32) {
+    double s = 0.0;
+    GRID_STRIDE(i, n) {
+        const float v = is_f32 ? static_cast<const float*>(x)[i] : to_f32(static_cast<const bf16*>(x)[i]);
+        s += (double)v * v;
+    }
+    __shared__ double warp_sums[8];
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (lane_id() == 0) warp_sums[threadIdx.x / 32] = s;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double t = 0.0;
+        for (int w = 0; w < (int)blockDim.x / 32; w++) t += warp_sums[w];
+        partial[blockIdx.x] = t;
+    }
+}

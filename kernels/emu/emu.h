@@ -88,11 +88,11 @@ inline void __syncwarp(unsigned mask = 0xffffffffu) { admix_emu::syncwarp(mask);
 
 template <class T>
 inline T admix_emu_shfl(unsigned mask, T v, int arg, int width, admix_emu::ShflKind kind) {
-    static_assert(sizeof(T) == 4, "the emulator shuffles 32-bit values");
-    uint32_t u;
-    std::memcpy(&u, &v, 4);
-    u = admix_emu::shfl(mask, u, arg, width, kind);
-    std::memcpy(&v, &u, 4);
+    static_assert(sizeof(T) == 4 || sizeof(T) == 8, "the emulator shuffles 32- and 64-bit values");
+    uint32_t u[sizeof(T) / 4];
+    std::memcpy(u, &v, sizeof(T));
+    for (auto& w : u) w = admix_emu::shfl(mask, w, arg, width, kind);  // as CUDA: one 32-bit shuffle per half
+    std::memcpy(&v, u, sizeof(T));
     return v;
 }
 template <class T>
@@ -116,6 +116,8 @@ inline int __any_sync(unsigned mask, int pred) { return admix_emu::ballot(mask, 
 inline int __all_sync(unsigned mask, int pred) { return admix_emu::ballot(mask, pred != 0) == mask; }
 
 // ---- math the kernels use ----
+inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 inline float __expf(float x) { return std::exp(x); }
 inline float __fdividef(float a, float b) { return a / b; }

@@ -27,6 +27,9 @@ pub const CHECKS: &[(&str, KernelCheck)] = &[
     ("attention (online softmax, key mask)", check_attention),
     ("add, activations, gather rows", check_elementwise),
     ("mean pool + l2", check_mean_pool),
+    ("linear backward (dX, dW, db)", check_linear_backward),
+    ("activation backward, dropout, scatter rows", check_elementwise_backward),
+    ("add_assign, sum of squares, cross-entropy", check_reductions),
 ];
 
 struct Rng(u64);
@@ -197,4 +200,105 @@ pub fn check_mean_pool(cuda: &Cuda, seed: u64) -> Result<f64> {
     let want = Cpu.mean_pool_l2(&Cpu.upload(batch * seq, cols, &x)?, &lens, seq)?;
     let got = cuda.mean_pool_l2(&cuda.upload(batch * seq, cols, &x)?, &lens, seq)?;
     compare("mean_pool_l2", cuda, &got, &want)
+}
+
+pub fn check_linear_backward(cuda: &Cuda, seed: u64) -> Result<f64> {
+    let mut r = Rng(seed);
+    let mut worst: f64 = 0.0;
+    // (m, n, k): aligned, ragged, and a bottleneck of 4 (the rowwise forms)
+    for (m, n, k) in [(64, 64, 64), (37, 70, 40), (130, 24, 96), (33, 4, 32), (50, 32, 4), (9, 2, 384)] {
+        let x = r.vec(m * k, 1.0);
+        let dy = r.vec(m * n, 1.0);
+        let w = tensor(&[n, k], r.vec(n * k, 0.5));
+        let dw0 = r.vec(n * k, 0.1);
+        let db0 = r.vec(n, 0.1);
+        let (cx, cdy) = (Cpu.upload(m, k, &x)?, Cpu.upload(m, n, &dy)?);
+        let (mut cdw, mut cdb) = (Cpu.upload(n, k, &dw0)?, Cpu.upload(1, n, &db0)?);
+        let cdx = Cpu.linear_backward(&cdy, &cx, &w, Some((&mut cdw, &mut cdb)), true)?.unwrap();
+        let (gx, gdy) = (cuda.upload(m, k, &x)?, cuda.upload(m, n, &dy)?);
+        let (mut gdw, mut gdb) = (cuda.zeros(n, k)?, cuda.zeros(1, n)?);
+        // accumulate onto non-zero buffers, as training does across micro-steps
+        cuda.add_assign(&mut gdw, &f32_mat(cuda, n, k, &dw0)?)?;
+        cuda.add_assign(&mut gdb, &f32_mat(cuda, 1, n, &db0)?)?;
+        let gdx =
+            cuda.linear_backward(&gdy, &gx, &cuda.weight(&w)?, Some((&mut gdw, &mut gdb)), true)?.unwrap();
+        let shape = format!("{m}x{n}x{k}");
+        worst = worst.max(compare(&format!("linear dX {shape}"), cuda, &gdx, &cdx)?);
+        worst = worst.max(compare_f32(&format!("linear dW {shape}"), cuda, &gdw, &cdw)?);
+        worst = worst.max(compare_f32(&format!("linear db {shape}"), cuda, &gdb, &cdb)?);
+    }
+    Ok(worst)
+}
+
+/// An f32 device matrix holding `data` (a zero matrix plus `data`, through the op set).
+fn f32_mat(cuda: &Cuda, rows: usize, cols: usize, data: &[f32]) -> Result<<Cuda as Backend>::Act> {
+    let m = cuda.zeros(rows, cols)?;
+    cuda.executor().htod(m.buf().ptr(), bytemuck::cast_slice(data))?;
+    Ok(m)
+}
+
+/// Like `compare` for f32 results: bf16 operands, f32 accumulation, so the same bound.
+fn compare_f32(name: &str, cuda: &Cuda, got: &<Cuda as Backend>::Act, want: &Mat) -> Result<f64> {
+    compare(name, cuda, got, want)
+}
+
+pub fn check_elementwise_backward(cuda: &Cuda, seed: u64) -> Result<f64> {
+    let mut r = Rng(seed);
+    let (rows, cols) = (23, 37);
+    let pre = r.vec(rows * cols, 3.0);
+    let dy = r.vec(rows * cols, 1.0);
+    let (cpre, gpre) = (Cpu.upload(rows, cols, &pre)?, cuda.upload(rows, cols, &pre)?);
+    let mut worst: f64 = 0.0;
+    for act in [Activation::Gelu, Activation::Relu, Activation::Tanh, Activation::Silu] {
+        let want = Cpu.activation_backward(Cpu.upload(rows, cols, &dy)?, &cpre, act)?;
+        let g = cuda.upload(rows, cols, &dy)?;
+        let keep = g.clone(); // copy on write: the clone must not see the in-place update
+        let got = cuda.activation_backward(g, &gpre, act)?;
+        worst = worst.max(compare(&format!("{act:?} backward"), cuda, &got, &want)?);
+        let (_, _, untouched) = cuda.download(&keep)?;
+        ensure!(rel_err(&untouched, &dy)? < 4e-3, "{act:?} backward wrote through a shared buffer");
+    }
+    // dropout: the same mask as the CPU, element for element
+    let drop = crate::backend::DropKey::new(0.3, seed, 7, 3);
+    let want = Cpu.dropout(Cpu.upload(rows, cols, &dy)?, drop)?;
+    let got = cuda.dropout(cuda.upload(rows, cols, &dy)?, drop)?;
+    let (_, _, g) = cuda.download(&got)?;
+    for (i, (a, b)) in g.iter().zip(&want.data).enumerate() {
+        ensure!((*a == 0.0) == (*b == 0.0), "dropout mask differs from the CPU's at element {i}");
+    }
+    worst = worst.max(compare("dropout", cuda, &got, &want)?);
+    let rows_at = [4usize, 0, 9];
+    let part = r.vec(3 * cols, 1.0);
+    let want = Cpu.scatter_rows(&Cpu.upload(3, cols, &part)?, &rows_at, 11)?;
+    let got = cuda.scatter_rows(&cuda.upload(3, cols, &part)?, &rows_at, 11)?;
+    worst = worst.max(compare("scatter_rows", cuda, &got, &want)?);
+    Ok(worst)
+}
+
+pub fn check_reductions(cuda: &Cuda, seed: u64) -> Result<f64> {
+    let mut r = Rng(seed);
+    let (rows, cols) = (41, 29);
+    let (a, b) = (r.vec(rows * cols, 1.0), r.vec(rows * cols, 1.0));
+    let mut want = Cpu.upload(rows, cols, &a)?;
+    Cpu.add_assign(&mut want, &Cpu.upload(rows, cols, &b)?)?;
+    let mut got = cuda.upload(rows, cols, &a)?;
+    cuda.add_assign(&mut got, &cuda.upload(rows, cols, &b)?)?;
+    let mut worst = compare("add_assign bf16", cuda, &got, &want)?;
+    let mut got32 = f32_mat(cuda, rows, cols, &a)?;
+    cuda.add_assign(&mut got32, &f32_mat(cuda, rows, cols, &b)?)?;
+    worst = worst.max(compare("add_assign f32", cuda, &got32, &want)?);
+    let big = r.vec(300_001, 2.0);
+    let want_sq: f64 = big.iter().map(|v| (*v as f64).powi(2)).sum();
+    let got_sq = cuda.sum_squares(&f32_mat(cuda, 1, big.len(), &big)?)?;
+    let e = (got_sq - want_sq).abs() / want_sq;
+    ensure!(e < 1e-9, "sum_squares f32: relative error {e:.2e}");
+    let got_sq = cuda.sum_squares(&cuda.upload(1, big.len(), &big)?)?;
+    ensure!((got_sq - want_sq).abs() / want_sq < 1e-9, "sum_squares bf16");
+    let logits = r.vec(6 * 3, 4.0);
+    let labels = [0u32, 2, 1, 1, 0, 2];
+    let (cl, cg) = Cpu.cross_entropy(&Cpu.upload(6, 3, &logits)?, &labels)?;
+    let (gl, gg) = cuda.cross_entropy(&cuda.upload(6, 3, &logits)?, &labels)?;
+    ensure!((cl - gl).abs() <= 1e-2 * cl.abs().max(1e-3), "cross-entropy loss {gl} vs {cl}");
+    worst = worst.max(compare("cross-entropy gradient", cuda, &gg, &cg)?);
+    Ok(worst)
 }

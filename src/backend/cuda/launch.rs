@@ -2,11 +2,13 @@
 //! list, on caller-owned buffers. The op set (ops.rs) allocates outputs and calls these; the GPU
 //! check times them on preallocated buffers. Written once for both executors.
 
+use std::sync::Arc;
+
 use anyhow::Result;
 
 use super::executor::{Args, DevBuf, Executor, Launch};
-use super::ops::DevTensor;
-use crate::backend::{Activation, EmbeddingWeights};
+use super::ops::{DType, DevTensor};
+use crate::backend::{Activation, DropKey, EmbeddingWeights};
 
 /// `Activation` as the kernels' code (kernels/activation.cuh).
 fn act_code(a: Activation) -> i32 {
@@ -21,8 +23,8 @@ fn act_code(a: Activation) -> i32 {
 
 /// The GEMM's block tile (kernels/gemm.cu: 64x64 per 128-thread block).
 pub const GEMM_TILE: usize = 64;
-/// 3 stages x (64 + 64) rows x 40 bf16.
-pub const GEMM_SMEM: u32 = 3 * (64 + 64) * 40 * 2;
+/// 3 stages x 2 operand tiles x 2560 bf16 (a [64][40] or a transposed [32][72] tile).
+pub const GEMM_SMEM: u32 = 3 * 2 * 2560 * 2;
 /// Row kernels (LayerNorm, embedding) put one warp on a row, 4 rows per block.
 const ROWS_PER_BLOCK: usize = 4;
 
@@ -42,23 +44,81 @@ pub fn linear(
     (m, n, k): (usize, usize, usize),
     act: Activation,
 ) -> Result<()> {
-    let kernel = if k % 8 == 0 { "gemm_bf16" } else { "gemm_bf16_rowwise_k" };
+    let kernel = if k % 8 == 0 { "gemm_bf16" } else { "gemm_bf16_rowwise" };
+    gemm(exec, kernel, out, x, w, b, residual, (m, n, k), (k, k), act)
+}
+
+/// `dx[m,k] = dy[m,n]·w[n,k]` (the input gradient of a linear layer), bf16.
+pub fn linear_dx(
+    exec: &dyn Executor,
+    dx: &DevBuf,
+    dy: &DevBuf,
+    w: &DevBuf,
+    (m, n, k): (usize, usize, usize),
+) -> Result<()> {
+    let kernel = if n % 8 == 0 && k % 8 == 0 { "gemm_bf16_tb" } else { "gemm_bf16_tb_rowwise" };
+    // C[m, k_out] = Σ_red dy[m, red]·w[red, k_out]: A = dy (lda n), B(k_out, red) = w[red·k + k_out]
+    gemm(exec, kernel, dx, dy, w, None, None, (m, k, n), (n, k), Activation::Identity)
+}
+
+/// `dw[n,k] += dy[m,n]ᵀ·x[m,k]` (the weight gradient of a linear layer), f32 accumulation.
+pub fn linear_dw(
+    exec: &dyn Executor,
+    dw: &DevBuf,
+    dy: &DevBuf,
+    x: &DevBuf,
+    (m, n, k): (usize, usize, usize),
+) -> Result<()> {
+    let kernel = if n % 8 == 0 && k % 8 == 0 { "gemm_f32acc_tab" } else { "gemm_f32acc_tab_rowwise" };
+    // C[n, k] = Σ_m dy[m, n]·x[m, k]: A(n, m) = dy[m·n_ + n], B(k, m) = x[m·k_ + k]
+    gemm(exec, kernel, dw, dy, x, None, None, (n, k, m), (n, k), Activation::Identity)
+}
+
+/// `db[n] += Σ_m dy[m, n]`, f32.
+pub fn col_sum_acc(exec: &dyn Executor, db: &DevBuf, dy: &DevBuf, m: usize, n: usize) -> Result<()> {
+    // SAFETY: col_sum_acc_f32(db, dy, M, N).
+    unsafe {
+        Args::new().buf(db).buf(dy).i32(m as i32).i32(n as i32).launch(
+            exec,
+            "col_sum_acc_f32",
+            Launch::linear(n.div_ceil(256) as u32, 256, 0),
+        )
+    }
+}
+
+/// One launch of a gemm.cu entry: C[m,n] = Σ_k A(m,k)·B(n,k) with leading dimensions (lda, ldb).
+#[allow(clippy::too_many_arguments)]
+fn gemm(
+    exec: &dyn Executor,
+    kernel: &str,
+    out: &DevBuf,
+    a: &DevBuf,
+    b: &DevBuf,
+    bias: Option<&DevBuf>,
+    residual: Option<&DevBuf>,
+    (m, n, k): (usize, usize, usize),
+    (lda, ldb): (usize, usize),
+    act: Activation,
+) -> Result<()> {
     let dims = Launch {
         grid: [n.div_ceil(GEMM_TILE) as u32, m.div_ceil(GEMM_TILE) as u32, 1],
         block: [128, 1, 1],
         smem: GEMM_SMEM,
     };
-    // SAFETY: gemm_bf16(out, x, w, bias, residual, M, N, K, act); the callers size the buffers.
+    // SAFETY: gemm.cu's entries take (out, a, b, bias, residual, M, N, K, lda, ldb, act); the
+    // callers size the buffers for these shapes.
     unsafe {
         Args::new()
             .buf(out)
-            .buf(x)
-            .buf(w)
-            .ptr(b.map_or(0, |b| b.ptr()))
+            .buf(a)
+            .buf(b)
+            .ptr(bias.map_or(0, |b| b.ptr()))
             .ptr(residual.map_or(0, |r| r.ptr()))
             .i32(m as i32)
             .i32(n as i32)
             .i32(k as i32)
+            .i32(lda as i32)
+            .i32(ldb as i32)
             .i32(act_code(act))
             .launch(exec, kernel, dims)
     }
@@ -212,4 +272,76 @@ pub fn mean_pool_l2(
             Launch::linear(batch as u32, 256, (4 * cols + 32) as u32),
         )
     }
+}
+
+/// `acc += x` over `n` elements of `dtype`.
+pub fn add_assign(exec: &dyn Executor, acc: &DevBuf, x: &DevBuf, n: usize, dtype: DType) -> Result<()> {
+    let kernel = if dtype == DType::F32 { "add_assign_f32" } else { "add_assign_bf16" };
+    // SAFETY: add_assign_*(acc, x, n).
+    unsafe { Args::new().buf(acc).buf(x).u64(n as u64).launch(exec, kernel, elementwise(n)) }
+}
+
+/// `dy ← dy·act'(pre)` in place over `n` elements.
+pub fn activation_backward(
+    exec: &dyn Executor,
+    dy: &DevBuf,
+    pre: &DevBuf,
+    n: usize,
+    act: Activation,
+) -> Result<()> {
+    // SAFETY: activation_backward_bf16(dy, pre, n, act).
+    unsafe {
+        Args::new().buf(dy).buf(pre).u64(n as u64).i32(act_code(act)).launch(
+            exec,
+            "activation_backward_bf16",
+            elementwise(n),
+        )
+    }
+}
+
+/// Dropout in place with the counter-based mask of `drop` (the CPU backend's mask).
+pub fn dropout(exec: &dyn Executor, x: &DevBuf, n: usize, drop: DropKey) -> Result<()> {
+    let threshold = (drop.p as f64 * 4_294_967_296.0).ceil() as u64;
+    // SAFETY: dropout_bf16(x, n, key, threshold, scale).
+    unsafe {
+        Args::new().buf(x).u64(n as u64).u64(drop.key).u64(threshold).f32(drop.scale()).launch(
+            exec,
+            "dropout_bf16",
+            elementwise(n),
+        )
+    }
+}
+
+/// `out[rows[i]] = dy[i]` for the `n` rows listed (out zeroed by the caller).
+pub fn scatter_rows(
+    exec: &dyn Executor,
+    out: &DevBuf,
+    dy: &DevBuf,
+    rows: &DevBuf,
+    n: usize,
+    cols: usize,
+) -> Result<()> {
+    // SAFETY: scatter_rows_bf16(out, dy, rows, cols).
+    unsafe {
+        Args::new().buf(out).buf(dy).buf(rows).i32(cols as i32).launch(
+            exec,
+            "scatter_rows_bf16",
+            Launch::linear(n as u32, 128, 0),
+        )
+    }
+}
+
+/// Σ x² over `n` elements of `dtype`, in f64 (per-block partial sums added on the host).
+pub fn sum_squares(exec: &Arc<dyn Executor>, x: &DevBuf, n: usize, dtype: DType) -> Result<f64> {
+    let blocks = n.div_ceil(256).clamp(1, 1024);
+    let partial = DevBuf::new(exec, blocks * 8)?;
+    // SAFETY: sum_squares_partial(partial, x, n, is_f32); `blocks` partials.
+    unsafe {
+        Args::new().buf(&partial).buf(x).u64(n as u64).i32((dtype == DType::F32) as i32).launch(
+            &**exec,
+            "sum_squares_partial",
+            Launch::linear(blocks as u32, 256, 0),
+        )?
+    };
+    Ok(partial.to_vec::<f64>()?.iter().sum())
 }

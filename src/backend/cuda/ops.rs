@@ -1,5 +1,6 @@
 //! The op set on the CUDA backend: shapes checked, buffers allocated, launches configured, written
-//! once for both executors. Activations are bf16 `[rows, cols]`; weights bf16 with their shape.
+//! once for both executors. Activations (and their gradients) are bf16 `[rows, cols]`; parameter
+//! gradients and optimizer moments f32; weights bf16 with their shape.
 
 use std::sync::Arc;
 
@@ -8,21 +9,59 @@ use anyhow::{bail, ensure, Result};
 use super::executor::{DevBuf, Executor};
 use super::launch;
 use super::{bf16, Cuda};
+use crate::backend::cpu::Cpu;
 use crate::backend::{Activation, Backend, DropKey, EmbeddingWeights};
 use crate::model::tokenizer::TokenBatch;
 use crate::model::weights::Tensor;
 
-/// A bf16 activation matrix on the device. Clones share the buffer (ops never write their inputs).
+/// Element type of a device matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DType {
+    /// activations and their gradients
+    Bf16,
+    /// parameter gradients and optimizer state
+    F32,
+}
+
+impl DType {
+    pub fn size(self) -> usize {
+        match self {
+            DType::Bf16 => 2,
+            DType::F32 => 4,
+        }
+    }
+}
+
+/// A matrix on the device. Clones share the buffer; an op that writes in place copies a shared
+/// buffer first (copy on write), so a clone never sees another's writes.
 #[derive(Clone)]
 pub struct DevMat {
     pub rows: usize,
     pub cols: usize,
+    pub dtype: DType,
     buf: Arc<DevBuf>,
 }
 
 impl DevMat {
     pub fn buf(&self) -> &DevBuf {
         &self.buf
+    }
+
+    pub fn numel(&self) -> usize {
+        self.rows * self.cols
+    }
+
+    /// The buffer for writing, copied first if another clone shares it.
+    fn buf_mut(&mut self) -> Result<&DevBuf> {
+        if Arc::strong_count(&self.buf) > 1 {
+            self.buf = Arc::new(self.buf.duplicate()?);
+        }
+        Ok(&self.buf)
+    }
+
+    fn expect(&self, dtype: DType, op: &str) -> Result<()> {
+        ensure!(self.dtype == dtype, "{op}: expected a {dtype:?} matrix, got {:?}", self.dtype);
+        Ok(())
     }
 }
 
@@ -50,11 +89,15 @@ fn training_only(op: &str) -> anyhow::Error {
 
 impl Cuda {
     fn mat(&self, rows: usize, cols: usize) -> Result<DevMat> {
-        let buf = DevBuf::new(&self.exec, rows * cols * 2)?;
+        self.mat_of(rows, cols, DType::Bf16)
+    }
+
+    fn mat_of(&self, rows: usize, cols: usize, dtype: DType) -> Result<DevMat> {
+        let buf = DevBuf::new(&self.exec, rows * cols * dtype.size())?;
         if self.poison {
             buf.fill(0xff)?;
         }
-        Ok(DevMat { rows, cols, buf: Arc::new(buf) })
+        Ok(DevMat { rows, cols, dtype, buf: Arc::new(buf) })
     }
 
     fn ints(&self, v: impl IntoIterator<Item = usize>) -> Result<DevBuf> {
@@ -84,12 +127,20 @@ impl Backend for Cuda {
 
     fn upload(&self, rows: usize, cols: usize, data: &[f32]) -> Result<DevMat> {
         ensure!(data.len() == rows * cols, "upload: {} values for {rows}x{cols}", data.len());
-        Ok(DevMat { rows, cols, buf: Arc::new(DevBuf::from_slice(&self.exec, &bf16::from_slice(data))?) })
+        Ok(DevMat {
+            rows,
+            cols,
+            dtype: DType::Bf16,
+            buf: Arc::new(DevBuf::from_slice(&self.exec, &bf16::from_slice(data))?),
+        })
     }
 
     fn download(&self, x: &DevMat) -> Result<(usize, usize, Vec<f32>)> {
-        let h: Vec<u16> = x.buf.to_vec()?;
-        Ok((x.rows, x.cols, bf16::to_vec(&h[..x.rows * x.cols])))
+        let data = match x.dtype {
+            DType::Bf16 => bf16::to_vec(&x.buf.to_vec::<u16>()?[..x.numel()]),
+            DType::F32 => x.buf.to_vec::<f32>()?[..x.numel()].to_vec(),
+        };
+        Ok((x.rows, x.cols, data))
     }
 
     fn embed(&self, batch: &TokenBatch, w: &EmbeddingWeights<DevTensor>, eps: f32) -> Result<DevMat> {
@@ -209,8 +260,11 @@ impl Backend for Cuda {
         Ok(out)
     }
 
-    fn dropout(&self, _x: DevMat, _drop: DropKey) -> Result<DevMat> {
-        Err(training_only("dropout"))
+    fn dropout(&self, mut x: DevMat, drop: DropKey) -> Result<DevMat> {
+        x.expect(DType::Bf16, "dropout")?;
+        let n = x.numel();
+        launch::dropout(self.exec(), x.buf_mut()?, n, drop)?;
+        Ok(x)
     }
 
     fn activation(&self, x: &DevMat, act: Activation) -> Result<DevMat> {
@@ -219,19 +273,50 @@ impl Backend for Cuda {
         Ok(out)
     }
 
-    fn activation_backward(&self, _dy: DevMat, _pre: &DevMat, _act: Activation) -> Result<DevMat> {
-        Err(training_only("activation_backward"))
+    fn activation_backward(&self, mut dy: DevMat, pre: &DevMat, act: Activation) -> Result<DevMat> {
+        ensure!(
+            dy.rows == pre.rows && dy.cols == pre.cols,
+            "activation_backward: dy and pre differ in shape"
+        );
+        dy.expect(DType::Bf16, "activation_backward")?;
+        let n = dy.numel();
+        launch::activation_backward(self.exec(), dy.buf_mut()?, &pre.buf, n, act)?;
+        Ok(dy)
     }
 
     fn linear_backward(
         &self,
-        _dy: &DevMat,
-        _x: &DevMat,
-        _w: &DevTensor,
-        _grads: Option<(&mut DevMat, &mut DevMat)>,
-        _need_dx: bool,
+        dy: &DevMat,
+        x: &DevMat,
+        w: &DevTensor,
+        grads: Option<(&mut DevMat, &mut DevMat)>,
+        need_dx: bool,
     ) -> Result<Option<DevMat>> {
-        Err(training_only("linear_backward"))
+        let (n, k) = (w.shape[0], w.shape[1]);
+        let m = dy.rows;
+        ensure!(
+            dy.cols == n && x.rows == m && x.cols == k,
+            "linear_backward: dy {m}x{}, x {}x{}, w {n}x{k}",
+            dy.cols,
+            x.rows,
+            x.cols
+        );
+        if let Some((dw, db)) = grads {
+            ensure!(
+                dw.numel() == n * k && db.numel() == n,
+                "linear_backward: gradient buffers of the wrong size"
+            );
+            dw.expect(DType::F32, "linear_backward dW")?;
+            db.expect(DType::F32, "linear_backward db")?;
+            launch::linear_dw(self.exec(), dw.buf_mut()?, &dy.buf, &x.buf, (m, n, k))?;
+            launch::col_sum_acc(self.exec(), db.buf_mut()?, &dy.buf, m, n)?;
+        }
+        if !need_dx {
+            return Ok(None);
+        }
+        let dx = self.mat(m, k)?;
+        launch::linear_dx(self.exec(), &dx.buf, &dy.buf, &w.buf, (m, n, k))?;
+        Ok(Some(dx))
     }
 
     fn layernorm_backward(
@@ -268,16 +353,31 @@ impl Backend for Cuda {
         Err(training_only("attention_backward"))
     }
 
-    fn scatter_rows(&self, _dy: &DevMat, _rows: &[usize], _total: usize) -> Result<DevMat> {
-        Err(training_only("scatter_rows"))
+    fn scatter_rows(&self, dy: &DevMat, rows: &[usize], total: usize) -> Result<DevMat> {
+        ensure!(rows.len() == dy.rows, "scatter_rows: {} rows for {} listed", dy.rows, rows.len());
+        if let Some(r) = rows.iter().find(|&&r| r >= total) {
+            bail!("scatter_rows: row {r} out of {total}");
+        }
+        let out = self.mat(total, dy.cols)?;
+        out.buf.fill(0)?;
+        if !rows.is_empty() {
+            let idx = self.ints(rows.iter().copied())?;
+            launch::scatter_rows(self.exec(), &out.buf, &dy.buf, &idx, rows.len(), dy.cols)?;
+        }
+        Ok(out)
     }
 
-    fn cross_entropy(&self, _logits: &DevMat, _labels: &[u32]) -> Result<(f32, DevMat)> {
-        Err(training_only("cross_entropy"))
+    fn cross_entropy(&self, logits: &DevMat, labels: &[u32]) -> Result<(f32, DevMat)> {
+        // [batch, labels] is a few hundred numbers: the loss and its gradient are computed on the
+        // host by the CPU reference, and the gradient goes back
+        let (rows, cols, data) = self.download(logits)?;
+        let host = Cpu.upload(rows, cols, &data)?;
+        let (loss, grad) = Cpu.cross_entropy(&host, labels)?;
+        Ok((loss, self.upload(rows, cols, &grad.data)?))
     }
 
     fn zeros(&self, rows: usize, cols: usize) -> Result<DevMat> {
-        let m = self.mat(rows, cols)?;
+        let m = self.mat_of(rows, cols, DType::F32)?;
         m.buf.fill(0)?;
         Ok(m)
     }
@@ -287,17 +387,30 @@ impl Backend for Cuda {
         self.zeros(rows, w.numel() / rows.max(1))
     }
 
-    fn fill_zero(&self, _x: &mut DevMat) -> Result<()> {
-        Err(training_only("fill_zero"))
+    fn fill_zero(&self, x: &mut DevMat) -> Result<()> {
+        if Arc::strong_count(&x.buf) > 1 {
+            x.buf = Arc::new(DevBuf::new(&self.exec, x.numel() * x.dtype.size())?);
+        }
+        x.buf.fill(0)
     }
 
-    fn add_assign(&self, _acc: &mut DevMat, _x: &DevMat) -> Result<()> {
-        Err(training_only("add_assign"))
+    fn add_assign(&self, acc: &mut DevMat, x: &DevMat) -> Result<()> {
+        ensure!(
+            acc.rows == x.rows && acc.cols == x.cols && acc.dtype == x.dtype,
+            "add_assign: {}x{} {:?} += {}x{} {:?}",
+            acc.rows,
+            acc.cols,
+            acc.dtype,
+            x.rows,
+            x.cols,
+            x.dtype
+        );
+        let (n, dtype) = (acc.numel(), acc.dtype);
+        launch::add_assign(self.exec(), acc.buf_mut()?, &x.buf, n, dtype)
     }
 
     fn sum_squares(&self, x: &DevMat) -> Result<f64> {
-        let (_, _, v) = self.download(x)?;
-        Ok(v.iter().map(|&e| (e as f64) * (e as f64)).sum())
+        launch::sum_squares(&self.exec, &x.buf, x.numel(), x.dtype)
     }
 
     fn adamw(
