@@ -30,6 +30,7 @@ pub const CHECKS: &[(&str, KernelCheck)] = &[
     ("linear backward (dX, dW, db)", check_linear_backward),
     ("activation backward, dropout, scatter rows", check_elementwise_backward),
     ("add_assign, sum of squares, cross-entropy", check_reductions),
+    ("attention with dropout, and its backward", check_attention_backward),
 ];
 
 struct Rng(u64);
@@ -300,5 +301,28 @@ pub fn check_reductions(cuda: &Cuda, seed: u64) -> Result<f64> {
     let (gl, gg) = cuda.cross_entropy(&cuda.upload(6, 3, &logits)?, &labels)?;
     ensure!((cl - gl).abs() <= 1e-2 * cl.abs().max(1e-3), "cross-entropy loss {gl} vs {cl}");
     worst = worst.max(compare("cross-entropy gradient", cuda, &gg, &cg)?);
+    Ok(worst)
+}
+
+pub fn check_attention_backward(cuda: &Cuda, seed: u64) -> Result<f64> {
+    let mut r = Rng(seed);
+    let mut worst: f64 = 0.0;
+    for (batch, seq, heads, d, p) in [(2, 5, 4, 8, 0.0), (2, 37, 2, 32, 0.2), (1, 20, 2, 64, 0.0), (2, 45, 1, 40, 0.1)] {
+        let lens: Vec<usize> = (0..batch).map(|b| if b == 0 { seq } else { 1 + r.below(seq) }).collect();
+        let rows = batch * seq;
+        let h = heads * d;
+        let qkv = r.vec(rows * 3 * h, 1.5);
+        let dctx = r.vec(rows * h, 1.0);
+        let drop = (p > 0.0).then(|| crate::backend::DropKey::new(p, seed, 3, 11));
+        let cq = Cpu.upload(rows, 3 * h, &qkv)?;
+        let gq = cuda.upload(rows, 3 * h, &qkv)?;
+        let name = format!("b{batch} s{seq} h{heads} d{d} p{p}");
+        let want = Cpu.attention(&cq, &lens, seq, heads, drop)?;
+        let got = cuda.attention(&gq, &lens, seq, heads, drop)?;
+        worst = worst.max(compare(&format!("attention {name}"), cuda, &got, &want)?);
+        let want = Cpu.attention_backward(&Cpu.upload(rows, h, &dctx)?, &cq, &lens, seq, heads, drop)?;
+        let got = cuda.attention_backward(&cuda.upload(rows, h, &dctx)?, &gq, &lens, seq, heads, drop)?;
+        worst = worst.max(compare(&format!("attention backward {name}"), cuda, &got, &want)?);
+    }
     Ok(worst)
 }

@@ -185,6 +185,14 @@ pub fn attention_smem(d: usize) -> u32 {
     (4 * (16 * d + 32 * (d + 1) + 32 * d)) as u32
 }
 
+/// The dropout arguments of the attention kernels: (key, threshold = ceil(p·2³²), 1/(1−p)).
+fn attention_dropout(drop: Option<DropKey>) -> (u64, u64, f32) {
+    match drop {
+        Some(k) => (k.key, (k.p as f64 * 4_294_967_296.0).ceil() as u64, k.scale()),
+        None => (0, 0, 1.0),
+    }
+}
+
 /// Fused attention of `batch` sequences of `seq` on `qkv [batch·seq, 3·heads·d]`.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
@@ -196,7 +204,9 @@ pub fn attention(
     seq: usize,
     heads: usize,
     d: usize,
+    drop: Option<DropKey>,
 ) -> Result<()> {
+    let (key, threshold, dscale) = attention_dropout(drop);
     let dims = Launch {
         grid: [seq.div_ceil(16) as u32, heads as u32, batch as u32],
         block: [128, 1, 1],
@@ -213,6 +223,9 @@ pub fn attention(
             .i32(heads as i32)
             .i32(d as i32)
             .f32(1.0 / (d as f32).sqrt())
+            .u64(key)
+            .u64(threshold)
+            .f32(dscale)
             .launch(exec, &kernel, dims)
     }
 }
@@ -301,7 +314,7 @@ pub fn activation_backward(
 
 /// Dropout in place with the counter-based mask of `drop` (the CPU backend's mask).
 pub fn dropout(exec: &dyn Executor, x: &DevBuf, n: usize, drop: DropKey) -> Result<()> {
-    let threshold = (drop.p as f64 * 4_294_967_296.0).ceil() as u64;
+    let (_, threshold, _) = attention_dropout(Some(drop));
     // SAFETY: dropout_bf16(x, n, key, threshold, scale).
     unsafe {
         Args::new().buf(x).u64(n as u64).u64(drop.key).u64(threshold).f32(drop.scale()).launch(
@@ -344,4 +357,52 @@ pub fn sum_squares(exec: &Arc<dyn Executor>, x: &DevBuf, n: usize, dtype: DType)
         )?
     };
     Ok(partial.to_vec::<f64>()?.iter().sum())
+}
+
+/// Shared memory of the attention backward kernels for head dimension `d`.
+pub fn attention_backward_smem(d: usize) -> u32 {
+    (4 * (32 * d + 64 * (d + 1) + 96)) as u32
+}
+
+/// Backward of [`attention`]: `dqkv [batch·seq, 3·heads·d]` from `dctx`, recomputing the
+/// probabilities; `stats` is f32 scratch of `batch·heads·seq·3`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    exec: &dyn Executor,
+    dqkv: &DevBuf,
+    stats: &DevBuf,
+    dctx: &DevBuf,
+    qkv: &DevBuf,
+    lens: &DevBuf,
+    (batch, seq, heads, d): (usize, usize, usize, usize),
+    drop: Option<DropKey>,
+) -> Result<()> {
+    let dims = Launch {
+        grid: [seq.div_ceil(16) as u32, heads as u32, batch as u32],
+        block: [128, 1, 1],
+        smem: attention_backward_smem(d),
+    };
+    let (key, threshold, dscale) = attention_dropout(drop);
+    let dpl = d.div_ceil(32);
+    for kernel in [format!("attention_backward_dq_dpl{dpl}"), format!("attention_backward_dkv_dpl{dpl}")] {
+        // SAFETY: attention_backward_*(dqkv, stats, dctx, qkv, lens, seq, heads, d, scale, key,
+        // threshold, dscale); the caller sizes the buffers.
+        unsafe {
+            Args::new()
+                .buf(dqkv)
+                .buf(stats)
+                .buf(dctx)
+                .buf(qkv)
+                .buf(lens)
+                .i32(seq as i32)
+                .i32(heads as i32)
+                .i32(d as i32)
+                .f32(1.0 / (d as f32).sqrt())
+                .u64(key)
+                .u64(threshold)
+                .f32(dscale)
+                .launch(exec, &kernel, dims)?;
+        }
+    }
+    Ok(())
 }

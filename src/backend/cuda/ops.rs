@@ -214,9 +214,6 @@ impl Backend for Cuda {
         heads: usize,
         dropout: Option<DropKey>,
     ) -> Result<DevMat> {
-        if dropout.is_some() {
-            return Err(training_only("attention dropout"));
-        }
         let batch = lens.len();
         ensure!(qkv.rows == batch * seq, "attention: {} rows for {batch} sequences of {seq}", qkv.rows);
         ensure!(
@@ -230,7 +227,7 @@ impl Backend for Cuda {
         ensure!(d <= 128, "attention: head dimension {d} > 128 is not supported by the kernels");
         let out = self.mat(qkv.rows, h)?;
         let lens_dev = self.ints(lens.iter().copied())?;
-        launch::attention(self.exec(), &out.buf, &qkv.buf, &lens_dev, batch, seq, heads, d)?;
+        launch::attention(self.exec(), &out.buf, &qkv.buf, &lens_dev, batch, seq, heads, d, dropout)?;
         Ok(out)
     }
 
@@ -343,16 +340,27 @@ impl Backend for Cuda {
 
     fn attention_backward(
         &self,
-        _dctx: &DevMat,
-        _qkv: &DevMat,
-        _lens: &[usize],
-        _seq: usize,
-        _heads: usize,
-        _dropout: Option<DropKey>,
+        dctx: &DevMat,
+        qkv: &DevMat,
+        lens: &[usize],
+        seq: usize,
+        heads: usize,
+        dropout: Option<DropKey>,
     ) -> Result<DevMat> {
-        Err(training_only("attention_backward"))
+        let batch = lens.len();
+        ensure!(qkv.rows == batch * seq && qkv.cols % 3 == 0, "attention_backward: qkv is {}x{}", qkv.rows, qkv.cols);
+        let h = qkv.cols / 3;
+        ensure!(h % heads == 0 && h / heads <= 128, "attention_backward: {h} columns for {heads} heads");
+        ensure!(dctx.rows == qkv.rows && dctx.cols == h, "attention_backward: dctx is {}x{}", dctx.rows, dctx.cols);
+        ensure!(lens.iter().all(|&l| l > 0 && l <= seq), "attention_backward: sequence lengths must be in 1..={seq}");
+        let d = h / heads;
+        let dqkv = self.mat(qkv.rows, qkv.cols)?;
+        let stats = DevBuf::new(&self.exec, batch * heads * seq * 3 * 4)?;
+        let lens_dev = self.ints(lens.iter().copied())?;
+        let shape = (batch, seq, heads, d);
+        launch::attention_backward(self.exec(), &dqkv.buf, &stats, &dctx.buf, &qkv.buf, &lens_dev, shape, dropout)?;
+        Ok(dqkv)
     }
-
     fn scatter_rows(&self, dy: &DevMat, rows: &[usize], total: usize) -> Result<DevMat> {
         ensure!(rows.len() == dy.rows, "scatter_rows: {} rows for {} listed", dy.rows, rows.len());
         if let Some(r) = rows.iter().find(|&&r| r >= total) {
