@@ -31,6 +31,7 @@ pub const CHECKS: &[(&str, KernelCheck)] = &[
     ("activation backward, dropout, scatter rows", check_elementwise_backward),
     ("add_assign, sum of squares, cross-entropy", check_reductions),
     ("attention with dropout, and its backward", check_attention_backward),
+    ("layernorm and embedding backward (with parameter and table gradients)", check_norm_backward),
 ];
 
 struct Rng(u64);
@@ -307,7 +308,9 @@ pub fn check_reductions(cuda: &Cuda, seed: u64) -> Result<f64> {
 pub fn check_attention_backward(cuda: &Cuda, seed: u64) -> Result<f64> {
     let mut r = Rng(seed);
     let mut worst: f64 = 0.0;
-    for (batch, seq, heads, d, p) in [(2, 5, 4, 8, 0.0), (2, 37, 2, 32, 0.2), (1, 20, 2, 64, 0.0), (2, 45, 1, 40, 0.1)] {
+    for (batch, seq, heads, d, p) in
+        [(2, 5, 4, 8, 0.0), (2, 37, 2, 32, 0.2), (1, 20, 2, 64, 0.0), (2, 45, 1, 40, 0.1)]
+    {
         let lens: Vec<usize> = (0..batch).map(|b| if b == 0 { seq } else { 1 + r.below(seq) }).collect();
         let rows = batch * seq;
         let h = heads * d;
@@ -323,6 +326,87 @@ pub fn check_attention_backward(cuda: &Cuda, seed: u64) -> Result<f64> {
         let want = Cpu.attention_backward(&Cpu.upload(rows, h, &dctx)?, &cq, &lens, seq, heads, drop)?;
         let got = cuda.attention_backward(&cuda.upload(rows, h, &dctx)?, &gq, &lens, seq, heads, drop)?;
         worst = worst.max(compare(&format!("attention backward {name}"), cuda, &got, &want)?);
+    }
+    Ok(worst)
+}
+
+pub fn check_norm_backward(cuda: &Cuda, seed: u64) -> Result<f64> {
+    let mut r = Rng(seed);
+    let mut worst: f64 = 0.0;
+    for (rows, cols) in [(7, 384), (13, 100), (1, 32)] {
+        let x: Vec<f32> = r.vec(rows * cols, 2.0);
+        let dy = r.vec(rows * cols, 1.0);
+        let g = tensor(&[cols], r.vec(cols, 1.0));
+        let (mut cg, mut cb) = (Cpu.zeros(1, cols)?, Cpu.zeros(1, cols)?);
+        let want = Cpu.layernorm_backward(
+            &Cpu.upload(rows, cols, &dy)?,
+            &Cpu.upload(rows, cols, &x)?,
+            &g,
+            1e-12,
+            Some((&mut cg, &mut cb)),
+        )?;
+        let (mut gg, mut gb) = (cuda.zeros(1, cols)?, cuda.zeros(1, cols)?);
+        let got = cuda.layernorm_backward(
+            &cuda.upload(rows, cols, &dy)?,
+            &cuda.upload(rows, cols, &x)?,
+            &cuda.weight(&g)?,
+            1e-12,
+            Some((&mut gg, &mut gb)),
+        )?;
+        let name = format!("{rows}x{cols}");
+        worst = worst.max(compare(&format!("layernorm backward dx {name}"), cuda, &got, &want)?);
+        worst = worst.max(compare(&format!("layernorm backward dγ {name}"), cuda, &gg, &cg)?);
+        worst = worst.max(compare(&format!("layernorm backward dβ {name}"), cuda, &gb, &cb)?);
+    }
+    // embedding: tables small enough that rows repeat (table gradients accumulate)
+    let (vocab, positions, h) = (11, 9, 40);
+    let w = EmbeddingWeights {
+        word: tensor(&[vocab, h], r.vec(vocab * h, 1.0)),
+        position: tensor(&[positions, h], r.vec(positions * h, 0.5)),
+        token_type: tensor(&[2, h], r.vec(2 * h, 0.5)),
+        ln_gamma: tensor(&[h], r.vec(h, 1.0)),
+        ln_beta: tensor(&[h], r.vec(h, 0.2)),
+    };
+    let (batch, seq) = (3, 7);
+    let ids = (0..batch * seq).map(|_| r.below(vocab) as u32).collect();
+    let type_ids = (0..batch * seq).map(|i| (i % seq > 3) as u32).collect();
+    let tb = TokenBatch { batch, seq, ids, type_ids, lens: vec![7, 3, 5], truncated: vec![false; batch] };
+    let dy = r.vec(batch * seq * h, 1.0);
+    let zeros = |be: &dyn Fn(usize, usize) -> Result<<Cuda as Backend>::Act>| -> Result<_> {
+        Ok(EmbeddingWeights {
+            word: be(vocab, h)?,
+            position: be(positions, h)?,
+            token_type: be(2, h)?,
+            ln_gamma: be(1, h)?,
+            ln_beta: be(1, h)?,
+        })
+    };
+    let mut cgrads = EmbeddingWeights {
+        word: Cpu.zeros(vocab, h)?,
+        position: Cpu.zeros(positions, h)?,
+        token_type: Cpu.zeros(2, h)?,
+        ln_gamma: Cpu.zeros(1, h)?,
+        ln_beta: Cpu.zeros(1, h)?,
+    };
+    let want = Cpu.embed_backward(&Cpu.upload(batch * seq, h, &dy)?, &tb, &w, 1e-12, Some(&mut cgrads))?;
+    let mut ggrads = zeros(&|r, c| cuda.zeros(r, c))?;
+    let dw = EmbeddingWeights {
+        word: cuda.weight(&w.word)?,
+        position: cuda.weight(&w.position)?,
+        token_type: cuda.weight(&w.token_type)?,
+        ln_gamma: cuda.weight(&w.ln_gamma)?,
+        ln_beta: cuda.weight(&w.ln_beta)?,
+    };
+    let got = cuda.embed_backward(&cuda.upload(batch * seq, h, &dy)?, &tb, &dw, 1e-12, Some(&mut ggrads))?;
+    worst = worst.max(compare("embedding backward", cuda, &got, &want)?);
+    for (name, g, c) in [
+        ("word", &ggrads.word, &cgrads.word),
+        ("position", &ggrads.position, &cgrads.position),
+        ("token type", &ggrads.token_type, &cgrads.token_type),
+        ("LayerNorm γ", &ggrads.ln_gamma, &cgrads.ln_gamma),
+        ("LayerNorm β", &ggrads.ln_beta, &cgrads.ln_beta),
+    ] {
+        worst = worst.max(compare(&format!("embedding {name} gradient"), cuda, g, c)?);
     }
     Ok(worst)
 }

@@ -349,7 +349,8 @@ fn performance(gpu: &Gpu, exec: &Arc<dyn Executor>, r: &mut Report) -> Result<()
     let d = h / heads;
     let qkv = random_buf(exec, tokens * 3 * h, 1.0, &mut rng)?;
     let lens = DevBuf::from_slice(exec, &vec![seq as i32; batch])?;
-    let ms = gpu.time_ms(warm, reps, || launch::attention(&**exec, &y, &qkv, &lens, batch, seq, heads, d, None))?;
+    let ms =
+        gpu.time_ms(warm, reps, || launch::attention(&**exec, &y, &qkv, &lens, batch, seq, heads, d, None))?;
     let flops = 4.0 * (batch * heads * seq * seq * d) as f64;
     row(
         r,

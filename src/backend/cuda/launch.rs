@@ -406,3 +406,114 @@ pub fn attention_backward(
     }
     Ok(())
 }
+
+/// Backward of [`layernorm`]: `dx` (bf16) and per-row `(mean, rstd)` in `stats` (f32 `[rows][2]`);
+/// with `param_grads` (f32 dγ, dβ), accumulates into them.
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_backward(
+    exec: &dyn Executor,
+    dx: &DevBuf,
+    stats: &DevBuf,
+    dy: &DevBuf,
+    x: &DevBuf,
+    gamma: &DevBuf,
+    (rows, cols): (usize, usize),
+    eps: f32,
+    param_grads: Option<(&DevBuf, &DevBuf)>,
+) -> Result<()> {
+    let dims =
+        Launch::linear(rows.div_ceil(ROWS_PER_BLOCK) as u32, 128, (ROWS_PER_BLOCK * 2 * cols * 4) as u32);
+    // SAFETY: layernorm_backward_bf16(dx, stats, dy, x, gamma, rows, cols, eps).
+    unsafe {
+        Args::new()
+            .buf(dx)
+            .buf(stats)
+            .buf(dy)
+            .buf(x)
+            .buf(gamma)
+            .i32(rows as i32)
+            .i32(cols as i32)
+            .f32(eps)
+            .launch(exec, "layernorm_backward_bf16", dims)?;
+    }
+    if let Some((dg, db)) = param_grads {
+        // SAFETY: layernorm_param_grads_f32(dgamma, dbeta, stats, dy, x, rows, cols).
+        unsafe {
+            Args::new().buf(dg).buf(db).buf(stats).buf(dy).buf(x).i32(rows as i32).i32(cols as i32).launch(
+                exec,
+                "layernorm_param_grads_f32",
+                Launch::linear(cols.div_ceil(128) as u32, 128, 0),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Backward of [`embed`] to the pre-LayerNorm sum (`dsum`, bf16); with `grads` (f32 tables and
+/// LayerNorm parameters), accumulates into them.
+#[allow(clippy::too_many_arguments)]
+pub fn embed_backward(
+    exec: &dyn Executor,
+    dsum: &DevBuf,
+    stats: &DevBuf,
+    dy: &DevBuf,
+    ids: &DevBuf,
+    type_ids: &DevBuf,
+    w: &EmbeddingWeights<DevTensor>,
+    (rows, seq): (usize, usize),
+    eps: f32,
+    grads: Option<&EmbeddingWeights<&DevBuf>>,
+) -> Result<()> {
+    let h = w.word.shape[1];
+    let dims = Launch::linear(rows.div_ceil(ROWS_PER_BLOCK) as u32, 128, (ROWS_PER_BLOCK * 2 * h * 4) as u32);
+    // SAFETY: embed_backward_bf16's parameters.
+    unsafe {
+        Args::new()
+            .buf(dsum)
+            .buf(stats)
+            .buf(dy)
+            .buf(ids)
+            .buf(type_ids)
+            .buf(w.word.buf())
+            .buf(w.position.buf())
+            .buf(w.token_type.buf())
+            .buf(w.ln_gamma.buf())
+            .i32(rows as i32)
+            .i32(seq as i32)
+            .i32(h as i32)
+            .f32(eps)
+            .launch(exec, "embed_backward_bf16", dims)?;
+    }
+    let Some(g) = grads else { return Ok(()) };
+    // SAFETY: embed_param_grads_f32's parameters.
+    unsafe {
+        Args::new()
+            .buf(g.ln_gamma)
+            .buf(g.ln_beta)
+            .buf(stats)
+            .buf(dy)
+            .buf(ids)
+            .buf(type_ids)
+            .buf(w.word.buf())
+            .buf(w.position.buf())
+            .buf(w.token_type.buf())
+            .i32(rows as i32)
+            .i32(seq as i32)
+            .i32(h as i32)
+            .launch(exec, "embed_param_grads_f32", Launch::linear(h.div_ceil(128) as u32, 128, 0))?;
+    }
+    // SAFETY: embed_table_grads_f32(dword, dposition, dtype, dsum, ids, type_ids, rows, seq, cols).
+    unsafe {
+        Args::new()
+            .buf(g.word)
+            .buf(g.position)
+            .buf(g.token_type)
+            .buf(dsum)
+            .buf(ids)
+            .buf(type_ids)
+            .i32(rows as i32)
+            .i32(seq as i32)
+            .i32(h as i32)
+            .launch(exec, "embed_table_grads_f32", elementwise(rows * h))
+    }
+}

@@ -318,24 +318,94 @@ impl Backend for Cuda {
 
     fn layernorm_backward(
         &self,
-        _dy: &DevMat,
-        _x: &DevMat,
-        _gamma: &DevTensor,
-        _eps: f32,
-        _grads: Option<(&mut DevMat, &mut DevMat)>,
+        dy: &DevMat,
+        x: &DevMat,
+        gamma: &DevTensor,
+        eps: f32,
+        grads: Option<(&mut DevMat, &mut DevMat)>,
     ) -> Result<DevMat> {
-        Err(training_only("layernorm_backward"))
+        let (rows, cols) = (x.rows, x.cols);
+        ensure!(
+            dy.rows == rows && dy.cols == cols && gamma.numel() == cols,
+            "layernorm_backward: shapes differ"
+        );
+        let dx = self.mat(rows, cols)?;
+        let stats = DevBuf::new(&self.exec, rows * 2 * 4)?;
+        let param = match grads {
+            Some((dg, db)) => {
+                ensure!(
+                    dg.numel() == cols && db.numel() == cols,
+                    "layernorm_backward: parameter gradients of the wrong size"
+                );
+                dg.expect(DType::F32, "layernorm_backward dγ")?;
+                db.expect(DType::F32, "layernorm_backward dβ")?;
+                Some((dg.buf_mut()?, db.buf_mut()?))
+            }
+            None => None,
+        };
+        launch::layernorm_backward(
+            self.exec(),
+            &dx.buf,
+            &stats,
+            &dy.buf,
+            &x.buf,
+            &gamma.buf,
+            (rows, cols),
+            eps,
+            param,
+        )?;
+        Ok(dx)
     }
 
     fn embed_backward(
         &self,
-        _dy: &DevMat,
-        _batch: &TokenBatch,
-        _w: &EmbeddingWeights<DevTensor>,
-        _eps: f32,
-        _grads: Option<&mut EmbeddingWeights<DevMat>>,
+        dy: &DevMat,
+        batch: &TokenBatch,
+        w: &EmbeddingWeights<DevTensor>,
+        eps: f32,
+        grads: Option<&mut EmbeddingWeights<DevMat>>,
     ) -> Result<DevMat> {
-        Err(training_only("embed_backward"))
+        let rows = batch.batch * batch.seq;
+        let h = w.word.shape[1];
+        ensure!(
+            dy.rows == rows && dy.cols == h,
+            "embed_backward: dy is {}x{}, expected {rows}x{h}",
+            dy.rows,
+            dy.cols
+        );
+        let ids = self.ints(batch.ids.iter().map(|&i| i as usize))?;
+        let tys = self.ints(batch.type_ids.iter().map(|&i| i as usize))?;
+        let dsum = self.mat(rows, h)?;
+        let stats = DevBuf::new(&self.exec, rows * 2 * 4)?;
+        let bufs = match grads {
+            Some(g) => {
+                for m in [&g.word, &g.position, &g.token_type, &g.ln_gamma, &g.ln_beta] {
+                    m.expect(DType::F32, "embed_backward gradients")?;
+                }
+                Some(EmbeddingWeights {
+                    word: g.word.buf_mut()?,
+                    position: g.position.buf_mut()?,
+                    token_type: g.token_type.buf_mut()?,
+                    ln_gamma: g.ln_gamma.buf_mut()?,
+                    ln_beta: g.ln_beta.buf_mut()?,
+                })
+            }
+            None => None,
+        };
+        let shape = (rows, batch.seq);
+        launch::embed_backward(
+            self.exec(),
+            &dsum.buf,
+            &stats,
+            &dy.buf,
+            &ids,
+            &tys,
+            w,
+            shape,
+            eps,
+            bufs.as_ref(),
+        )?;
+        Ok(dsum)
     }
 
     fn attention_backward(
@@ -348,17 +418,39 @@ impl Backend for Cuda {
         dropout: Option<DropKey>,
     ) -> Result<DevMat> {
         let batch = lens.len();
-        ensure!(qkv.rows == batch * seq && qkv.cols % 3 == 0, "attention_backward: qkv is {}x{}", qkv.rows, qkv.cols);
+        ensure!(
+            qkv.rows == batch * seq && qkv.cols % 3 == 0,
+            "attention_backward: qkv is {}x{}",
+            qkv.rows,
+            qkv.cols
+        );
         let h = qkv.cols / 3;
         ensure!(h % heads == 0 && h / heads <= 128, "attention_backward: {h} columns for {heads} heads");
-        ensure!(dctx.rows == qkv.rows && dctx.cols == h, "attention_backward: dctx is {}x{}", dctx.rows, dctx.cols);
-        ensure!(lens.iter().all(|&l| l > 0 && l <= seq), "attention_backward: sequence lengths must be in 1..={seq}");
+        ensure!(
+            dctx.rows == qkv.rows && dctx.cols == h,
+            "attention_backward: dctx is {}x{}",
+            dctx.rows,
+            dctx.cols
+        );
+        ensure!(
+            lens.iter().all(|&l| l > 0 && l <= seq),
+            "attention_backward: sequence lengths must be in 1..={seq}"
+        );
         let d = h / heads;
         let dqkv = self.mat(qkv.rows, qkv.cols)?;
         let stats = DevBuf::new(&self.exec, batch * heads * seq * 3 * 4)?;
         let lens_dev = self.ints(lens.iter().copied())?;
         let shape = (batch, seq, heads, d);
-        launch::attention_backward(self.exec(), &dqkv.buf, &stats, &dctx.buf, &qkv.buf, &lens_dev, shape, dropout)?;
+        launch::attention_backward(
+            self.exec(),
+            &dqkv.buf,
+            &stats,
+            &dctx.buf,
+            &qkv.buf,
+            &lens_dev,
+            shape,
+            dropout,
+        )?;
         Ok(dqkv)
     }
     fn scatter_rows(&self, dy: &DevMat, rows: &[usize], total: usize) -> Result<DevMat> {
