@@ -120,3 +120,22 @@ extern "C" __global__ void sum_squares_partial(double* partial, const void* x, l
         partial[blockIdx.x] = t;
     }
 }
+
+// One AdamW step (torch's order of operations, as the CPU backend) on f32 master weights, refreshing
+// their bf16 copy: g ← grad·grad_scale; p ← p·decay; m ← m + (g − m)(1 − β1); v ← β2 v + (1 − β2) g²;
+// p ← p − step_size · m / (√v / bc2_sqrt + eps).
+extern "C" __global__ void adamw_f32(float* master, bf16* param, const float* grad, float* m, float* v, long long n,
+                                     float grad_scale, float decay, float beta1, float beta2, float step_size,
+                                     float bc2_sqrt, float eps) {
+    GRID_STRIDE(i, n) {
+        const float g = grad[i] * grad_scale;
+        float p = master[i] * decay;
+        const float mi = m[i] + (g - m[i]) * (1.f - beta1);
+        const float vi = v[i] * beta2 + (1.f - beta2) * g * g;
+        p -= step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+        m[i] = mi;
+        v[i] = vi;
+        master[i] = p;
+        param[i] = to_bf16(p);
+    }
+}

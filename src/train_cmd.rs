@@ -13,6 +13,7 @@ use admix::backend::{Activation, Backend, Device};
 use admix::data::labeled::{self, LabelSet};
 use admix::data::mr::{self, Split};
 use admix::data::Example;
+use admix::model::weights::Tensor;
 use admix::model::ModelDir;
 use admix::train::batches::{self, Encoded};
 use admix::train::checkpoint::{self, Meta};
@@ -178,9 +179,8 @@ fn encode_split(model: &ModelDir, examples: &[Example], what: &str) -> Result<Ve
 
 pub fn train(a: TrainArgs) -> Result<()> {
     set_threads(a.threads)?;
-    if a.device != Device::Cpu {
-        bail!("training runs on --device cpu for now: the CUDA path has the inference kernels, its backward kernels are not written yet");
-    }
+    // the device first: a missing GPU should not cost a data load
+    let cuda = a.device.cuda_backend()?;
     // settings first: a bad flag should not cost a data load
     if let Some(lr) = a.lr {
         if !(lr > 0.0 && lr.is_finite()) {
@@ -289,15 +289,18 @@ pub fn train(a: TrainArgs) -> Result<()> {
         let head: ClassificationHead<_> = init::new_head(&a.name, cfg_m.hidden_size, labels.len(), &mut rng);
         (model.bert()?, adapter, head)
     };
-    let be = Cpu;
-    let mut m = Model::new(
-        &be,
-        bert_host.to_backend(&be)?,
-        adapter.map(|x| x.to_backend(&be)).transpose()?,
-        head.to_backend(&be)?,
-        full,
-    )?;
-    let n_params: usize = m.params().iter().map(|p| p.weight.data().len()).sum();
+    let mut n_params = 0usize;
+    let mut count = |t: &Tensor| {
+        n_params += t.data().len();
+        Ok(())
+    };
+    head.map(&mut count)?;
+    if let Some(ad) = &adapter {
+        ad.map(&mut count)?;
+    }
+    if full {
+        bert_host.map(&mut count)?;
+    }
     eprintln!(
         "training {} on {} examples ({} labels), {} trainable parameters, {} epochs of {} steps",
         match (full, kind) {
@@ -315,7 +318,11 @@ pub fn train(a: TrainArgs) -> Result<()> {
         a.epochs,
         data.train.len().div_ceil(a.batch_size.max(1))
     );
-    let summary = trainer::train(&be, &mut m, &data, &tc, &meta, &a.out, resume, &fp)?;
+    let run = Run { data: &data, tc: &tc, meta: &meta, out: &a.out, resume, fp: &fp };
+    let summary = match cuda {
+        None => train_on(Cpu, bert_host, adapter, head, full, &run)?,
+        Some(cuda) => train_on::<Cuda>(cuda, bert_host, adapter, head, full, &run)?,
+    };
     write_run_info(&a.out.join("best"), &a, &model_dir)?;
     match summary.best_dev_accuracy {
         Some(acc) => eprintln!(
@@ -327,6 +334,35 @@ pub fn train(a: TrainArgs) -> Result<()> {
         None => eprintln!("checkpoint in {}", a.out.join("best").display()),
     }
     Ok(())
+}
+
+/// What one training run needs besides the model.
+struct Run<'a> {
+    data: &'a TrainData,
+    tc: &'a TrainConfig,
+    meta: &'a Meta,
+    out: &'a Path,
+    resume: bool,
+    fp: &'a serde_json::Value,
+}
+
+/// The training loop on one backend.
+fn train_on<B: Backend>(
+    be: B,
+    bert: admix::model::bert::Bert<Tensor>,
+    adapter: Option<admix::adapter::Adapter<Tensor>>,
+    head: ClassificationHead<Tensor>,
+    full: bool,
+    r: &Run,
+) -> Result<trainer::Summary> {
+    let mut m = Model::new(
+        &be,
+        bert.to_backend(&be)?,
+        adapter.map(|x| x.to_backend(&be)).transpose()?,
+        head.to_backend(&be)?,
+        full,
+    )?;
+    trainer::train(&be, &mut m, r.data, r.tc, r.meta, r.out, r.resume, r.fp)
 }
 
 /// `admix.json` beside the checkpoint: what eval needs to reproduce the training setup.

@@ -35,6 +35,6 @@ fn cuda_without_a_gpu_is_one_clear_error() {
     }
     let out = admix(&["embed", "--device", "cuda"], b"hello\n");
     assert_error(&out, "the cuda device is unavailable");
-    let out = admix(&["train", "--device", "emu", "--max-steps", "1", "--out", "/nonexistent/x"], b"");
-    assert_error(&out, "training runs on --device cpu for now");
+    let out = admix(&["train", "--device", "cuda", "--max-steps", "1", "--out", "/nonexistent/x"], b"");
+    assert_error(&out, "the cuda device is unavailable");
 }

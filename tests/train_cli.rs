@@ -252,3 +252,27 @@ fn a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint() {
     assert!(last_line.contains("last good checkpoint"), "{err}");
     assert_eq!(std::fs::read(env.p("run/last/adapter.safetensors")).unwrap(), before);
 }
+
+#[test]
+fn trains_on_the_emulator_like_on_the_cpu() {
+    let env = Env::new();
+    ok(&env.train("cpu", &[]));
+    ok(&env.train("emu", &["--device", "emu"]));
+    let metrics = |run: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(env.p(&format!("{run}/metrics.jsonl")))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let (cpu, emu) = (metrics("cpu"), metrics("emu"));
+    assert_eq!(emu.len(), 10);
+    // the same run in bf16: the first epoch's loss agrees closely, and it learns as well
+    let (c0, e0) = (cpu[0]["train_loss"].as_f64().unwrap(), emu[0]["train_loss"].as_f64().unwrap());
+    assert!((c0 - e0).abs() < 0.02 * c0, "first-epoch train loss: emu {e0}, cpu {c0}");
+    let best = emu.iter().map(|l| l["dev"]["accuracy"].as_f64().unwrap()).fold(0.0, f64::max);
+    assert!(best >= 0.9, "dev accuracy on the emulator {best}");
+    // its checkpoint has the CPU's format and evaluates on the CPU
+    let acc = eval_json(&env, &env.p("emu/best"))["accuracy"].as_f64().unwrap();
+    assert!((acc - best).abs() <= 0.05, "the emu checkpoint evaluates to {acc} on the cpu, {best} recorded");
+}

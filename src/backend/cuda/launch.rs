@@ -517,3 +517,42 @@ pub fn embed_backward(
             .launch(exec, "embed_table_grads_f32", elementwise(rows * h))
     }
 }
+
+/// One AdamW update of `n` parameters (f32 master, its bf16 copy, f32 gradient and moments).
+#[allow(clippy::too_many_arguments)]
+pub fn adamw(
+    exec: &dyn Executor,
+    master: &DevBuf,
+    param: &DevBuf,
+    grad: &DevBuf,
+    m: &DevBuf,
+    v: &DevBuf,
+    n: usize,
+    h: &crate::backend::AdamWStep,
+) -> Result<()> {
+    // the scalar factors exactly as the CPU backend forms them
+    let t = h.step as i32;
+    let bc1 = 1.0 - (h.beta1 as f64).powi(t);
+    let bc2 = 1.0 - (h.beta2 as f64).powi(t);
+    let step_size = (h.lr as f64 / bc1) as f32;
+    let bc2_sqrt = bc2.sqrt() as f32;
+    let decay = 1.0 - h.lr * h.weight_decay;
+    // SAFETY: adamw_f32(master, param, grad, m, v, n, grad_scale, decay, beta1, beta2, step_size, bc2_sqrt, eps).
+    unsafe {
+        Args::new()
+            .buf(master)
+            .buf(param)
+            .buf(grad)
+            .buf(m)
+            .buf(v)
+            .u64(n as u64)
+            .f32(h.grad_scale)
+            .f32(decay)
+            .f32(h.beta1)
+            .f32(h.beta2)
+            .f32(step_size)
+            .f32(bc2_sqrt)
+            .f32(h.eps)
+            .launch(exec, "adamw_f32", elementwise(n))
+    }
+}

@@ -65,10 +65,14 @@ impl DevMat {
     }
 }
 
-/// A bf16 parameter tensor on the device.
+/// A parameter tensor on the device: bf16 for the kernels; once trained, an f32 master copy that
+/// the optimizer updates (created on the first step from the host tensor, which is kept: a view of
+/// the mapped file or a shared buffer, not a copy).
 pub struct DevTensor {
     pub shape: Vec<usize>,
     buf: DevBuf,
+    host: Tensor,
+    master: Option<DevBuf>,
 }
 
 impl DevTensor {
@@ -79,12 +83,6 @@ impl DevTensor {
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
-}
-
-fn training_only(op: &str) -> anyhow::Error {
-    anyhow::anyhow!(
-        "{op} is not implemented on the cuda backend yet (training on the GPU path is the next step); use --device cpu"
-    )
 }
 
 impl Cuda {
@@ -122,6 +120,8 @@ impl Backend for Cuda {
         Ok(DevTensor {
             shape: t.shape().to_vec(),
             buf: DevBuf::from_slice(&self.exec, &bf16::from_slice(t.data()))?,
+            host: t.clone(),
+            master: None,
         })
     }
 
@@ -515,17 +515,37 @@ impl Backend for Cuda {
 
     fn adamw(
         &self,
-        _param: &mut DevTensor,
-        _grad: &DevMat,
-        _m: &mut DevMat,
-        _v: &mut DevMat,
-        _h: &crate::backend::AdamWStep,
+        param: &mut DevTensor,
+        grad: &DevMat,
+        m: &mut DevMat,
+        v: &mut DevMat,
+        h: &crate::backend::AdamWStep,
     ) -> Result<()> {
-        Err(training_only("adamw"))
+        let n = param.numel();
+        ensure!(
+            grad.numel() == n && m.numel() == n && v.numel() == n,
+            "adamw: parameter of {n} values, gradient {}, moments {} / {}",
+            grad.numel(),
+            m.numel(),
+            v.numel()
+        );
+        for (x, what) in [(grad, "gradient"), (&*m, "first moment"), (&*v, "second moment")] {
+            x.expect(DType::F32, &format!("adamw {what}"))?;
+        }
+        if param.master.is_none() {
+            param.master = Some(DevBuf::from_slice(&self.exec, param.host.data())?);
+        }
+        let master = param.master.as_ref().expect("created above");
+        launch::adamw(self.exec(), master, &param.buf, &grad.buf, m.buf_mut()?, v.buf_mut()?, n, h)
     }
-
     fn weight_to_host(&self, w: &DevTensor) -> Result<Tensor> {
-        let h: Vec<u16> = w.buf.to_vec()?;
-        Ok(Tensor::from_vec(w.shape.clone(), bf16::to_vec(&h[..w.numel()])))
+        match &w.master {
+            // trained: the f32 master weights
+            Some(master) => {
+                Ok(Tensor::from_vec(w.shape.clone(), master.to_vec::<f32>()?[..w.numel()].to_vec()))
+            }
+            // never updated: the tensor it was made from
+            None => Ok(w.host.clone()),
+        }
     }
 }
