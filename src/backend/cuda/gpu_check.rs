@@ -28,6 +28,8 @@ use crate::model::bert;
 use crate::model::config::BertConfig;
 use crate::model::tokenizer::TokenBatch;
 use crate::train::init::{self, AdapterSpec, Init};
+use crate::train::model::Model;
+use crate::train::optim::{AdamW, AdamWConfig};
 use crate::train::rng::Rng;
 
 pub struct Options {
@@ -149,35 +151,70 @@ impl Cublas {
 
     /// `y[m,n] = x[m,k]·w[n,k]ᵀ` in bf16 with f32 accumulation (row-major, as gemm_bf16).
     fn gemm(&self, y: &DevBuf, x: &DevBuf, w: &DevBuf, m: usize, n: usize, k: usize) -> Result<()> {
+        // column-major: yᵀ[n,m] = op(w)[n,k] · xᵀ[k,m] with w as stored transposed
+        self.raw(true, false, (n, m, k), (w, k), (x, k), (y, n), DType16::Bf16)
+    }
+
+    /// `dx[m,k] = dy[m,n]·w[n,k]` (the input gradient), bf16 out.
+    fn gemm_dx(&self, dx: &DevBuf, dy: &DevBuf, w: &DevBuf, m: usize, n: usize, k: usize) -> Result<()> {
+        // column-major: dxᵀ[k,m] = wᵀ-as-stored[k,n] · dyᵀ[n,m]
+        self.raw(false, false, (k, m, n), (w, k), (dy, n), (dx, k), DType16::Bf16)
+    }
+
+    /// `dw[n,k] = dy[m,n]ᵀ·x[m,k]` (the weight gradient), f32 out.
+    fn gemm_dw(&self, dw: &DevBuf, dy: &DevBuf, x: &DevBuf, m: usize, n: usize, k: usize) -> Result<()> {
+        // column-major: dwᵀ[k,n] = xᵀ[k,m] · dy[m,n] (dy as stored is dyᵀ column-major: op T)
+        self.raw(false, true, (k, n, m), (x, k), (dy, n), (dw, k), DType16::F32)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn raw(
+        &self,
+        ta: bool,
+        tb: bool,
+        (m, n, k): (usize, usize, usize),
+        (a, lda): (&DevBuf, usize),
+        (b, ldb): (&DevBuf, usize),
+        (c, ldc): (&DevBuf, usize),
+        out: DType16,
+    ) -> Result<()> {
         use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
+        let op = |t: bool| if t { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
+        let c_type = if out == DType16::F32 { cudaDataType::CUDA_R_32F } else { cudaDataType::CUDA_R_16BF };
         let (alpha, beta) = (1.0f32, 0.0f32);
-        // column-major view: yᵀ[n,m] = w[n,k] · xᵀ[k,m], i.e. op(A)=Wᵀ-as-stored (T), op(B)=N
-        // SAFETY: buffers hold m·k, n·k and m·n bf16 values.
+        // SAFETY: the callers pass buffers holding the column-major operands of these shapes.
         unsafe {
             cudarc::cublas::result::gemm_ex(
                 self.0,
-                cublasOperation_t::CUBLAS_OP_T,
-                cublasOperation_t::CUBLAS_OP_N,
-                n as i32,
+                op(ta),
+                op(tb),
                 m as i32,
+                n as i32,
                 k as i32,
                 &alpha as *const f32 as *const _,
-                w.ptr() as *const _,
+                a.ptr() as *const _,
                 cudaDataType::CUDA_R_16BF,
-                k as i32,
-                x.ptr() as *const _,
+                lda as i32,
+                b.ptr() as *const _,
                 cudaDataType::CUDA_R_16BF,
-                k as i32,
+                ldb as i32,
                 &beta as *const f32 as *const _,
-                y.ptr() as *mut _,
-                cudaDataType::CUDA_R_16BF,
-                n as i32,
+                c.ptr() as *mut _,
+                c_type,
+                ldc as i32,
                 cublasComputeType_t::CUBLAS_COMPUTE_32F,
                 cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
         }
         .map_err(|e| anyhow::anyhow!("cublasGemmEx: {e}"))
     }
+}
+
+/// Output type of a cuBLAS comparison GEMM.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum DType16 {
+    Bf16,
+    F32,
 }
 
 impl Drop for Cublas {
@@ -276,6 +313,32 @@ fn performance(gpu: &Gpu, exec: &Arc<dyn Executor>, r: &mut Report) -> Result<()
             Err(_) => None,
         };
         let bytes = 2.0 * (m * k + n * k + m * n * (1 + res as usize)) as f64;
+        row(r, name, format!("{m}×{n}×{k}"), ms, 2.0 * (m * n * k) as f64, bytes, cb);
+    }
+
+    // the backward GEMMs at the FFN shapes (the largest), against cuBLAS at the same shapes
+    for (name, m, n, k) in [("gemm dX ffn up", tokens, ffn, h), ("gemm dW ffn up", tokens, ffn, h)] {
+        let dy = random_buf(exec, m * n, 1.0, &mut rng)?;
+        let w = random_buf(exec, n * k, 0.05, &mut rng)?;
+        let x = random_buf(exec, m * k, 1.0, &mut rng)?;
+        let dx = DevBuf::new(exec, m * k * 2)?;
+        let dw = DevBuf::new(exec, n * k * 4)?;
+        dw.fill(0)?;
+        let dw_pass = name.contains("dW");
+        let ms = gpu.time_ms(warm, reps, || {
+            if dw_pass {
+                launch::linear_dw(&**exec, &dw, &dy, &x, (m, n, k))
+            } else {
+                launch::linear_dx(&**exec, &dx, &dy, &w, (m, n, k))
+            }
+        })?;
+        let cb = match &cublas {
+            Ok(c) if dw_pass => Some(gpu.time_ms(warm, reps, || c.gemm_dw(&dw, &dy, &x, m, n, k))?),
+            Ok(c) => Some(gpu.time_ms(warm, reps, || c.gemm_dx(&dx, &dy, &w, m, n, k))?),
+            Err(_) => None,
+        };
+        let out_bytes = if dw_pass { 8 * n * k } else { 2 * m * k };
+        let bytes = (2 * (m * n + if dw_pass { m * k } else { n * k }) + out_bytes) as f64;
         row(r, name, format!("{m}×{n}×{k}"), ms, 2.0 * (m * n * k) as f64, bytes, cb);
     }
 
@@ -396,9 +459,32 @@ fn performance(gpu: &Gpu, exec: &Arc<dyn Executor>, r: &mut Report) -> Result<()
     let plain = gpu.time_ms(2, 10, || model.encode(&cuda, &tb, None, |_, _| {}).map(drop))?;
     let with_adapter =
         gpu.time_ms(2, 10, || model.encode(&cuda, &tb, Some(&adapter), |_, _| {}).map(drop))?;
-    r.line(format!("\n## BERT-base forward (random weights, batch {batch} × seq {seq}, median of 10)\n"));
+    r.line(format!(
+        "\n## BERT-base forward and adapter training step (random weights, batch {batch} × seq {seq}, median of 10)\n"
+    ));
     r.line(format!("- encoder: **{plain:.2} ms** ({:.0} tokens/s)", tokens as f64 / (plain * 1e-3)));
     r.line(format!("- encoder + seq_bn adapter (reduction 16): **{with_adapter:.2} ms**"));
     r.json.insert("bert_base_forward_ms".into(), json!({"plain": plain, "seq_bn": with_adapter}));
+
+    // one adapter training step: forward, backward, gradient norm, AdamW (dropout 0.1 on)
+    let head = init::new_head("a", h, 2, &mut Rng::new(3)).to_backend(&cuda)?;
+    let adapter =
+        init::new_adapter("a", &spec, cfg.num_hidden_layers, h, &mut Rng::new(2))?.to_backend(&cuda)?;
+    let mut trainee =
+        Model::new(&cuda, bert::random(&cfg, 1).to_backend(&cuda)?, Some(adapter), head, false)?;
+    let labels: Vec<u32> = (0..batch as u32).map(|i| i % 2).collect();
+    let mut opt = AdamW::new(AdamWConfig::default());
+    let mut step = 0u64;
+    let train_ms = gpu.time_ms(2, 10, || {
+        step += 1;
+        let plan = Some(bert::DropoutPlan { hidden: 0.1, attention: 0.1, seed: 1, step });
+        trainee.zero_grads(&cuda)?;
+        trainee.forward_backward(&cuda, &tb, &labels, plan, false)?;
+        opt.update(&cuda, trainee.params(), 1e-3).map(drop)
+    })?;
+    r.line(format!(
+        "- seq_bn adapter training step (forward + backward + AdamW, dropout 0.1): **{train_ms:.2} ms**"
+    ));
+    r.json.insert("bert_base_adapter_train_step_ms".into(), json!(train_ms));
     Ok(())
 }
