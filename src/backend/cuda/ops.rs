@@ -85,6 +85,15 @@ impl DevTensor {
     }
 }
 
+/// Activations (and their gradients) must be bf16: an f32 matrix (a parameter gradient) here is a
+/// caller's mix-up, reported rather than misread.
+fn bf16_inputs(op: &str, xs: &[Option<&DevMat>]) -> Result<()> {
+    for x in xs.iter().flatten() {
+        x.expect(DType::Bf16, op)?;
+    }
+    Ok(())
+}
+
 impl Cuda {
     fn mat(&self, rows: usize, cols: usize) -> Result<DevMat> {
         self.mat_of(rows, cols, DType::Bf16)
@@ -169,6 +178,7 @@ impl Backend for Cuda {
         act: Activation,
         residual: Option<&DevMat>,
     ) -> Result<DevMat> {
+        bf16_inputs("linear", &[Some(x), residual])?;
         ensure!(w.shape.len() == 2, "linear: weight must be 2-D, got {:?}", w.shape);
         let (n, k) = (w.shape[0], w.shape[1]);
         ensure!(x.cols == k, "linear: input has {} columns, weight expects {k}", x.cols);
@@ -189,6 +199,7 @@ impl Backend for Cuda {
     }
 
     fn add(&self, a: &DevMat, b: &DevMat) -> Result<DevMat> {
+        bf16_inputs("add", &[Some(a), Some(b)])?;
         ensure!(a.rows == b.rows && a.cols == b.cols, "add: {}x{} + {}x{}", a.rows, a.cols, b.rows, b.cols);
         let out = self.mat(a.rows, a.cols)?;
         launch::add(self.exec(), &out.buf, &a.buf, &b.buf, a.rows * a.cols)?;
@@ -196,6 +207,7 @@ impl Backend for Cuda {
     }
 
     fn layernorm(&self, x: &DevMat, gamma: &DevTensor, beta: &DevTensor, eps: f32) -> Result<DevMat> {
+        bf16_inputs("layernorm", &[Some(x)])?;
         ensure!(
             gamma.numel() == x.cols && beta.numel() == x.cols,
             "layernorm: parameters for {} columns",
@@ -214,6 +226,7 @@ impl Backend for Cuda {
         heads: usize,
         dropout: Option<DropKey>,
     ) -> Result<DevMat> {
+        bf16_inputs("attention", &[Some(qkv)])?;
         let batch = lens.len();
         ensure!(qkv.rows == batch * seq, "attention: {} rows for {batch} sequences of {seq}", qkv.rows);
         ensure!(
@@ -232,6 +245,7 @@ impl Backend for Cuda {
     }
 
     fn gather_rows(&self, x: &DevMat, rows: &[usize]) -> Result<DevMat> {
+        bf16_inputs("gather_rows", &[Some(x)])?;
         if let Some(r) = rows.iter().find(|&&r| r >= x.rows) {
             bail!("gather_rows: row {r} out of {}", x.rows);
         }
@@ -244,6 +258,7 @@ impl Backend for Cuda {
     }
 
     fn mean_pool_l2(&self, x: &DevMat, lens: &[usize], seq: usize) -> Result<DevMat> {
+        bf16_inputs("mean_pool_l2", &[Some(x)])?;
         ensure!(
             x.rows == lens.len() * seq,
             "mean_pool: {} rows for {} sequences of {seq}",
@@ -265,6 +280,7 @@ impl Backend for Cuda {
     }
 
     fn activation(&self, x: &DevMat, act: Activation) -> Result<DevMat> {
+        bf16_inputs("activation", &[Some(x)])?;
         let out = self.mat(x.rows, x.cols)?;
         launch::activation(self.exec(), &out.buf, &x.buf, x.rows * x.cols, act)?;
         Ok(out)
@@ -289,6 +305,7 @@ impl Backend for Cuda {
         grads: Option<(&mut DevMat, &mut DevMat)>,
         need_dx: bool,
     ) -> Result<Option<DevMat>> {
+        bf16_inputs("linear_backward", &[Some(dy), Some(x)])?;
         let (n, k) = (w.shape[0], w.shape[1]);
         let m = dy.rows;
         ensure!(
@@ -324,6 +341,7 @@ impl Backend for Cuda {
         eps: f32,
         grads: Option<(&mut DevMat, &mut DevMat)>,
     ) -> Result<DevMat> {
+        bf16_inputs("layernorm_backward", &[Some(dy), Some(x)])?;
         let (rows, cols) = (x.rows, x.cols);
         ensure!(
             dy.rows == rows && dy.cols == cols && gamma.numel() == cols,
@@ -365,6 +383,7 @@ impl Backend for Cuda {
         eps: f32,
         grads: Option<&mut EmbeddingWeights<DevMat>>,
     ) -> Result<DevMat> {
+        bf16_inputs("embed_backward", &[Some(dy)])?;
         let rows = batch.batch * batch.seq;
         let h = w.word.shape[1];
         ensure!(
@@ -417,6 +436,7 @@ impl Backend for Cuda {
         heads: usize,
         dropout: Option<DropKey>,
     ) -> Result<DevMat> {
+        bf16_inputs("attention_backward", &[Some(dctx), Some(qkv)])?;
         let batch = lens.len();
         ensure!(
             qkv.rows == batch * seq && qkv.cols % 3 == 0,
@@ -454,6 +474,7 @@ impl Backend for Cuda {
         Ok(dqkv)
     }
     fn scatter_rows(&self, dy: &DevMat, rows: &[usize], total: usize) -> Result<DevMat> {
+        bf16_inputs("scatter_rows", &[Some(dy)])?;
         ensure!(rows.len() == dy.rows, "scatter_rows: {} rows for {} listed", dy.rows, rows.len());
         if let Some(r) = rows.iter().find(|&&r| r >= total) {
             bail!("scatter_rows: row {r} out of {total}");
