@@ -129,6 +129,11 @@ pub trait Backend {
     fn weight(&self, t: &Tensor) -> Result<Self::Weight>;
     /// An activation matrix from host data.
     fn upload(&self, rows: usize, cols: usize, data: &[f32]) -> Result<Self::Act>;
+    /// A gradient or optimizer-state matrix from host data (e.g. AdamW moments on resume): the
+    /// precision of [`Backend::zeros`], which backends with narrow activations keep wider.
+    fn upload_state(&self, rows: usize, cols: usize, data: &[f32]) -> Result<Self::Act> {
+        self.upload(rows, cols, data)
+    }
     /// Copies an activation back to the host, with its shape `(rows, cols)`.
     fn download(&self, x: &Self::Act) -> Result<(usize, usize, Vec<f32>)>;
 

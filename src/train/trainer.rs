@@ -325,7 +325,7 @@ fn load_moments<B: Backend>(be: &B, model: &mut Model<B>, path: &Path) -> Result
         let (rows, cols, _) = be.download(p.grad)?;
         for (kind, out) in [("m", &mut m), ("v", &mut v)] {
             let t = file.tensor(&format!("{kind}.{}", p.name), &[rows, cols])?;
-            out.push(be.upload(rows, cols, t.data())?);
+            out.push(be.upload_state(rows, cols, t.data())?);
         }
     }
     Ok((m, v))

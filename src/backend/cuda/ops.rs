@@ -144,6 +144,11 @@ impl Backend for Cuda {
         })
     }
 
+    fn upload_state(&self, rows: usize, cols: usize, data: &[f32]) -> Result<DevMat> {
+        ensure!(data.len() == rows * cols, "upload_state: {} values for {rows}x{cols}", data.len());
+        Ok(DevMat { rows, cols, dtype: DType::F32, buf: Arc::new(DevBuf::from_slice(&self.exec, data)?) })
+    }
+
     fn download(&self, x: &DevMat) -> Result<(usize, usize, Vec<f32>)> {
         let data = match x.dtype {
             DType::Bf16 => bf16::to_vec(&x.buf.to_vec::<u16>()?[..x.numel()]),
