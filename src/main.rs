@@ -210,7 +210,12 @@ fn run(cli: Cli) -> Result<()> {
                 }
             };
             for (cos, i, j) in pairs.into_iter().take(top) {
-                println!("{cos:.4}  {:<60}  {}", short(&inputs[i].input.text), short(&inputs[j].input.text));
+                writeln!(
+                    std::io::stdout(),
+                    "{cos:.4}  {:<60}  {}",
+                    short(&inputs[i].input.text),
+                    short(&inputs[j].input.text)
+                )?;
             }
             Ok(())
         }
@@ -227,10 +232,15 @@ fn run(cli: Cli) -> Result<()> {
                     )?;
                 }
             }
-            println!("split\texamples\tpositive");
+            writeln!(std::io::stdout(), "split\texamples\tpositive")?;
             for (name, ex) in [("train", &splits.train), ("dev", &splits.dev), ("test", &splits.test)] {
                 let pos = ex.iter().filter(|e| e.label == 1).count();
-                println!("{name}\t{}\t{:.1}%", ex.len(), 100.0 * pos as f64 / ex.len() as f64);
+                writeln!(
+                    std::io::stdout(),
+                    "{name}\t{}\t{:.1}%",
+                    ex.len(),
+                    100.0 * pos as f64 / ex.len() as f64
+                )?;
             }
             Ok(())
         }
@@ -244,22 +254,23 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Device => {
             use admix::backend::cuda::{conformance, emu::Emu, gpu, Executor};
-            print!("{}", gpu::describe());
+            let mut out = std::io::stdout().lock();
+            write!(out, "{}", gpu::describe())?;
             let mut execs: Vec<(String, std::sync::Arc<dyn Executor>)> =
                 vec![("emu".into(), std::sync::Arc::new(Emu::new()?))];
             match gpu::Gpu::open(0) {
                 Ok(g) => execs.push(("cuda".into(), std::sync::Arc::new(g))),
-                Err(e) => println!("cuda: {e:#}"),
+                Err(e) => writeln!(out, "cuda: {e:#}")?,
             }
             let mut failed = 0;
             for (name, exec) in &execs {
-                println!("{name}: {}", exec.describe());
+                writeln!(out, "{name}: {}", exec.describe())?;
                 for (check, run) in conformance::CHECKS {
                     match run(exec, 42) {
-                        Ok(()) => println!("  ok    {check}"),
+                        Ok(()) => writeln!(out, "  ok    {check}")?,
                         Err(e) => {
                             failed += 1;
-                            println!("  FAIL  {check}: {e:#}");
+                            writeln!(out, "  FAIL  {check}: {e:#}")?;
                         }
                     }
                 }

@@ -1,5 +1,6 @@
 //! `admix train` and `admix eval`.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -426,9 +427,9 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         admix::io::write_atomic(p, text.as_bytes())?;
     }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&metrics)?);
+        writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(&metrics)?)?;
     } else {
-        print_metrics(&metrics, &dir, &a.data, &a.split);
+        print_metrics(&metrics, &dir, &a.data, &a.split)?;
     }
     Ok(())
 }
@@ -458,12 +459,18 @@ fn eval_on<B: Backend>(
     Ok(out)
 }
 
-fn print_metrics(m: &Metrics, dir: &Path, data: &str, split: &str) {
+fn print_metrics(m: &Metrics, dir: &Path, data: &str, split: &str) -> Result<()> {
     let what = if data == "mr" { format!("MR {split}") } else { data.to_string() };
-    println!("{} on {what}: {} examples", dir.display(), m.examples);
-    println!("accuracy  {:.2}%   loss {:.4}   macro F1 {:.4}", 100.0 * m.accuracy, m.loss, m.macro_f1);
-    println!("{:<16} {:>9} {:>9} {:>9} {:>8}", "label", "precision", "recall", "f1", "support");
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{} on {what}: {} examples", dir.display(), m.examples)?;
+    writeln!(out, "accuracy  {:.2}%   loss {:.4}   macro F1 {:.4}", 100.0 * m.accuracy, m.loss, m.macro_f1)?;
+    writeln!(out, "{:<16} {:>9} {:>9} {:>9} {:>8}", "label", "precision", "recall", "f1", "support")?;
     for c in &m.per_class {
-        println!("{:<16} {:>9.4} {:>9.4} {:>9.4} {:>8}", c.label, c.precision, c.recall, c.f1, c.support);
+        writeln!(
+            out,
+            "{:<16} {:>9.4} {:>9.4} {:>9.4} {:>8}",
+            c.label, c.precision, c.recall, c.f1, c.support
+        )?;
     }
+    Ok(())
 }
