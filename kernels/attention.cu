@@ -9,23 +9,9 @@
 // Shared memory (f32): Q 16·d, K 32·(d+1) (padded: lanes read different keys' same dimension),
 // V 32·d — 41 KB at d = 128.
 #include "arch.cuh"
+#include "dropout.cuh"
 
 using namespace admix;
-
-__device__ __forceinline__ unsigned long long attn_mix64(unsigned long long z) {
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-// keep-scale of dropout element `idx` (1 without dropout)
-__device__ __forceinline__ float attn_keep(unsigned long long key, unsigned long long threshold, float dscale,
-                                           unsigned long long idx) {
-    if (threshold == 0) return 1.f;
-    const unsigned long long h = attn_mix64(key ^ (idx * 0x9E3779B97F4A7C15ull)) >> 32;
-    return h >= threshold ? dscale : 0.f;
-}
-
 
 namespace {
 
@@ -89,7 +75,7 @@ __device__ void attention(bf16* __restrict__ ctx, const bf16* __restrict__ qkv, 
             // dropout drops probabilities after normalisation: the sum l keeps every term
             const float p_drop =
                 lane < valid
-                    ? p * attn_keep(key, threshold, dscale,
+                    ? p * dropout_factor(key, threshold, dscale,
                                     (((unsigned long long)(b * heads + h) * seq) + q0 + warp * QPW + i) * seq + k0 + lane)
                     : 0.f;
 #pragma unroll
@@ -232,7 +218,7 @@ __device__ void attention_dq(bf16* __restrict__ dqkv, float* __restrict__ stats,
             m[i] = m_new;
             const float p_drop =
                 lane < valid
-                    ? p * attn_keep(key, threshold, dscale, row0 + (unsigned long long)(q0 + qi) * seq + k0 + lane)
+                    ? p * dropout_factor(key, threshold, dscale, row0 + (unsigned long long)(q0 + qi) * seq + k0 + lane)
                     : 0.f;
 #pragma unroll
             for (int j = 0; j < DPL; j++) acc[i][j] *= corr;
@@ -271,7 +257,7 @@ __device__ void attention_dq(bf16* __restrict__ dqkv, float* __restrict__ stats,
             const float s = score(qi, valid);
             float ds = 0.f;
             if (lane < valid) {
-                const float keep = attn_keep(key, threshold, dscale, row0 + (unsigned long long)(q0 + qi) * seq + k0 + lane);
+                const float keep = dropout_factor(key, threshold, dscale, row0 + (unsigned long long)(q0 + qi) * seq + k0 + lane);
                 const float p = expf(s - m[i]) / l[i];
                 const float* v = vs + lane * (d + 1);
                 const float* dout = dos + qi * d;
@@ -370,7 +356,7 @@ __device__ void attention_dkv(bf16* __restrict__ dqkv, const float* __restrict__
                     dp += dout[c] * v[c];
                 }
                 const float p = expf(dot * scale - st[lane * 3]) / st[lane * 3 + 1];
-                const float keep = attn_keep(key, threshold, dscale, row0 + (unsigned long long)(i0 + lane) * seq + j);
+                const float keep = dropout_factor(key, threshold, dscale, row0 + (unsigned long long)(i0 + lane) * seq + j);
                 pd = p * keep;
                 ds = p * (dp * keep - st[lane * 3 + 2]);
             }

@@ -2,6 +2,7 @@
 // dropout, and the accumulations training needs. Grid-stride loops of 256-thread blocks.
 #include "activation.cuh"
 #include "arch.cuh"
+#include "dropout.cuh"
 
 using namespace admix;
 
@@ -67,22 +68,12 @@ extern "C" __global__ void activation_backward_bf16(bf16* dy, const bf16* pre, l
     GRID_STRIDE(i, n) dy[i] = to_bf16(to_f32(dy[i]) * activate_grad(to_f32(pre[i]), act));
 }
 
-// splitmix64's finaliser (src/backend/mod.rs `mix64`).
-__device__ __forceinline__ unsigned long long mix64(unsigned long long z) {
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 // Dropout in place with the counter-based mask of `DropKey`: element i is kept iff
 // (mix64(key ^ i·φ) >> 32) >= threshold (= ceil(p·2³²)), kept elements scaled by `scale`.
 // The same mask as the CPU backend's for the same key; its own backward.
 extern "C" __global__ void dropout_bf16(bf16* x, long long n, unsigned long long key, unsigned long long threshold,
                                         float scale) {
-    GRID_STRIDE(i, n) {
-        const unsigned long long h = mix64(key ^ ((unsigned long long)i * 0x9E3779B97F4A7C15ull)) >> 32;
-        x[i] = to_bf16(h >= threshold ? to_f32(x[i]) * scale : 0.f);
-    }
+    GRID_STRIDE(i, n) x[i] = to_bf16(to_f32(x[i]) * dropout_factor(key, threshold, scale, (unsigned long long)i));
 }
 
 // out[rows[i], :] = dy[i, :] for the n listed rows (out zeroed by the caller). grid n, 128 threads.

@@ -8,19 +8,26 @@ using namespace admix;
 
 namespace {
 
-// Normalises the f32 row `v` (cols values, in shared memory) into out (bf16).
-__device__ __forceinline__ void normalize_row(bf16* __restrict__ out, const float* v, const bf16* __restrict__ gamma,
-                                              const bf16* __restrict__ beta, int cols, float eps) {
+// Two-pass mean and 1/sqrt(var + eps) of the f32 row `v` (cols values, in shared memory), for the warp.
+__device__ __forceinline__ void row_stats(const float* v, int cols, float eps, float& mean, float& rstd) {
     const int lane = lane_id();
     float sum = 0.f;
     for (int c = lane; c < cols; c += 32) sum += v[c];
-    const float mean = warp_sum(sum) / cols;
+    mean = warp_sum(sum) / cols;
     float sq = 0.f;
     for (int c = lane; c < cols; c += 32) {
         const float d = v[c] - mean;
         sq += d * d;
     }
-    const float rstd = rsqrtf(warp_sum(sq) / cols + eps);
+    rstd = rsqrtf(warp_sum(sq) / cols + eps);
+}
+
+// Normalises the f32 row `v` (cols values, in shared memory) into out (bf16).
+__device__ __forceinline__ void normalize_row(bf16* __restrict__ out, const float* v, const bf16* __restrict__ gamma,
+                                              const bf16* __restrict__ beta, int cols, float eps) {
+    const int lane = lane_id();
+    float mean, rstd;
+    row_stats(v, cols, eps, mean, rstd);
     for (int c = lane; c < cols; c += 32) out[c] = to_bf16((v[c] - mean) * rstd * to_f32(gamma[c]) + to_f32(beta[c]));
 }
 
@@ -67,15 +74,8 @@ namespace {
 __device__ __forceinline__ void backward_row(bf16* __restrict__ dx, float* __restrict__ stats, const float* v,
                                              const float* g, const bf16* __restrict__ gamma, int cols, float eps) {
     const int lane = lane_id();
-    float sum = 0.f;
-    for (int c = lane; c < cols; c += 32) sum += v[c];
-    const float mean = warp_sum(sum) / cols;
-    float sq = 0.f;
-    for (int c = lane; c < cols; c += 32) {
-        const float d = v[c] - mean;
-        sq += d * d;
-    }
-    const float rstd = rsqrtf(warp_sum(sq) / cols + eps);
+    float mean, rstd;
+    row_stats(v, cols, eps, mean, rstd);
     float sd = 0.f, sdx = 0.f;
     for (int c = lane; c < cols; c += 32) {
         const float d = to_f32(gamma[c]) * g[c];

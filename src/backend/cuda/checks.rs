@@ -79,6 +79,30 @@ fn tensor(shape: &[usize], data: Vec<f32>) -> Tensor {
     Tensor::from_vec(shape.to_vec(), data)
 }
 
+/// Random embedding tables (two token types) and LayerNorm parameters.
+fn random_embeddings(r: &mut Rng, vocab: usize, positions: usize, h: usize) -> EmbeddingWeights<Tensor> {
+    EmbeddingWeights {
+        word: tensor(&[vocab, h], r.vec(vocab * h, 1.0)),
+        position: tensor(&[positions, h], r.vec(positions * h, 0.5)),
+        token_type: tensor(&[2, h], r.vec(2 * h, 0.5)),
+        ln_gamma: tensor(&[h], r.vec(h, 1.0)),
+        ln_beta: tensor(&[h], r.vec(h, 0.2)),
+    }
+}
+
+fn on_device(
+    cuda: &Cuda,
+    w: &EmbeddingWeights<Tensor>,
+) -> Result<EmbeddingWeights<<Cuda as Backend>::Weight>> {
+    Ok(EmbeddingWeights {
+        word: cuda.weight(&w.word)?,
+        position: cuda.weight(&w.position)?,
+        token_type: cuda.weight(&w.token_type)?,
+        ln_gamma: cuda.weight(&w.ln_gamma)?,
+        ln_beta: cuda.weight(&w.ln_beta)?,
+    })
+}
+
 pub fn check_linear(cuda: &Cuda, seed: u64) -> Result<f64> {
     let mut r = Rng(seed);
     let mut worst: f64 = 0.0;
@@ -129,26 +153,13 @@ pub fn check_layernorm(cuda: &Cuda, seed: u64) -> Result<f64> {
 pub fn check_embed(cuda: &Cuda, seed: u64) -> Result<f64> {
     let mut r = Rng(seed);
     let (vocab, positions, h) = (50, 20, 48);
-    let tables = |r: &mut Rng| EmbeddingWeights {
-        word: tensor(&[vocab, h], r.vec(vocab * h, 1.0)),
-        position: tensor(&[positions, h], r.vec(positions * h, 0.5)),
-        token_type: tensor(&[2, h], r.vec(2 * h, 0.5)),
-        ln_gamma: tensor(&[h], r.vec(h, 1.0)),
-        ln_beta: tensor(&[h], r.vec(h, 0.2)),
-    };
-    let w = tables(&mut r);
+    let w = random_embeddings(&mut r, vocab, positions, h);
     let (batch, seq) = (3, 7);
     let lens = vec![7, 3, 5];
     let ids = (0..batch * seq).map(|_| r.below(vocab) as u32).collect();
     let type_ids = (0..batch * seq).map(|i| (i % seq > 3) as u32).collect();
     let tb = TokenBatch { batch, seq, ids, type_ids, lens, truncated: vec![false; batch] };
-    let dw = EmbeddingWeights {
-        word: cuda.weight(&w.word)?,
-        position: cuda.weight(&w.position)?,
-        token_type: cuda.weight(&w.token_type)?,
-        ln_gamma: cuda.weight(&w.ln_gamma)?,
-        ln_beta: cuda.weight(&w.ln_beta)?,
-    };
+    let dw = on_device(cuda, &w)?;
     let want = Cpu.embed(&tb, &w, 1e-12)?;
     let got = cuda.embed(&tb, &dw, 1e-12)?;
     compare("embed 3x7x48", cuda, &got, &want)
@@ -226,8 +237,8 @@ pub fn check_linear_backward(cuda: &Cuda, seed: u64) -> Result<f64> {
             cuda.linear_backward(&gdy, &gx, &cuda.weight(&w)?, Some((&mut gdw, &mut gdb)), true)?.unwrap();
         let shape = format!("{m}x{n}x{k}");
         worst = worst.max(compare(&format!("linear dX {shape}"), cuda, &gdx, &cdx)?);
-        worst = worst.max(compare_f32(&format!("linear dW {shape}"), cuda, &gdw, &cdw)?);
-        worst = worst.max(compare_f32(&format!("linear db {shape}"), cuda, &gdb, &cdb)?);
+        worst = worst.max(compare(&format!("linear dW {shape}"), cuda, &gdw, &cdw)?);
+        worst = worst.max(compare(&format!("linear db {shape}"), cuda, &gdb, &cdb)?);
     }
     Ok(worst)
 }
@@ -237,11 +248,6 @@ fn f32_mat(cuda: &Cuda, rows: usize, cols: usize, data: &[f32]) -> Result<<Cuda 
     let m = cuda.zeros(rows, cols)?;
     cuda.executor().htod(m.buf().ptr(), bytemuck::cast_slice(data))?;
     Ok(m)
-}
-
-/// Like `compare` for f32 results: bf16 operands, f32 accumulation, so the same bound.
-fn compare_f32(name: &str, cuda: &Cuda, got: &<Cuda as Backend>::Act, want: &Mat) -> Result<f64> {
-    compare(name, cuda, got, want)
 }
 
 pub fn check_elementwise_backward(cuda: &Cuda, seed: u64) -> Result<f64> {
@@ -360,13 +366,7 @@ pub fn check_norm_backward(cuda: &Cuda, seed: u64) -> Result<f64> {
     }
     // embedding: tables small enough that rows repeat (table gradients accumulate)
     let (vocab, positions, h) = (11, 9, 40);
-    let w = EmbeddingWeights {
-        word: tensor(&[vocab, h], r.vec(vocab * h, 1.0)),
-        position: tensor(&[positions, h], r.vec(positions * h, 0.5)),
-        token_type: tensor(&[2, h], r.vec(2 * h, 0.5)),
-        ln_gamma: tensor(&[h], r.vec(h, 1.0)),
-        ln_beta: tensor(&[h], r.vec(h, 0.2)),
-    };
+    let w = random_embeddings(&mut r, vocab, positions, h);
     let (batch, seq) = (3, 7);
     let ids = (0..batch * seq).map(|_| r.below(vocab) as u32).collect();
     let type_ids = (0..batch * seq).map(|i| (i % seq > 3) as u32).collect();
@@ -390,13 +390,7 @@ pub fn check_norm_backward(cuda: &Cuda, seed: u64) -> Result<f64> {
     };
     let want = Cpu.embed_backward(&Cpu.upload(batch * seq, h, &dy)?, &tb, &w, 1e-12, Some(&mut cgrads))?;
     let mut ggrads = zeros(&|r, c| cuda.zeros(r, c))?;
-    let dw = EmbeddingWeights {
-        word: cuda.weight(&w.word)?,
-        position: cuda.weight(&w.position)?,
-        token_type: cuda.weight(&w.token_type)?,
-        ln_gamma: cuda.weight(&w.ln_gamma)?,
-        ln_beta: cuda.weight(&w.ln_beta)?,
-    };
+    let dw = on_device(cuda, &w)?;
     let got = cuda.embed_backward(&cuda.upload(batch * seq, h, &dy)?, &tb, &dw, 1e-12, Some(&mut ggrads))?;
     worst = worst.max(compare("embedding backward", cuda, &got, &want)?);
     for (name, g, c) in [
