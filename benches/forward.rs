@@ -48,7 +48,7 @@ fn main() {
         let tb = batch(b, 128, b as u64);
         // what `admix score` runs: the last layer computes only the [CLS] rows the head reads
         time(&format!("forward batch {b} x 128"), reps, || {
-            let cls = bert.encode_cls(&Cpu, &tb, Some(&adapter)).unwrap();
+            let cls = bert.encode_cls(&Cpu, &tb, Some(&adapter), None).unwrap();
             let logits = head.forward(&Cpu, &cls, tb.batch, 1).unwrap();
             assert!(logits.data.iter().all(|v| v.is_finite()));
         });

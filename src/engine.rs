@@ -63,7 +63,7 @@ impl<B: Backend> Engine<B> {
     /// Logits `[B][labels]` of the classification head.
     pub fn logits_batch(&self, batch: &TokenBatch) -> Result<Vec<Vec<f32>>> {
         let Some(head) = &self.head else { bail!("no classification head loaded") };
-        let cls = self.bert.encode_cls(&self.backend, batch, self.adapter.as_ref())?;
+        let cls = self.bert.encode_cls(&self.backend, batch, self.adapter.as_ref(), None)?;
         let logits = head.forward(&self.backend, &cls, batch.batch, 1)?;
         let (_, cols, data) = self.backend.download(&logits)?;
         Ok(data.chunks(cols).map(|r| r.to_vec()).collect())

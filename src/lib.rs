@@ -8,6 +8,7 @@
 
 pub mod adapter;
 pub mod assets;
+pub mod attack;
 pub mod backend;
 pub mod data;
 pub mod engine;

@@ -16,6 +16,7 @@ use admix::engine::AnyEngine;
 use admix::model::weights::WeightFile;
 use admix::model::ModelDir;
 
+mod attack_cmd;
 mod train_cmd;
 
 #[derive(Parser)]
@@ -59,6 +60,9 @@ enum Command {
     Train(train_cmd::TrainArgs),
     /// Evaluate a checkpoint on a split: accuracy, loss, per-class precision/recall/F1.
     Eval(train_cmd::EvalArgs),
+    /// Attack a checkpoint on a split (pgd, fgsm, hotflip, deepwordbug, pwws): TextAttack's
+    /// outcomes and summary; --out writes results.jsonl and summary.json.
+    Attack(attack_cmd::AttackArgs),
     /// Print the MR splits' sizes and label balance; --export writes them as JSONL.
     Mr {
         /// Write train.jsonl, dev.jsonl, test.jsonl ({"text", "label"}) into this directory
@@ -221,6 +225,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Train(args) => train_cmd::train(args),
         Command::Eval(args) => train_cmd::eval(args),
+        Command::Attack(args) => attack_cmd::attack(args),
         Command::Mr { export } => {
             let splits = admix::data::mr::load(&assets::mr_path())?;
             if let Some(dir) = export {

@@ -132,7 +132,7 @@ pub struct EvalArgs {
     threads: Option<usize>,
 }
 
-fn set_threads(n: Option<usize>) -> Result<()> {
+pub fn set_threads(n: Option<usize>) -> Result<()> {
     if let Some(t) = n {
         if t == 0 {
             bail!("--threads must be at least 1");
@@ -379,9 +379,17 @@ fn write_run_info(dir: &Path, a: &TrainArgs, model_dir: &Path) -> Result<()> {
     admix::io::write_atomic(&dir.join("admix.json"), serde_json::to_string_pretty(&info)?.as_bytes())
 }
 
-pub fn eval(a: EvalArgs) -> Result<()> {
-    set_threads(a.threads)?;
-    let mut dir = a.checkpoint.clone();
+/// A checkpoint ready to run: its directory (a run directory means its best/), the base model (or
+/// the fine-tuned one) and the adapter, head and labels.
+pub struct OpenCheckpoint {
+    pub dir: PathBuf,
+    pub model: ModelDir,
+    pub ck: checkpoint::Loaded,
+}
+
+/// Opens a checkpoint with the max length it was trained with (admix.json) unless `max_len` says.
+pub fn open_checkpoint(path: &Path, model: Option<&Path>, max_len: Option<usize>) -> Result<OpenCheckpoint> {
+    let mut dir = path.to_path_buf();
     if dir.join("best").is_dir() && !dir.join(checkpoint::HEAD_CONFIG).exists() {
         dir = dir.join("best");
     }
@@ -389,26 +397,37 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default();
-    let max_len = a.max_len.unwrap_or(info["max_len"].as_u64().unwrap_or(128) as usize);
-    let base = a.model.clone().unwrap_or_else(assets::default_model_dir);
+    let max_len = max_len.unwrap_or(info["max_len"].as_u64().unwrap_or(128) as usize);
+    let base = model.map(Path::to_path_buf).unwrap_or_else(assets::default_model_dir);
     let probe = ModelDir::open(&base, max_len)?;
     let ck = checkpoint::load(&dir, probe.config.num_hidden_layers, probe.config.hidden_size)?;
     let model = match &ck.model_dir {
         Some(d) => ModelDir::open(d, max_len)?,
         None => probe,
     };
-    let examples = match a.data.as_str() {
+    Ok(OpenCheckpoint { dir, model, ck })
+}
+
+/// The examples of `data` (`mr` and a split, or a labelled file) for a head with `labels`.
+pub fn labelled_examples(data: &str, split: &str, labels: &[String]) -> Result<Vec<Example>> {
+    Ok(match data {
         "mr" => {
-            if ck.labels.len() != 2 {
-                bail!("the checkpoint's head has {} labels; MR has 2", ck.labels.len());
+            if labels.len() != 2 {
+                bail!("the checkpoint's head has {} labels; MR has 2", labels.len());
             }
-            mr::load(&assets::mr_path())?.get(Split::parse(&a.split)?).to_vec()
+            mr::load(&assets::mr_path())?.get(Split::parse(split)?).to_vec()
         }
         path => {
-            let set = LabelSet { names: ck.labels.clone() };
+            let set = LabelSet { names: labels.to_vec() };
             set.encode(labeled::read(Path::new(path))?, path)?
         }
-    };
+    })
+}
+
+pub fn eval(a: EvalArgs) -> Result<()> {
+    set_threads(a.threads)?;
+    let OpenCheckpoint { dir, model, ck } = open_checkpoint(&a.checkpoint, a.model.as_deref(), a.max_len)?;
+    let examples = labelled_examples(&a.data, &a.split, &ck.labels)?;
     let data = encode_split(&model, &examples, "evaluation")?;
     let pad = model.tokenizer.pad_id();
     let (metrics, pred) = match a.device.cuda_backend()? {

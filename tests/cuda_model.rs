@@ -35,7 +35,7 @@ fn outputs<B: Backend>(
     let head = head.to_backend(be).unwrap();
     let hidden = bert.encode(be, batch, adapter.as_ref(), |_, _| {}).unwrap();
     let emb = be.mean_pool_l2(&hidden, &batch.lens, batch.seq).unwrap();
-    let cls = bert.encode_cls(be, batch, adapter.as_ref()).unwrap();
+    let cls = bert.encode_cls(be, batch, adapter.as_ref(), None).unwrap();
     let logits = head.forward(be, &cls, batch.batch, 1).unwrap();
     (be.download(&emb).unwrap().2, be.download(&logits).unwrap().2)
 }

@@ -116,7 +116,7 @@ fn cls_only_encoding_equals_the_cls_rows_of_the_full_encoding() {
     let file = admix::model::weights::WeightFile::open(&dir.path().join("adapter.safetensors")).unwrap();
     let ad = Adapter::load(&file, "a", tiny::LAYERS, H, Activation::Relu).unwrap();
     let full = bert.encode(&Cpu, &batch, Some(&ad), |_, _| {}).unwrap();
-    let cls = bert.encode_cls(&Cpu, &batch, Some(&ad)).unwrap();
+    let cls = bert.encode_cls(&Cpu, &batch, Some(&ad), None).unwrap();
     assert_eq!(cls.rows, 2);
     // equal up to the GEMMs' blocking (different row counts sum in a different order)
     for b in 0..2 {

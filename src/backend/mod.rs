@@ -117,6 +117,26 @@ pub struct AdamWStep {
     pub grad_scale: f32,
 }
 
+/// The ball of an embedding-space attack's perturbation, per sequence over its valid rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub enum Norm {
+    /// `‖δ‖₂ = sqrt(Σ δ²)`
+    L2,
+    /// `‖δ‖∞ = max |δ|`
+    Linf,
+}
+
+/// One projected ascent step on the word-row perturbation δ (docs/attacks.md): L∞:
+/// `δ ← clip(δ + α·sign(g), −ε, ε)`; L2: `δ ← δ + α·g/‖g‖₂`, then rescaled to `‖δ‖₂ ≤ ε`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PgdStep {
+    pub norm: Norm,
+    /// step size α
+    pub alpha: f32,
+    /// ball radius ε
+    pub eps: f32,
+}
+
 /// A backend: where activations live and how each op runs.
 pub trait Backend {
     /// An activation matrix `[rows, cols]`, row-major.
@@ -137,8 +157,16 @@ pub trait Backend {
     /// Copies an activation back to the host, with its shape `(rows, cols)`.
     fn download(&self, x: &Self::Act) -> Result<(usize, usize, Vec<f32>)>;
 
-    /// `LN(word[id] + position[s] + token_type[tt])` for every token of the batch: `[B*S, H]`.
-    fn embed(&self, batch: &TokenBatch, w: &EmbeddingWeights<Self::Weight>, eps: f32) -> Result<Self::Act>;
+    /// `LN(word[id] + δ + position[s] + token_type[tt])` for every token of the batch: `[B*S, H]`.
+    /// `delta` (`[B*S, H]`, in [`Backend::zeros`]' precision) is an attack's perturbation of the
+    /// word rows; `None` is δ = 0.
+    fn embed(
+        &self,
+        batch: &TokenBatch,
+        w: &EmbeddingWeights<Self::Weight>,
+        eps: f32,
+        delta: Option<&Self::Act>,
+    ) -> Result<Self::Act>;
     /// `act(x·Wᵀ + b) + residual`, with `W` stored `[out, in]` as in PyTorch.
     fn linear(
         &self,
@@ -204,15 +232,18 @@ pub trait Backend {
         eps: f32,
         grads: Option<(&mut Self::Act, &mut Self::Act)>,
     ) -> Result<Self::Act>;
-    /// Backward of [`Backend::embed`]: returns the gradient w.r.t. the word-embedding rows looked up
-    /// (`[B*S, H]`, before position/type embeddings and the LayerNorm); with `grads`, accumulates
-    /// into the word, position and token-type tables and the LayerNorm parameters.
+    /// Backward of [`Backend::embed`] (with the forward's `delta`): returns the gradient w.r.t. the
+    /// word-embedding rows looked up, which is also the gradient w.r.t. δ (`[B*S, H]`, before
+    /// position/type embeddings and the LayerNorm); with `grads`, accumulates into the word,
+    /// position and token-type tables and the LayerNorm parameters.
+    #[allow(clippy::too_many_arguments)]
     fn embed_backward(
         &self,
         dy: &Self::Act,
         batch: &TokenBatch,
         w: &EmbeddingWeights<Self::Weight>,
         eps: f32,
+        delta: Option<&Self::Act>,
         grads: Option<&mut EmbeddingWeights<Self::Act>>,
     ) -> Result<Self::Act>;
     /// Backward of [`Backend::attention`] (recomputes the probabilities): `dqkv` `[B*S, 3H]`.
@@ -253,4 +284,18 @@ pub trait Backend {
     ) -> Result<()>;
     /// Copies a backend weight to a host tensor (checkpoints).
     fn weight_to_host(&self, w: &Self::Weight) -> Result<Tensor>;
+
+    // ---- attack steps ----
+
+    /// One PGD step on `delta` (`[B*S, H]`, [`Backend::zeros`]' precision) from `grad`, the
+    /// gradient w.r.t. the word rows ([`Backend::embed_backward`]'s result), per sequence over its
+    /// `lens[b]` valid rows; pad rows of `delta` are set to zero.
+    fn pgd_step(
+        &self,
+        delta: &mut Self::Act,
+        grad: &Self::Act,
+        lens: &[usize],
+        seq: usize,
+        step: &PgdStep,
+    ) -> Result<()>;
 }

@@ -3,7 +3,7 @@
 use anyhow::{bail, Context, Result};
 
 use super::config::BertConfig;
-use super::layer::{self, LayerCtx, LayerDropout, LayerGrads};
+use super::layer::{self, LayerCtx, LayerDropout, LayerGrads, Packing};
 use super::weights::{Tensor, WeightFile};
 use crate::adapter::Adapter;
 use crate::backend::{Backend, DropKey, EmbeddingWeights};
@@ -218,6 +218,8 @@ pub struct Tape<A> {
     layers: Vec<layer::Saved<A>>,
     plan: Option<DropoutPlan>,
     cls_only: bool,
+    /// the perturbation of the word rows the forward ran with
+    delta: Option<A>,
 }
 
 /// The [CLS] row of every sequence: `b · seq`.
@@ -242,32 +244,36 @@ impl<W> Bert<W> {
         adapter: Option<&Adapter<W>>,
         observe: impl FnMut(usize, &B::Act),
     ) -> Result<B::Act> {
-        Ok(self.run(be, batch, adapter, None, false, false, observe)?.0)
+        Ok(self.run(be, batch, adapter, None, None, false, false, observe)?.0)
     }
 
     /// The last layer's [CLS] rows only, `[B, H]`: what a classification head reads. The last
     /// layer runs its attention on all rows and everything after it on the [CLS] rows alone.
+    /// `delta` perturbs the word-embedding rows (see [`Backend::embed`]).
     pub fn encode_cls<B: Backend<Weight = W>>(
         &self,
         be: &B,
         batch: &TokenBatch,
         adapter: Option<&Adapter<W>>,
+        delta: Option<&B::Act>,
     ) -> Result<B::Act> {
-        Ok(self.run(be, batch, adapter, None, false, true, |_, _| {})?.0)
+        Ok(self.run(be, batch, adapter, delta, None, false, true, |_, _| {})?.0)
     }
 
-    /// The forward pass of a training step: dropout per `plan` (none when `None`), and the tape
-    /// for [`Bert::backward`]. With `cls_only` the output is [`Bert::encode_cls`]'s.
+    /// The forward pass of a training step: dropout per `plan` (none when `None`), the word rows
+    /// perturbed by `delta`, and the tape for [`Bert::backward`]. With `cls_only` the output is
+    /// [`Bert::encode_cls`]'s.
     pub fn forward_train<B: Backend<Weight = W>>(
         &self,
         be: &B,
         batch: &TokenBatch,
         adapter: Option<&Adapter<W>>,
+        delta: Option<&B::Act>,
         plan: Option<DropoutPlan>,
         cls_only: bool,
     ) -> Result<(B::Act, Tape<B::Act>)> {
-        let (out, layers) = self.run(be, batch, adapter, plan, true, cls_only, |_, _| {})?;
-        Ok((out, Tape { layers, plan, cls_only }))
+        let (out, layers) = self.run(be, batch, adapter, delta, plan, true, cls_only, |_, _| {})?;
+        Ok((out, Tape { layers, plan, cls_only, delta: delta.cloned() }))
     }
 
     fn layer_ctx<'a>(
@@ -276,9 +282,11 @@ impl<W> Bert<W> {
         batch: &'a TokenBatch,
         adapter: Option<&'a Adapter<W>>,
         out_rows: Option<&'a [usize]>,
+        packed: Option<&'a Packing>,
     ) -> LayerCtx<'a, W> {
         LayerCtx {
             out_rows: out_rows.filter(|_| l + 1 == self.layers.len()),
+            packed,
             w: &self.layers[l],
             adapter: adapter.map(|a| (a.kind, a.activation, &a.layers[l])),
             lens: &batch.lens,
@@ -288,11 +296,13 @@ impl<W> Bert<W> {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn run<B: Backend<Weight = W>>(
         &self,
         be: &B,
         batch: &TokenBatch,
         adapter: Option<&Adapter<W>>,
+        delta: Option<&B::Act>,
         plan: Option<DropoutPlan>,
         keep: bool,
         cls_only: bool,
@@ -308,17 +318,22 @@ impl<W> Bert<W> {
             }
         }
         let eps = self.cfg.layer_norm_eps as f32;
-        let mut x = be.embed(batch, &self.emb, eps).context("embeddings")?;
+        let mut x = be.embed(batch, &self.emb, eps, delta).context("embeddings")?;
         if let Some(k) = plan.and_then(|p| p.embeddings()) {
             x = be.dropout(x, k)?;
         }
         observe(0, &x);
+        // a classifier's inference needs only the [CLS] rows out: run on the valid tokens alone
+        let packing = (cls_only && !keep && batch.lens.iter().sum::<usize>() < batch.tokens())
+            .then(|| Packing::new(&batch.lens, batch.seq));
+        if let Some(p) = &packing {
+            x = be.gather_rows(&x, &p.valid)?;
+        }
         let mut saved = Vec::with_capacity(if keep { self.layers.len() } else { 0 });
         for l in 0..self.layers.len() {
             let drops = plan.map(|p| p.layer(l)).unwrap_or_default();
-            let (out, s) =
-                layer::forward(be, &self.layer_ctx(l, batch, adapter, cls.as_deref()), x, &drops, keep)
-                    .with_context(|| format!("layer {l}"))?;
+            let ctx = self.layer_ctx(l, batch, adapter, cls.as_deref(), packing.as_ref());
+            let (out, s) = layer::forward(be, &ctx, x, &drops, keep).with_context(|| format!("layer {l}"))?;
             saved.extend(s);
             x = out;
             observe(l + 1, &x);
@@ -354,7 +369,7 @@ impl<W> Bert<W> {
                 adapter: adapter_grads.as_deref_mut().map(|a| &mut a.layers[l]),
             };
             let drops = tape.plan.map(|p| p.layer(l)).unwrap_or_default();
-            let ctx = self.layer_ctx(l, batch, adapter, cls.as_deref());
+            let ctx = self.layer_ctx(l, batch, adapter, cls.as_deref(), None);
             match layer::backward(be, &ctx, &tape.layers[l], &dy, &drops, g, l > 0 || below)
                 .with_context(|| format!("layer {l} backward"))?
             {
@@ -366,7 +381,8 @@ impl<W> Bert<W> {
             dy = be.dropout(dy, k)?;
         }
         let eps = self.cfg.layer_norm_eps as f32;
-        let d_in = be.embed_backward(&dy, batch, &self.emb, eps, bert.map(|b| &mut b.emb))?;
+        let d_in =
+            be.embed_backward(&dy, batch, &self.emb, eps, tape.delta.as_ref(), bert.map(|b| &mut b.emb))?;
         Ok(want_input_grad.then_some(d_in))
     }
 }

@@ -22,6 +22,34 @@ pub struct LayerCtx<'a, W> {
     /// Only these rows of the output are wanted (the [CLS] rows when a classification head reads
     /// the last layer): everything after the attention runs on them alone.
     pub out_rows: Option<&'a [usize]>,
+    /// Inference on packed rows: the layer's input and output hold only the valid tokens, and
+    /// only the attention sees the padded layout.
+    pub packed: Option<&'a Packing>,
+}
+
+/// The valid tokens of a padded batch, packed: row `k` of a packed matrix is padded row
+/// `valid[k]`. Every op but attention is row-wise, so running them on the packed rows skips the
+/// padding's work exactly.
+#[derive(Clone, Debug)]
+pub struct Packing {
+    /// padded row of each packed row
+    pub valid: Vec<usize>,
+    /// packed row of each sequence's first token ([CLS])
+    pub first: Vec<usize>,
+    /// rows of the padded layout
+    pub padded_rows: usize,
+}
+
+impl Packing {
+    pub fn new(lens: &[usize], seq: usize) -> Packing {
+        let mut valid = Vec::with_capacity(lens.iter().sum());
+        let mut first = Vec::with_capacity(lens.len());
+        for (b, &len) in lens.iter().enumerate() {
+            first.push(valid.len());
+            valid.extend(b * seq..b * seq + len);
+        }
+        Packing { valid, first, padded_rows: lens.len() * seq }
+    }
 }
 
 /// The dropout sites of a layer (BERT's: attention probabilities, after the attention output
@@ -155,14 +183,30 @@ pub fn forward<B: Backend>(
 ) -> Result<(B::Act, Option<Saved<B::Act>>)> {
     let (w, eps) = (c.w, c.eps);
     let qkv = be.linear(&x, &w.qkv_w, &w.qkv_b, Activation::Identity, None)?;
-    let mut ctx = be.attention(&qkv, c.lens, c.seq, c.heads, d.attn_probs)?;
+    let mut ctx = match c.packed {
+        None => be.attention(&qkv, c.lens, c.seq, c.heads, d.attn_probs)?,
+        Some(p) => {
+            let padded = be.scatter_rows(&qkv, &p.valid, p.padded_rows)?;
+            be.attention(&padded, c.lens, c.seq, c.heads, d.attn_probs)?
+        }
+    };
     // from here on every op is row-wise: keep only the wanted rows
-    let x_rows = match c.out_rows {
-        Some(rows) => {
+    let x_rows = match (c.out_rows, c.packed) {
+        (Some(rows), None) => {
             ctx = be.gather_rows(&ctx, rows)?;
             Some(be.gather_rows(&x, rows)?)
         }
-        None => None,
+        (Some(rows), Some(p)) => {
+            // `rows` index the padded attention output; the packed input has each sequence's
+            // first token at `p.first`
+            ctx = be.gather_rows(&ctx, rows)?;
+            Some(be.gather_rows(&x, &p.first)?)
+        }
+        (None, Some(p)) => {
+            ctx = be.gather_rows(&ctx, &p.valid)?;
+            None
+        }
+        (None, None) => None,
     };
     let xr = x_rows.as_ref().unwrap_or(&x);
     let (attn_in, mh) = match c.adapter {

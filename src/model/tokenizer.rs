@@ -108,6 +108,22 @@ impl TextTokenizer {
         self.inner.id_to_token(id)
     }
 
+    /// The id of a token of the vocabulary (e.g. `[CLS]`).
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// The wordpieces of a fragment of text, without special tokens (an attack tokenizes the words
+    /// of a text one by one and reuses the pieces of the words it did not change).
+    pub fn pieces(&self, fragment: &str) -> Result<Vec<u32>> {
+        let e = self.inner.encode(fragment, false).map_err(|e| anyhow!("tokenization failed: {e}"))?;
+        let mut ids = e.get_ids().to_vec();
+        for o in e.get_overflowing() {
+            ids.extend_from_slice(o.get_ids());
+        }
+        Ok(ids)
+    }
+
     /// Tokenizes without padding: `(ids, type_ids, truncated)` per input.
     pub fn encode_rows(&self, inputs: &[TextInput]) -> Result<Vec<(Vec<u32>, Vec<u32>, bool)>> {
         let encode_inputs: Vec<EncodeInput> = inputs

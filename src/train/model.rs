@@ -71,7 +71,13 @@ impl<B: Backend> Model<B> {
 
     /// Logits of a batch in evaluation mode (no dropout, nothing kept).
     pub fn logits(&self, be: &B, batch: &TokenBatch) -> Result<B::Act> {
-        let cls = self.bert.encode_cls(be, batch, self.adapter.as_ref())?;
+        self.logits_perturbed(be, batch, None)
+    }
+
+    /// Logits with the word-embedding rows perturbed by `delta` (`[B*S, H]`, see
+    /// [`Backend::embed`]), in evaluation mode.
+    pub fn logits_perturbed(&self, be: &B, batch: &TokenBatch, delta: Option<&B::Act>) -> Result<B::Act> {
+        let cls = self.bert.encode_cls(be, batch, self.adapter.as_ref(), delta)?;
         self.head.forward(be, &cls, batch.batch, 1)
     }
 
@@ -85,22 +91,33 @@ impl<B: Backend> Model<B> {
         plan: Option<DropoutPlan>,
         want_input_grad: bool,
     ) -> Result<StepOutput<B::Act>> {
-        ensure!(labels.len() == batch.batch, "{} labels for a batch of {}", labels.len(), batch.batch);
-        // the head reads only the [CLS] rows: the last layer computes just those (after attention)
-        let (cls, tape) = self.bert.forward_train(be, batch, self.adapter.as_ref(), plan, true)?;
-        let keys = plan.map(|p| [p.head(0), p.head(1)]).unwrap_or_default();
-        let (logits, head_saved) = self.head.forward_train(be, &cls, batch.batch, 1, keys)?;
-        drop(cls);
-        let (loss, dlogits) = be.cross_entropy(&logits, labels)?;
-        if !loss.is_finite() {
-            bail!("the loss is {loss}");
-        }
-        let Grads { bert, adapter, head } = &mut self.grads;
-        let dlast = self.head.backward(be, &head_saved, &dlogits, Some(head))?;
-        let grads = EncoderGrads { bert: bert.as_mut(), adapter: adapter.as_mut() };
-        let input_grad =
-            self.bert.backward(be, batch, self.adapter.as_ref(), &tape, dlast, grads, want_input_grad)?;
-        Ok(StepOutput { loss, logits, input_grad })
+        self.forward_backward_perturbed(be, batch, labels, plan, None, want_input_grad)
+    }
+
+    /// [`Model::forward_backward`] at the word rows perturbed by `delta` (FreeLB's ascent steps).
+    pub fn forward_backward_perturbed(
+        &mut self,
+        be: &B,
+        batch: &TokenBatch,
+        labels: &[u32],
+        plan: Option<DropoutPlan>,
+        delta: Option<&B::Act>,
+        want_input_grad: bool,
+    ) -> Result<StepOutput<B::Act>> {
+        let Model { bert, adapter, head, grads } = self;
+        pass(be, (bert, adapter.as_ref(), head), batch, labels, plan, delta, Some(grads), want_input_grad)
+    }
+
+    /// The loss and its gradient w.r.t. the (perturbed) word-embedding rows alone, in evaluation
+    /// mode: what an embedding-space or HotFlip attack needs. No parameter gradient is computed.
+    pub fn input_gradient(
+        &self,
+        be: &B,
+        batch: &TokenBatch,
+        labels: &[u32],
+        delta: Option<&B::Act>,
+    ) -> Result<StepOutput<B::Act>> {
+        pass(be, (&self.bert, self.adapter.as_ref(), &self.head), batch, labels, None, delta, None, true)
     }
 
     /// Every trainable tensor with its gradient, in a fixed order: encoder (full fine-tuning),
@@ -124,4 +141,38 @@ impl<B: Backend> Model<B> {
             .map(|((name, weight), (_, grad))| Param { name, weight, grad })
             .collect()
     }
+}
+
+/// One forward + backward pass of a classifier; parameter gradients accumulate into `grads` when
+/// given.
+#[allow(clippy::too_many_arguments)]
+fn pass<B: Backend>(
+    be: &B,
+    (bert, adapter, head): (&Bert<B::Weight>, Option<&Adapter<B::Weight>>, &ClassificationHead<B::Weight>),
+    batch: &TokenBatch,
+    labels: &[u32],
+    plan: Option<DropoutPlan>,
+    delta: Option<&B::Act>,
+    grads: Option<&mut Grads<B::Act>>,
+    want_input_grad: bool,
+) -> Result<StepOutput<B::Act>> {
+    ensure!(labels.len() == batch.batch, "{} labels for a batch of {}", labels.len(), batch.batch);
+    // the head reads only the [CLS] rows: the last layer computes just those (after attention)
+    let (cls, tape) = bert.forward_train(be, batch, adapter, delta, plan, true)?;
+    let keys = plan.map(|p| [p.head(0), p.head(1)]).unwrap_or_default();
+    let (logits, head_saved) = head.forward_train(be, &cls, batch.batch, 1, keys)?;
+    drop(cls);
+    let (loss, dlogits) = be.cross_entropy(&logits, labels)?;
+    if !loss.is_finite() {
+        bail!("the loss is {loss}");
+    }
+    let (head_grads, encoder_grads) = match grads {
+        Some(Grads { bert: gb, adapter: ga, head: gh }) => {
+            (Some(gh), EncoderGrads { bert: gb.as_mut(), adapter: ga.as_mut() })
+        }
+        None => (None, EncoderGrads { bert: None, adapter: None }),
+    };
+    let dlast = head.backward(be, &head_saved, &dlogits, head_grads)?;
+    let input_grad = bert.backward(be, batch, adapter, &tape, dlast, encoder_grads, want_input_grad)?;
+    Ok(StepOutput { loss, logits, input_grad })
 }

@@ -9,8 +9,8 @@ use crate::backend::EmbeddingWeights;
 use crate::model::tokenizer::TokenBatch;
 use crate::model::weights::Tensor;
 
-pub fn embed(batch: &TokenBatch, w: &EmbeddingWeights<Tensor>, eps: f32) -> Result<Mat> {
-    let mut out = sums(batch, w)?;
+pub fn embed(batch: &TokenBatch, w: &EmbeddingWeights<Tensor>, eps: f32, delta: Option<&Mat>) -> Result<Mat> {
+    let mut out = sums(batch, w, delta)?;
     let (g, b) = (w.ln_gamma.data(), w.ln_beta.data());
     let h = out.cols;
     out.data.par_chunks_mut(h * ROW_CHUNK).for_each(|rows| {
@@ -22,15 +22,16 @@ pub fn embed(batch: &TokenBatch, w: &EmbeddingWeights<Tensor>, eps: f32) -> Resu
 }
 
 /// Backward of [`embed`]: the gradient w.r.t. the pre-LayerNorm sum, which is also the gradient
-/// w.r.t. the word-embedding rows looked up; with `grads`, accumulated into the tables too.
+/// w.r.t. the word-embedding rows looked up (and δ); with `grads`, accumulated into the tables too.
 pub fn embed_backward(
     dy: &Mat,
     batch: &TokenBatch,
     w: &EmbeddingWeights<Tensor>,
     eps: f32,
+    delta: Option<&Mat>,
     grads: Option<&mut EmbeddingWeights<Mat>>,
 ) -> Result<Mat> {
-    let x = sums(batch, w)?;
+    let x = sums(batch, w, delta)?;
     let h = x.cols;
     ensure!(
         dy.rows == x.rows && dy.cols == h,
@@ -76,8 +77,8 @@ pub fn embed_backward(
     Ok(dx)
 }
 
-/// `word[id] + position[s] + token_type[tt]` for every token, with the ids validated.
-fn sums(batch: &TokenBatch, w: &EmbeddingWeights<Tensor>) -> Result<Mat> {
+/// `(word[id] + δ) + position[s] + token_type[tt]` for every token, with the ids validated.
+fn sums(batch: &TokenBatch, w: &EmbeddingWeights<Tensor>, delta: Option<&Mat>) -> Result<Mat> {
     let h = w.word.shape()[1];
     let vocab = w.word.shape()[0];
     let max_pos = w.position.shape()[0];
@@ -89,6 +90,15 @@ fn sums(batch: &TokenBatch, w: &EmbeddingWeights<Tensor>) -> Result<Mat> {
     if let Some(&bad) = batch.type_ids.iter().find(|&&t| t as usize >= n_types) {
         anyhow::bail!("token type id {bad} is outside the model's {n_types} types");
     }
+    if let Some(d) = delta {
+        ensure!(
+            d.rows == batch.tokens() && d.cols == h,
+            "embed: the perturbation is {}x{}, expected {}x{h}",
+            d.rows,
+            d.cols,
+            batch.tokens()
+        );
+    }
     let (word, pos, typ) = (w.word.data(), w.position.data(), w.token_type.data());
     let mut out = Mat::zeros(batch.tokens(), h);
     out.data.par_chunks_mut(h * ROW_CHUNK).enumerate().for_each(|(c, rows)| {
@@ -96,8 +106,12 @@ fn sums(batch: &TokenBatch, w: &EmbeddingWeights<Tensor>) -> Result<Mat> {
             let t = c * ROW_CHUNK + i;
             let (id, tt, s) = (batch.ids[t] as usize, batch.type_ids[t] as usize, t % batch.seq);
             let (we, pe, te) = (&word[id * h..][..h], &pos[s * h..][..h], &typ[tt * h..][..h]);
-            for j in 0..h {
-                row[j] = we[j] + pe[j] + te[j];
+            match delta {
+                None => (0..h).for_each(|j| row[j] = we[j] + pe[j] + te[j]),
+                Some(d) => {
+                    let de = &d.data[t * h..][..h];
+                    (0..h).for_each(|j| row[j] = (we[j] + de[j]) + pe[j] + te[j]);
+                }
             }
         }
     });

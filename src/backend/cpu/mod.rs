@@ -2,6 +2,7 @@
 //! every other backend is tested against, and a real product path for machines without a GPU.
 
 mod activation;
+mod attack;
 mod attention;
 mod dropout;
 mod embedding;
@@ -15,7 +16,7 @@ mod pooling;
 
 use anyhow::{ensure, Result};
 
-use super::{Activation, AdamWStep, Backend, DropKey, EmbeddingWeights};
+use super::{Activation, AdamWStep, Backend, DropKey, EmbeddingWeights, PgdStep};
 use crate::model::tokenizer::TokenBatch;
 use crate::model::weights::Tensor;
 
@@ -74,8 +75,14 @@ impl Backend for Cpu {
         Ok((x.rows, x.cols, x.data.clone()))
     }
 
-    fn embed(&self, batch: &TokenBatch, w: &EmbeddingWeights<Tensor>, eps: f32) -> Result<Mat> {
-        embedding::embed(batch, w, eps)
+    fn embed(
+        &self,
+        batch: &TokenBatch,
+        w: &EmbeddingWeights<Tensor>,
+        eps: f32,
+        delta: Option<&Mat>,
+    ) -> Result<Mat> {
+        embedding::embed(batch, w, eps, delta)
     }
 
     fn linear(
@@ -164,9 +171,10 @@ impl Backend for Cpu {
         batch: &TokenBatch,
         w: &EmbeddingWeights<Tensor>,
         eps: f32,
+        delta: Option<&Mat>,
         grads: Option<&mut EmbeddingWeights<Mat>>,
     ) -> Result<Mat> {
-        embedding::embed_backward(dy, batch, w, eps, grads)
+        embedding::embed_backward(dy, batch, w, eps, delta, grads)
     }
 
     fn attention_backward(
@@ -227,5 +235,17 @@ impl Backend for Cpu {
 
     fn weight_to_host(&self, w: &Tensor) -> Result<Tensor> {
         Ok(w.clone())
+    }
+
+    fn pgd_step(
+        &self,
+        delta: &mut Mat,
+        grad: &Mat,
+        lens: &[usize],
+        seq: usize,
+        step: &PgdStep,
+    ) -> Result<()> {
+        delta.check_same(grad, "pgd_step")?;
+        attack::pgd_step(delta, grad, lens, seq, step)
     }
 }

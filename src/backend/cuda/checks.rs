@@ -9,7 +9,7 @@ use anyhow::{ensure, Result};
 
 use super::{bf16, Cuda};
 use crate::backend::cpu::{Cpu, Mat};
-use crate::backend::{Activation, Backend, EmbeddingWeights};
+use crate::backend::{Activation, Backend, EmbeddingWeights, Norm, PgdStep};
 use crate::model::tokenizer::TokenBatch;
 use crate::model::weights::Tensor;
 
@@ -32,6 +32,7 @@ pub const CHECKS: &[(&str, KernelCheck)] = &[
     ("add_assign, sum of squares, cross-entropy", check_reductions),
     ("attention with dropout, and its backward", check_attention_backward),
     ("layernorm and embedding backward (with parameter and table gradients)", check_norm_backward),
+    ("PGD step and projection (L2, L∞)", check_pgd_step),
 ];
 
 struct Rng(u64);
@@ -160,9 +161,14 @@ pub fn check_embed(cuda: &Cuda, seed: u64) -> Result<f64> {
     let type_ids = (0..batch * seq).map(|i| (i % seq > 3) as u32).collect();
     let tb = TokenBatch { batch, seq, ids, type_ids, lens, truncated: vec![false; batch] };
     let dw = on_device(cuda, &w)?;
-    let want = Cpu.embed(&tb, &w, 1e-12)?;
-    let got = cuda.embed(&tb, &dw, 1e-12)?;
-    compare("embed 3x7x48", cuda, &got, &want)
+    let want = Cpu.embed(&tb, &w, 1e-12, None)?;
+    let got = cuda.embed(&tb, &dw, 1e-12, None)?;
+    let plain = compare("embed 3x7x48", cuda, &got, &want)?;
+    // with an attack's perturbation of the word rows (f32 on the device)
+    let delta = r.vec(batch * seq * h, 0.05);
+    let want = Cpu.embed(&tb, &w, 1e-12, Some(&Cpu.upload(batch * seq, h, &delta)?))?;
+    let got = cuda.embed(&tb, &dw, 1e-12, Some(&cuda.upload_state(batch * seq, h, &delta)?))?;
+    Ok(plain.max(compare("embed 3x7x48 + δ", cuda, &got, &want)?))
 }
 
 pub fn check_attention(cuda: &Cuda, seed: u64) -> Result<f64> {
@@ -388,10 +394,15 @@ pub fn check_norm_backward(cuda: &Cuda, seed: u64) -> Result<f64> {
         ln_gamma: Cpu.zeros(1, h)?,
         ln_beta: Cpu.zeros(1, h)?,
     };
-    let want = Cpu.embed_backward(&Cpu.upload(batch * seq, h, &dy)?, &tb, &w, 1e-12, Some(&mut cgrads))?;
+    // through a perturbed forward (δ changes the LayerNorm's statistics, so its backward)
+    let delta = r.vec(batch * seq * h, 0.05);
+    let (cd, gd) = (Cpu.upload(batch * seq, h, &delta)?, cuda.upload_state(batch * seq, h, &delta)?);
+    let want =
+        Cpu.embed_backward(&Cpu.upload(batch * seq, h, &dy)?, &tb, &w, 1e-12, Some(&cd), Some(&mut cgrads))?;
     let mut ggrads = zeros(&|r, c| cuda.zeros(r, c))?;
     let dw = on_device(cuda, &w)?;
-    let got = cuda.embed_backward(&cuda.upload(batch * seq, h, &dy)?, &tb, &dw, 1e-12, Some(&mut ggrads))?;
+    let dy = cuda.upload(batch * seq, h, &dy)?;
+    let got = cuda.embed_backward(&dy, &tb, &dw, 1e-12, Some(&gd), Some(&mut ggrads))?;
     worst = worst.max(compare("embedding backward", cuda, &got, &want)?);
     for (name, g, c) in [
         ("word", &ggrads.word, &cgrads.word),
@@ -401,6 +412,34 @@ pub fn check_norm_backward(cuda: &Cuda, seed: u64) -> Result<f64> {
         ("LayerNorm β", &ggrads.ln_beta, &cgrads.ln_beta),
     ] {
         worst = worst.max(compare(&format!("embedding {name} gradient"), cuda, g, c)?);
+    }
+    Ok(worst)
+}
+
+/// f32 state paths (the PGD step keeps δ in f32 on both sides) are held to 1e-5.
+const F32_TOL: f64 = 1e-5;
+
+pub fn check_pgd_step(cuda: &Cuda, seed: u64) -> Result<f64> {
+    let mut r = Rng(seed);
+    let (seq, h) = (9, 40);
+    // a full row, a short one, one with a zero gradient (no step), one of length 1
+    let lens = [9usize, 4, 6, 1];
+    let rows = lens.len() * seq;
+    let mut grad = r.vec(rows * h, 1.0);
+    grad[2 * seq * h..3 * seq * h].fill(0.0);
+    let mut worst: f64 = 0.0;
+    for (norm, alpha, eps) in [(Norm::Linf, 0.01, 0.03), (Norm::L2, 0.5, 0.8), (Norm::L2, 0.05, 10.0)] {
+        // a start inside, on and outside the ball, pads not zero: every branch of the projection
+        let delta = r.vec(rows * h, 0.02);
+        let step = PgdStep { norm, alpha, eps };
+        let mut want = Cpu.upload(rows, h, &delta)?;
+        Cpu.pgd_step(&mut want, &Cpu.upload(rows, h, &grad)?, &lens, seq, &step)?;
+        let mut got = cuda.upload_state(rows, h, &delta)?;
+        cuda.pgd_step(&mut got, &cuda.upload(rows, h, &grad)?, &lens, seq, &step)?;
+        let (_, _, data) = cuda.download(&got)?;
+        let e = rel_err(&data, &want.data)?;
+        ensure!(e <= F32_TOL, "pgd step {norm:?} α={alpha} ε={eps}: relative error {e:.2e} > {F32_TOL:.0e}");
+        worst = worst.max(e);
     }
     Ok(worst)
 }

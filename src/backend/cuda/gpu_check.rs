@@ -398,7 +398,8 @@ fn performance(gpu: &Gpu, exec: &Arc<dyn Executor>, r: &mut Report) -> Result<()
     let ids: Vec<i32> = (0..tokens).map(|_| (rng.next_u64() % 30522) as i32).collect();
     let ids = DevBuf::from_slice(exec, &ids)?;
     let types = DevBuf::from_slice(exec, &vec![0i32; tokens])?;
-    let ms = gpu.time_ms(warm, reps, || launch::embed(&**exec, &y, &ids, &types, &we, tokens, seq, 1e-12))?;
+    let ms =
+        gpu.time_ms(warm, reps, || launch::embed(&**exec, &y, &ids, &types, &we, None, tokens, seq, 1e-12))?;
     row(
         r,
         "embedding + layernorm",

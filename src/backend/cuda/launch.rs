@@ -8,7 +8,7 @@ use anyhow::Result;
 
 use super::executor::{Args, DevBuf, Executor, Launch};
 use super::ops::{DType, DevTensor};
-use crate::backend::{Activation, DropKey, EmbeddingWeights};
+use crate::backend::{Activation, DropKey, EmbeddingWeights, Norm, PgdStep};
 
 /// `Activation` as the kernels' code (kernels/activation.cuh).
 fn act_code(a: Activation) -> i32 {
@@ -147,7 +147,8 @@ pub fn layernorm(
     }
 }
 
-/// Embedding gather + LayerNorm of `rows` tokens (sequences of `seq`); ids must be in range.
+/// Embedding gather + LayerNorm of `rows` tokens (sequences of `seq`); ids must be in range;
+/// `delta` (f32 `[rows, h]`) perturbs the word rows.
 #[allow(clippy::too_many_arguments)]
 pub fn embed(
     exec: &dyn Executor,
@@ -155,6 +156,7 @@ pub fn embed(
     ids: &DevBuf,
     type_ids: &DevBuf,
     w: &EmbeddingWeights<DevTensor>,
+    delta: Option<&DevBuf>,
     rows: usize,
     seq: usize,
     eps: f32,
@@ -168,6 +170,7 @@ pub fn embed(
             .buf(ids)
             .buf(type_ids)
             .buf(w.word.buf())
+            .ptr(delta.map_or(0, |d| d.ptr()))
             .buf(w.position.buf())
             .buf(w.token_type.buf())
             .buf(w.ln_gamma.buf())
@@ -460,6 +463,7 @@ pub fn embed_backward(
     ids: &DevBuf,
     type_ids: &DevBuf,
     w: &EmbeddingWeights<DevTensor>,
+    delta: Option<&DevBuf>,
     (rows, seq): (usize, usize),
     eps: f32,
     grads: Option<&EmbeddingWeights<&DevBuf>>,
@@ -475,6 +479,7 @@ pub fn embed_backward(
             .buf(ids)
             .buf(type_ids)
             .buf(w.word.buf())
+            .ptr(delta.map_or(0, |d| d.ptr()))
             .buf(w.position.buf())
             .buf(w.token_type.buf())
             .buf(w.ln_gamma.buf())
@@ -495,6 +500,7 @@ pub fn embed_backward(
             .buf(ids)
             .buf(type_ids)
             .buf(w.word.buf())
+            .ptr(delta.map_or(0, |d| d.ptr()))
             .buf(w.position.buf())
             .buf(w.token_type.buf())
             .i32(rows as i32)
@@ -554,5 +560,33 @@ pub fn adamw(
             .f32(bc2_sqrt)
             .f32(h.eps)
             .launch(exec, "adamw_f32", elementwise(n))
+    }
+}
+
+/// One PGD step on `delta` (f32 `[batch·seq, cols]`) from `grad` (bf16), one block per sequence.
+pub fn pgd_step(
+    exec: &dyn Executor,
+    delta: &DevBuf,
+    grad: &DevBuf,
+    lens: &DevBuf,
+    (batch, seq, cols): (usize, usize, usize),
+    step: &PgdStep,
+) -> Result<()> {
+    let norm = match step.norm {
+        Norm::Linf => 0,
+        Norm::L2 => 1,
+    };
+    // SAFETY: pgd_step_f32(delta, grad, lens, seq, cols, norm, alpha, eps).
+    unsafe {
+        Args::new()
+            .buf(delta)
+            .buf(grad)
+            .buf(lens)
+            .i32(seq as i32)
+            .i32(cols as i32)
+            .i32(norm)
+            .f32(step.alpha)
+            .f32(step.eps)
+            .launch(exec, "pgd_step_f32", Launch::linear(batch as u32, 256, 0))
     }
 }

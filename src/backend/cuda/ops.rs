@@ -10,7 +10,7 @@ use super::executor::{DevBuf, Executor};
 use super::launch;
 use super::{bf16, Cuda};
 use crate::backend::cpu::Cpu;
-use crate::backend::{Activation, Backend, DropKey, EmbeddingWeights};
+use crate::backend::{Activation, Backend, DropKey, EmbeddingWeights, PgdStep};
 use crate::model::tokenizer::TokenBatch;
 use crate::model::weights::Tensor;
 
@@ -94,6 +94,20 @@ fn bf16_inputs(op: &str, xs: &[Option<&DevMat>]) -> Result<()> {
     Ok(())
 }
 
+/// An embedding perturbation must be an f32 `[rows, h]` matrix (the state precision: bf16 would
+/// round small PGD steps away).
+fn check_delta(op: &str, delta: Option<&DevMat>, rows: usize, h: usize) -> Result<()> {
+    let Some(d) = delta else { return Ok(()) };
+    d.expect(DType::F32, op)?;
+    ensure!(
+        d.rows == rows && d.cols == h,
+        "{op}: the perturbation is {}x{}, expected {rows}x{h}",
+        d.rows,
+        d.cols
+    );
+    Ok(())
+}
+
 impl Cuda {
     fn mat(&self, rows: usize, cols: usize) -> Result<DevMat> {
         self.mat_of(rows, cols, DType::Bf16)
@@ -157,7 +171,13 @@ impl Backend for Cuda {
         Ok((x.rows, x.cols, data))
     }
 
-    fn embed(&self, batch: &TokenBatch, w: &EmbeddingWeights<DevTensor>, eps: f32) -> Result<DevMat> {
+    fn embed(
+        &self,
+        batch: &TokenBatch,
+        w: &EmbeddingWeights<DevTensor>,
+        eps: f32,
+        delta: Option<&DevMat>,
+    ) -> Result<DevMat> {
         let (vocab, h) = (w.word.shape[0], w.word.shape[1]);
         let (positions, types) = (w.position.shape[0], w.token_type.shape[0]);
         ensure!(batch.seq <= positions, "embed: sequence length {} > {positions} positions", batch.seq);
@@ -168,10 +188,11 @@ impl Backend for Cuda {
             bail!("embed: token type {t} outside the {types} types");
         }
         let rows = batch.batch * batch.seq;
+        check_delta("embed", delta, rows, h)?;
         let ids = self.ints(batch.ids.iter().map(|&i| i as usize))?;
         let tys = self.ints(batch.type_ids.iter().map(|&i| i as usize))?;
         let out = self.mat(rows, h)?;
-        launch::embed(self.exec(), &out.buf, &ids, &tys, w, rows, batch.seq, eps)?;
+        launch::embed(self.exec(), &out.buf, &ids, &tys, w, delta.map(|d| d.buf()), rows, batch.seq, eps)?;
         Ok(out)
     }
 
@@ -386,11 +407,13 @@ impl Backend for Cuda {
         batch: &TokenBatch,
         w: &EmbeddingWeights<DevTensor>,
         eps: f32,
+        delta: Option<&DevMat>,
         grads: Option<&mut EmbeddingWeights<DevMat>>,
     ) -> Result<DevMat> {
         bf16_inputs("embed_backward", &[Some(dy)])?;
         let rows = batch.batch * batch.seq;
         let h = w.word.shape[1];
+        check_delta("embed_backward", delta, rows, h)?;
         ensure!(
             dy.rows == rows && dy.cols == h,
             "embed_backward: dy is {}x{}, expected {rows}x{h}",
@@ -425,6 +448,7 @@ impl Backend for Cuda {
             &ids,
             &tys,
             w,
+            delta.map(|d| d.buf()),
             shape,
             eps,
             bufs.as_ref(),
@@ -573,5 +597,35 @@ impl Backend for Cuda {
             // never updated: the tensor it was made from
             None => Ok(w.host.clone()),
         }
+    }
+
+    fn pgd_step(
+        &self,
+        delta: &mut DevMat,
+        grad: &DevMat,
+        lens: &[usize],
+        seq: usize,
+        step: &PgdStep,
+    ) -> Result<()> {
+        delta.expect(DType::F32, "pgd_step perturbation")?;
+        grad.expect(DType::Bf16, "pgd_step gradient")?;
+        ensure!(
+            delta.rows == grad.rows && delta.cols == grad.cols,
+            "pgd_step: shapes {}x{} and {}x{}",
+            delta.rows,
+            delta.cols,
+            grad.rows,
+            grad.cols
+        );
+        ensure!(
+            delta.rows == lens.len() * seq,
+            "pgd_step: {} rows for {} sequences of {seq}",
+            delta.rows,
+            lens.len()
+        );
+        ensure!(lens.iter().all(|&l| l <= seq), "pgd_step: a length exceeds the sequence length {seq}");
+        let lens_dev = self.ints(lens.iter().copied())?;
+        let cols = delta.cols;
+        launch::pgd_step(self.exec(), delta.buf_mut()?, &grad.buf, &lens_dev, (lens.len(), seq, cols), step)
     }
 }

@@ -1,0 +1,273 @@
+//! HotFlip-style wordpiece attack (white-box, discrete).
+//!
+//! The first-order gain of replacing the token at position `i` by vocabulary entry `v` is
+//! `s(i, v) = (E[v] − e_i)·∇_{e_i}L`. For every position and the whole vocabulary at once this
+//! is one GEMM: the gradient rows `G` and the looked-up rows `e_i`, stacked as `[G; e]`, times
+//! `Eᵀ` (the backend's linear op with the word table as its weight) gives both `G·Eᵀ` and the dot
+//! products `e_i·E[v]` for the cosine constraint. The allowed flips are then masked and the best
+//! `top_k` per beam confirmed by real forward passes, all candidates of a step in one batch.
+//!
+//! Constraints: only whole words of one wordpiece are replaced, by vocabulary entries that are
+//! whole lower-case words (so the text re-tokenizes to exactly what was scored); never special
+//! tokens; never stopwords (at `i` or as `v`); each word at most once; at most `⌈ρ·words⌉`
+//! words; `cos(E[v], e_i) ≥ τ`.
+
+use std::cmp::Ordering;
+
+use anyhow::{ensure, Context, Result};
+
+use super::metrics::AttackRecord;
+use super::search::State;
+use super::victim::{Goal, Victim};
+use super::words::{is_stopword, Text};
+use crate::backend::{Activation, Backend};
+use crate::model::tokenizer::TokenBatch;
+use crate::model::weights::Tensor;
+use crate::train::model::Model;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct HotFlipConfig {
+    /// most words changed, as a fraction of the words (ρ)
+    pub max_word_frac: f32,
+    /// least cosine between the new and the old token's embedding (τ)
+    pub min_cos: f32,
+    /// beam width (1 = greedy)
+    pub beam: usize,
+    /// flips confirmed by a forward pass per beam and step
+    pub top_k: usize,
+}
+
+impl Default for HotFlipConfig {
+    fn default() -> Self {
+        HotFlipConfig { max_word_frac: 0.2, min_cos: 0.2, beam: 1, top_k: 8 }
+    }
+}
+
+/// The vocabulary side, computed once: which entries may be flipped in, their strings and norms,
+/// and the word table on the host and on the backend.
+pub struct HotFlip<B: Backend> {
+    pub cfg: HotFlipConfig,
+    allowed: Vec<bool>,
+    tokens: Vec<String>,
+    norms: Vec<f32>,
+    word: Tensor,
+    word_dev: B::Weight,
+    zero_bias: B::Weight,
+}
+
+/// Whole lower-case words of two or more ASCII letters that are not stopwords.
+fn flippable_token(t: &str) -> bool {
+    t.len() >= 2 && t.bytes().all(|b| b.is_ascii_lowercase()) && !is_stopword(t)
+}
+
+impl<B: Backend> HotFlip<B> {
+    /// `word`: the model's word-embedding table `[V, H]` on the host; `tokens[v]`: entry `v`'s
+    /// string.
+    pub fn new(be: &B, word: &Tensor, tokens: Vec<String>, cfg: HotFlipConfig) -> Result<Self> {
+        ensure!(cfg.beam >= 1 && cfg.top_k >= 1, "HotFlip needs a beam and top-k of at least 1");
+        ensure!((0.0..=1.0).contains(&cfg.max_word_frac), "the changed-word fraction must be in [0, 1]");
+        let (v, h) = (word.shape()[0], word.shape()[1]);
+        ensure!(tokens.len() <= v, "{} token strings for a vocabulary of {v}", tokens.len());
+        let allowed = (0..v).map(|i| tokens.get(i).is_some_and(|t| flippable_token(t))).collect();
+        let norms = word.data().chunks(h).map(|r| r.iter().map(|x| x * x).sum::<f32>().sqrt()).collect();
+        Ok(HotFlip {
+            cfg,
+            allowed,
+            tokens,
+            norms,
+            word: word.clone(),
+            word_dev: be.weight(word)?,
+            zero_bias: be.weight(&Tensor::from_vec(vec![v], vec![0.0; v]))?,
+        })
+    }
+
+    fn row(&self, id: u32) -> &[f32] {
+        let h = self.word.shape()[1];
+        &self.word.data()[id as usize * h..][..h]
+    }
+}
+
+/// One flip to try: word `word` (at token position `pos`) becomes vocabulary entry `v`.
+#[derive(Clone, Copy, Debug)]
+struct Flip {
+    beam: usize,
+    word: usize,
+    v: u32,
+    gain: f32,
+}
+
+/// A beam: a text, its ids, and which token position each flippable word sits at.
+#[derive(Clone)]
+struct Beam {
+    state: State,
+    ids: Vec<u32>,
+    changed: Vec<usize>,
+}
+
+/// Token position of each word that is one wordpiece, not a stopword, and inside the truncation.
+fn flippable_words(victim: &mut Victim, text: &Text, max_len: usize) -> Result<Vec<(usize, usize)>> {
+    let mut out = vec![];
+    let mut pos = 1; // after [CLS]
+    for (k, part) in text.parts().iter().enumerate() {
+        let n = if part.is_empty() { 0 } else { victim.fragment(part)?.len() };
+        if k % 2 == 1 && n == 1 && pos < max_len - 1 && !is_stopword(part) {
+            out.push((k / 2, pos));
+        }
+        pos += n;
+    }
+    Ok(out)
+}
+
+impl<B: Backend> HotFlip<B> {
+    /// The best `top_k` allowed flips of each beam by first-order gain, from one gradient pass
+    /// over all beams and one scoring GEMM.
+    fn propose(
+        &self,
+        be: &B,
+        model: &Model<B>,
+        victim: &mut Victim,
+        beams: &[Beam],
+        label: u32,
+    ) -> Result<Vec<Flip>> {
+        let max_len = victim.tok.max_len();
+        let rows: Vec<(Vec<u32>, Vec<u32>)> =
+            beams.iter().map(|b| (b.ids.clone(), vec![0; b.ids.len()])).collect();
+        let batch = TokenBatch::from_rows(&rows, victim.tok.pad_id());
+        let labels = vec![label; beams.len()];
+        let out = model.input_gradient(be, &batch, &labels, None)?;
+        let (_, h, grad) = be.download(&out.input_grad.context("no input gradient")?)?;
+        // the positions to score: flippable, unchanged words of every beam
+        let mut sites = vec![]; // (beam, word, token position)
+        for (b, beam) in beams.iter().enumerate() {
+            for (w, pos) in flippable_words(victim, &beam.state.text, max_len)? {
+                if !beam.changed.contains(&w) {
+                    sites.push((b, w, pos));
+                }
+            }
+        }
+        if sites.is_empty() {
+            return Ok(vec![]);
+        }
+        let n = sites.len();
+        let mut x = Vec::with_capacity(2 * n * h);
+        for &(b, _, pos) in &sites {
+            x.extend_from_slice(&grad[(b * batch.seq + pos) * h..][..h]);
+        }
+        for &(b, _, pos) in &sites {
+            x.extend_from_slice(self.row(beams[b].ids[pos]));
+        }
+        let prod = be.linear(
+            &be.upload(2 * n, h, &x)?,
+            &self.word_dev,
+            &self.zero_bias,
+            Activation::Identity,
+            None,
+        )?;
+        let (_, vocab, prod) = be.download(&prod)?;
+        let mut best: Vec<Vec<Flip>> = vec![vec![]; beams.len()];
+        for (s, &(b, w, pos)) in sites.iter().enumerate() {
+            let old = beams[b].ids[pos];
+            let g_e: f32 =
+                grad[(b * batch.seq + pos) * h..][..h].iter().zip(self.row(old)).map(|(a, b)| a * b).sum();
+            let (gains, dots) = (&prod[s * vocab..][..vocab], &prod[(n + s) * vocab..][..vocab]);
+            let old_norm = self.norms[old as usize].max(1e-12);
+            for v in 0..vocab {
+                if !self.allowed[v] || v as u32 == old {
+                    continue;
+                }
+                if dots[v] / (old_norm * self.norms[v].max(1e-12)) < self.cfg.min_cos {
+                    continue;
+                }
+                let flip = Flip { beam: b, word: w, v: v as u32, gain: gains[v] - g_e };
+                push_top(&mut best[b], flip, self.cfg.top_k);
+            }
+        }
+        Ok(best.into_iter().flatten().collect())
+    }
+
+    /// Attacks one text: beam search over flips, each step confirmed by forward passes, until the
+    /// model is fooled, the word budget is spent or no flip is allowed. Gradient passes count as
+    /// queries too.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attack(
+        &self,
+        be: &B,
+        model: &Model<B>,
+        victim: &mut Victim,
+        index: usize,
+        text: &str,
+        label: usize,
+        budget: usize,
+    ) -> Result<AttackRecord> {
+        ensure!(budget >= 1, "the query budget must be at least 1 (the original input is a query)");
+        let text = Text::parse(text);
+        victim.begin(index, &text)?;
+        let mut goal = Goal::new(label, budget);
+        let ids = victim.ids(&text)?;
+        let probs = goal.eval_ids(victim, vec![ids.clone()])?.remove(0).expect("budget >= 1");
+        let original = State { text, probs };
+        if goal.succeeded(&original.probs) {
+            return Ok(super::record(index, &original, &original, &goal, true));
+        }
+        let max_changes = (self.cfg.max_word_frac as f64 * original.text.num_words() as f64).ceil() as usize;
+        let mut beams = vec![Beam { state: original.clone(), ids, changed: vec![] }];
+        let mut best = beams[0].clone();
+        for _ in 0..max_changes {
+            if goal.exhausted() {
+                break;
+            }
+            goal.queries += beams.len(); // the gradient pass
+            let flips = self.propose(be, model, victim, &beams, label as u32)?;
+            if flips.is_empty() {
+                break;
+            }
+            let mut cands = Vec::with_capacity(flips.len());
+            for f in &flips {
+                let beam = &beams[f.beam];
+                let t = beam.state.text.with_word(f.word, &self.tokens[f.v as usize]);
+                let mut changed = beam.changed.clone();
+                changed.push(f.word);
+                let ids = victim.ids(&t)?;
+                cands.push((t, ids, changed));
+            }
+            let probs = goal.eval_ids(victim, cands.iter().map(|c| c.1.clone()).collect())?;
+            let mut next: Vec<Beam> = cands
+                .into_iter()
+                .zip(probs)
+                .filter_map(|((text, ids, changed), p)| {
+                    p.map(|probs| Beam { state: State { text, probs }, ids, changed })
+                })
+                .collect();
+            if next.is_empty() {
+                break;
+            }
+            next.sort_by(|a, b| goal.score(&b.state.probs).total_cmp(&goal.score(&a.state.probs)));
+            next.truncate(self.cfg.beam);
+            if goal.score(&next[0].state.probs) > goal.score(&best.state.probs) {
+                best = next[0].clone();
+            }
+            if goal.succeeded(&best.state.probs) {
+                break;
+            }
+            beams = next;
+        }
+        Ok(super::record(index, &original, &best.state, &goal, false))
+    }
+}
+
+/// Keeps the `k` largest gains in `top` (unsorted).
+fn push_top(top: &mut Vec<Flip>, f: Flip, k: usize) {
+    if top.len() < k {
+        top.push(f);
+        return;
+    }
+    let (i, min) = top
+        .iter()
+        .enumerate()
+        .min_by(|a, b| a.1.gain.partial_cmp(&b.1.gain).unwrap_or(Ordering::Equal))
+        .map(|(i, f)| (i, f.gain))
+        .expect("k >= 1");
+    if f.gain > min {
+        top[i] = f;
+    }
+}

@@ -1,0 +1,191 @@
+//! The model under attack, as the attacks see it: texts in, class probabilities out, every query
+//! counted.
+//!
+//! [`Victim`] tokenizes a [`Text`] word by word and caches each fragment's wordpieces, so a
+//! candidate that changes one word re-tokenizes only that word. It scores through a [`Scorer`]:
+//! [`ModelScorer`] runs the forward pass itself (batches padded to their longest member), and
+//! [`super::batching::BatchQueue`] gathers the requests of many examples attacked at once into
+//! large batches. [`Goal`] is one example's untargeted goal (TextAttack's
+//! `UntargetedClassification`): a query cache, the query count and the budget.
+
+use std::collections::HashMap;
+
+use anyhow::{bail, Context, Result};
+
+use super::words::Text;
+use crate::backend::Backend;
+use crate::model::tokenizer::{TextInput, TextTokenizer, TokenBatch};
+use crate::train::model::Model;
+
+/// Class probabilities of token rows (`[CLS] … [SEP]`, unpadded). `key` orders the requests of
+/// concurrent examples (their index), so that batches are formed deterministically.
+pub trait Scorer {
+    fn probs(&self, key: usize, rows: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>>;
+}
+
+/// Scores with a classifier on a backend, `batch_size` rows per forward pass, each batch padded
+/// to its longest row.
+pub struct ModelScorer<'m, B: Backend> {
+    pub be: &'m B,
+    pub model: &'m Model<B>,
+    pub pad_id: u32,
+    pub batch_size: usize,
+}
+
+impl<B: Backend> Scorer for ModelScorer<'_, B> {
+    fn probs(&self, _key: usize, rows: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>> {
+        let mut out = Vec::with_capacity(rows.len());
+        for chunk in rows.chunks(self.batch_size.max(1)) {
+            let padded: Vec<(Vec<u32>, Vec<u32>)> =
+                chunk.iter().map(|r| (r.clone(), vec![0; r.len()])).collect();
+            let batch = TokenBatch::from_rows(&padded, self.pad_id);
+            let (_, cols, logits) = self.be.download(&self.model.logits(self.be, &batch)?)?;
+            out.extend(logits.chunks(cols).map(|l| crate::engine::prediction(l.to_vec()).probs));
+        }
+        Ok(out)
+    }
+}
+
+pub struct Victim<'s> {
+    pub scorer: &'s dyn Scorer,
+    pub tok: &'s TextTokenizer,
+    pieces: HashMap<String, Vec<u32>>,
+    cls: u32,
+    sep: u32,
+    /// the example being attacked (orders concurrent requests)
+    key: usize,
+    /// this example's text does not tokenize word by word like a whole (a symbol glued to a word,
+    /// say): tokenize whole texts instead
+    whole_text: bool,
+}
+
+/// `[CLS] pieces [SEP]`, the pieces truncated as the tokenizer truncates a single text.
+fn with_specials(cls: u32, sep: u32, mut pieces: Vec<u32>, max_len: usize) -> Vec<u32> {
+    pieces.truncate(max_len - 2);
+    let mut ids = Vec::with_capacity(pieces.len() + 2);
+    ids.push(cls);
+    ids.extend(pieces);
+    ids.push(sep);
+    ids
+}
+
+impl<'s> Victim<'s> {
+    pub fn new(scorer: &'s dyn Scorer, tok: &'s TextTokenizer) -> Result<Self> {
+        let id = |t: &str| tok.token_id(t).with_context(|| format!("the tokenizer has no {t} token"));
+        Ok(Victim {
+            scorer,
+            tok,
+            pieces: HashMap::new(),
+            cls: id("[CLS]")?,
+            sep: id("[SEP]")?,
+            key: 0,
+            whole_text: false,
+        })
+    }
+
+    /// The wordpieces of one word or separator (cached).
+    pub fn fragment(&mut self, s: &str) -> Result<&[u32]> {
+        if !self.pieces.contains_key(s) {
+            let ids = self.tok.pieces(s)?;
+            self.pieces.insert(s.to_string(), ids);
+        }
+        Ok(&self.pieces[s])
+    }
+
+    /// Starts example `key`: checks that its text tokenizes word by word exactly as a whole.
+    pub fn begin(&mut self, key: usize, text: &Text) -> Result<()> {
+        self.key = key;
+        self.whole_text = false;
+        let by_words = self.ids(text)?;
+        let whole = self.tok.encode_rows(&[TextInput::single(text.render())])?.remove(0).0;
+        self.whole_text = by_words != whole;
+        Ok(())
+    }
+
+    /// Token ids of a text, as the tokenizer gives them.
+    pub fn ids(&mut self, text: &Text) -> Result<Vec<u32>> {
+        let max_len = self.tok.max_len();
+        if self.whole_text {
+            return Ok(self.tok.encode_rows(&[TextInput::single(text.render())])?.remove(0).0);
+        }
+        let mut pieces = vec![];
+        for part in text.parts() {
+            if !part.is_empty() {
+                pieces.extend_from_slice(self.fragment(part)?);
+            }
+        }
+        Ok(with_specials(self.cls, self.sep, pieces, max_len))
+    }
+
+    /// Class probabilities of token rows.
+    pub fn probs(&self, rows: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>> {
+        if rows.is_empty() {
+            return Ok(vec![]);
+        }
+        self.scorer.probs(self.key, rows)
+    }
+}
+
+/// Index of the largest value (the first of ties).
+pub fn argmax(p: &[f32]) -> usize {
+    p.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0
+}
+
+/// One example's untargeted goal: make the model predict anything but `label`.
+pub struct Goal {
+    pub label: usize,
+    /// model queries so far (distinct inputs, the original included)
+    pub queries: usize,
+    pub budget: usize,
+    cache: HashMap<Vec<u32>, Vec<f32>>,
+}
+
+impl Goal {
+    pub fn new(label: usize, budget: usize) -> Self {
+        Goal { label, queries: 0, budget, cache: HashMap::new() }
+    }
+
+    pub fn exhausted(&self) -> bool {
+        self.queries >= self.budget
+    }
+
+    /// TextAttack's score of untargeted classification: `1 − p_label`.
+    pub fn score(&self, probs: &[f32]) -> f32 {
+        1.0 - probs[self.label]
+    }
+
+    pub fn succeeded(&self, probs: &[f32]) -> bool {
+        argmax(probs) != self.label
+    }
+
+    /// Probabilities of token rows: cached rows are free, new ones cost a query each; rows past the
+    /// budget are not evaluated (`None`).
+    pub fn eval_ids(&mut self, victim: &Victim, rows: Vec<Vec<u32>>) -> Result<Vec<Option<Vec<f32>>>> {
+        let mut fresh: Vec<Vec<u32>> = vec![];
+        let mut seen = std::collections::HashSet::new();
+        for r in &rows {
+            if !self.cache.contains_key(r) && seen.insert(r.clone()) {
+                fresh.push(r.clone());
+            }
+        }
+        fresh.truncate(self.budget.saturating_sub(self.queries));
+        self.queries += fresh.len();
+        let probs = victim.probs(fresh.clone())?;
+        if probs.len() != fresh.len() {
+            bail!("the scorer returned {} results for {} inputs", probs.len(), fresh.len());
+        }
+        for (r, p) in fresh.iter().zip(probs) {
+            if p.iter().any(|v| !v.is_finite()) {
+                bail!("the model returned non-finite probabilities");
+            }
+            self.cache.insert(r.clone(), p);
+        }
+        Ok(rows.iter().map(|r| self.cache.get(r).cloned()).collect())
+    }
+
+    /// Probabilities of texts (see [`Goal::eval_ids`]).
+    pub fn eval(&mut self, victim: &mut Victim, texts: &[Text]) -> Result<Vec<Option<Vec<f32>>>> {
+        let rows = texts.iter().map(|t| victim.ids(t)).collect::<Result<Vec<_>>>()?;
+        self.eval_ids(victim, rows)
+    }
+}

@@ -1,0 +1,451 @@
+//! `admix attack`: run one attack on a split against a checkpoint, TextAttack-style output.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use admix::attack::batching::BatchQueue;
+use admix::attack::embedding::{self, Pgd};
+use admix::attack::hotflip::{HotFlip, HotFlipConfig};
+use admix::attack::metrics::{AttackRecord, Outcome, Summary};
+use admix::attack::search::{Constraints, Ranking, Transformation};
+use admix::attack::victim::{argmax, ModelScorer, Scorer, Victim};
+use admix::attack::wordnet::WordNet;
+use admix::attack::{self as atk, deepwordbug, pwws, words};
+use admix::backend::cpu::Cpu;
+use admix::backend::cuda::Cuda;
+use admix::backend::{Backend, Device, Norm};
+use admix::data::Example;
+use admix::train::batches::{self, Encoded};
+use admix::train::model::Model;
+use admix::train::rng::Rng;
+use admix::{assets, engine};
+
+use crate::train_cmd::{self, OpenCheckpoint};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AttackKind {
+    Pgd,
+    Fgsm,
+    Hotflip,
+    Deepwordbug,
+    Pwws,
+}
+
+#[derive(Args)]
+pub struct AttackArgs {
+    /// The attack
+    #[arg(long, value_enum)]
+    attack: AttackKind,
+    /// The victim: a checkpoint directory (adapter + head; a run directory means its best/)
+    #[arg(long)]
+    adapter: PathBuf,
+    /// Base model directory; default: the fetched MiniLM
+    #[arg(long, env = "ADMIX_MODEL")]
+    model: Option<PathBuf>,
+    /// `mr`, or a labelled .tsv/.csv/.jsonl file
+    #[arg(long, default_value = "mr")]
+    data: String,
+    /// MR split: train, dev or test
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// Attack the first N examples (default: all)
+    #[arg(short = 'n', long)]
+    num_examples: Option<usize>,
+    /// Output directory: results.jsonl (one line per example) and summary.json
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Most model queries per example, the original included (text attacks)
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
+    query_budget: u64,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Most candidates (or, for pgd/fgsm, sequences) per forward batch
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..))]
+    batch_size: u64,
+    /// Text attacks: examples attacked at once (their queries share forward batches)
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    workers: u64,
+    /// Text attacks: most tokens per forward batch
+    #[arg(long, default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..))]
+    max_batch_tokens: u64,
+    /// Default: the max length the checkpoint was trained with (admix.json), else 128
+    #[arg(long)]
+    max_len: Option<usize>,
+    /// pgd/fgsm: the ball's norm
+    #[arg(long, value_enum, default_value = "l2")]
+    norm: Norm,
+    /// pgd/fgsm: ball radius ε (per sequence)
+    #[arg(long, default_value_t = 1.0)]
+    eps: f32,
+    /// pgd: step size α (default ε/4)
+    #[arg(long)]
+    alpha: Option<f32>,
+    /// pgd: ascent steps
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// pgd: start from a random point of the ball
+    #[arg(long)]
+    random_start: bool,
+    /// hotflip: most words changed, as a fraction of the words
+    #[arg(long, default_value_t = 0.2)]
+    max_word_frac: f32,
+    /// hotflip: least embedding cosine between a new token and the one it replaces
+    #[arg(long, default_value_t = 0.2)]
+    min_cos: f32,
+    /// hotflip: beam width (1 = greedy)
+    #[arg(long, default_value_t = 1)]
+    beam: usize,
+    /// hotflip: flips confirmed by forward passes per beam and step
+    #[arg(long, default_value_t = 8)]
+    top_k: usize,
+    /// pwws: the WordNet 3.0 database directory; default: the fetched one
+    #[arg(long)]
+    wordnet: Option<PathBuf>,
+    /// Where the model runs: cpu, cuda (GPU 0) or emu (the kernels on the CPU's SIMT emulator)
+    #[arg(long, value_enum, default_value = "cpu", env = "ADMIX_DEVICE")]
+    device: Device,
+    /// Worker threads (default: all cores)
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+pub fn attack(a: AttackArgs) -> Result<()> {
+    train_cmd::set_threads(a.threads)?;
+    let OpenCheckpoint { model: model_dir, ck, .. } =
+        train_cmd::open_checkpoint(&a.adapter, a.model.as_deref(), a.max_len)?;
+    let mut examples = train_cmd::labelled_examples(&a.data, &a.split, &ck.labels)?;
+    if examples.iter().any(|e| e.pair.is_some()) {
+        bail!("attacks on sentence pairs are not supported (the data has a text_pair column)");
+    }
+    if let Some(n) = a.num_examples {
+        examples.truncate(n);
+    }
+    if examples.is_empty() {
+        bail!("no examples to attack");
+    }
+    let wordnet = match a.attack {
+        AttackKind::Pwws => Some(WordNet::load(&a.wordnet.clone().unwrap_or_else(assets::wordnet_dir))?),
+        _ => None,
+    };
+    let host_bert = model_dir.bert()?;
+    let word_table = host_bert.emb.word.clone();
+    let started = Instant::now();
+    let records = match a.device.cuda_backend()? {
+        None => {
+            let m = Model::new(
+                &Cpu,
+                host_bert.to_backend(&Cpu)?,
+                adapter(&Cpu, &ck)?,
+                ck.head.to_backend(&Cpu)?,
+                false,
+            )?;
+            run(&Cpu, &m, &model_dir, &word_table, &examples, &a, wordnet.as_ref())?
+        }
+        Some(cuda) => {
+            let m = Model::new(
+                &cuda,
+                host_bert.to_backend(&cuda)?,
+                adapter(&cuda, &ck)?,
+                ck.head.to_backend(&cuda)?,
+                false,
+            )?;
+            run::<Cuda>(&cuda, &m, &model_dir, &word_table, &examples, &a, wordnet.as_ref())?
+        }
+    };
+    let secs = started.elapsed().as_secs_f64();
+    let summary = Summary::of(&records);
+    let queries: usize = records.iter().map(|r| r.queries).sum();
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:?} on {} ({} examples, {:.1} s, {:.1} examples/s, {:.0} queries/s)",
+        a.attack,
+        what(&a),
+        records.len(),
+        secs,
+        records.len() as f64 / secs,
+        queries as f64 / secs
+    )?;
+    write!(out, "{}", summary.table())?;
+    if let Some(dir) = &a.out {
+        write_results(dir, &records, &summary, &a, secs)?;
+        writeln!(out, "results in {}", dir.display())?;
+    }
+    Ok(())
+}
+
+fn what(a: &AttackArgs) -> String {
+    if a.data == "mr" {
+        format!("MR {}", a.split)
+    } else {
+        a.data.clone()
+    }
+}
+
+fn adapter<B: Backend>(
+    be: &B,
+    ck: &admix::train::checkpoint::Loaded,
+) -> Result<Option<admix::adapter::Adapter<B::Weight>>> {
+    ck.adapter.as_ref().map(|x| x.to_backend(be)).transpose()
+}
+
+fn write_results(
+    dir: &Path,
+    records: &[AttackRecord],
+    summary: &Summary,
+    a: &AttackArgs,
+    secs: f64,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut lines = String::new();
+    for r in records {
+        lines += &serde_json::to_string(r)?;
+        lines.push('\n');
+    }
+    admix::io::write_atomic(&dir.join("results.jsonl"), lines.as_bytes())?;
+    let json = serde_json::json!({
+        "attack": format!("{:?}", a.attack).to_lowercase(),
+        "data": what(a),
+        "checkpoint": a.adapter,
+        "device": format!("{:?}", a.device).to_lowercase(),
+        "seconds": secs,
+        "summary": summary,
+    });
+    admix::io::write_atomic(&dir.join("summary.json"), serde_json::to_string_pretty(&json)?.as_bytes())
+}
+
+fn progress(n: usize) -> ProgressBar {
+    let bar = ProgressBar::new(n as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
+            .expect("valid template"),
+    );
+    bar
+}
+
+fn tally(bar: &ProgressBar, records: &[AttackRecord]) {
+    let n = |o| records.iter().filter(|r| r.outcome == o).count();
+    bar.set_message(format!(
+        "{} successful, {} failed, {} skipped",
+        n(Outcome::Successful),
+        n(Outcome::Failed),
+        n(Outcome::Skipped)
+    ));
+}
+
+fn run<B: Backend>(
+    be: &B,
+    m: &Model<B>,
+    model_dir: &admix::model::ModelDir,
+    word_table: &admix::model::weights::Tensor,
+    examples: &[Example],
+    a: &AttackArgs,
+    wordnet: Option<&WordNet>,
+) -> Result<Vec<AttackRecord>> {
+    let tok = &model_dir.tokenizer;
+    let bar = progress(examples.len());
+    let mut records = Vec::with_capacity(examples.len());
+    let budget = a.query_budget as usize;
+    match a.attack {
+        AttackKind::Pgd | AttackKind::Fgsm => {
+            let cfg = match a.attack {
+                AttackKind::Fgsm => Pgd::fgsm(a.norm, a.eps),
+                _ => Pgd {
+                    norm: a.norm,
+                    eps: a.eps,
+                    alpha: a.alpha.unwrap_or(a.eps / 4.0),
+                    steps: a.steps,
+                    random_start: a.random_start,
+                },
+            };
+            let (data, _) = batches::encode(tok, examples)?;
+            let mut rng = Rng::new(a.seed);
+            for chunk in (0..examples.len()).collect::<Vec<_>>().chunks(a.batch_size as usize) {
+                let recs = embedding_batch(be, m, &data, chunk, examples, tok.pad_id(), &cfg, &mut rng)?;
+                bar.inc(recs.len() as u64);
+                records.extend(recs);
+                tally(&bar, &records);
+            }
+        }
+        AttackKind::Hotflip => {
+            let scorer =
+                ModelScorer { be, model: m, pad_id: tok.pad_id(), batch_size: a.batch_size as usize };
+            let mut victim = Victim::new(&scorer, tok)?;
+            let tokens =
+                (0..word_table.shape()[0]).map(|v| tok.id_to_token(v as u32).unwrap_or_default()).collect();
+            let cfg = HotFlipConfig {
+                max_word_frac: a.max_word_frac,
+                min_cos: a.min_cos,
+                beam: a.beam,
+                top_k: a.top_k,
+            };
+            let hotflip = HotFlip::new(be, word_table, tokens, cfg)?;
+            for (i, e) in examples.iter().enumerate() {
+                records.push(hotflip.attack(be, m, &mut victim, i, &e.text, e.label, budget)?);
+                bar.inc(1);
+                tally(&bar, &records);
+            }
+        }
+        kind @ (AttackKind::Deepwordbug | AttackKind::Pwws) => {
+            let scorer = ModelScorer { be, model: m, pad_id: tok.pad_id(), batch_size: usize::MAX };
+            records = concurrently(&scorer, tok, examples, a, &bar, |victim, i, e| match kind {
+                AttackKind::Deepwordbug => {
+                    let mut t = deepwordbug::CharEdits {
+                        rng: Rng::new(a.seed ^ (i as u64).wrapping_mul(0x9E37_79B9)),
+                    };
+                    recipe(victim, i, e, budget, &mut t, deepwordbug::RANKING, &deepwordbug::CONSTRAINTS)
+                }
+                _ => {
+                    let mut t = pwws::Synonyms::new(wordnet.expect("WordNet loaded for pwws"));
+                    recipe(victim, i, e, budget, &mut t, pwws::RANKING, &pwws::CONSTRAINTS)
+                }
+            })?;
+        }
+    }
+    bar.finish_and_clear();
+    Ok(records)
+}
+
+fn recipe(
+    victim: &mut Victim,
+    i: usize,
+    e: &Example,
+    budget: usize,
+    t: &mut dyn Transformation,
+    ranking: Ranking,
+    c: &Constraints,
+) -> Result<AttackRecord> {
+    atk::attack_text(victim, i, &e.text, e.label, budget, t, ranking, c)
+}
+
+/// Attacks the examples on `--workers` threads at once, their model queries batched together by a
+/// [`BatchQueue`] that this thread serves with `scorer`. Records come back in example order.
+fn concurrently(
+    scorer: &dyn Scorer,
+    tok: &admix::model::tokenizer::TextTokenizer,
+    examples: &[Example],
+    a: &AttackArgs,
+    bar: &ProgressBar,
+    attack_one: impl Fn(&mut Victim, usize, &Example) -> Result<AttackRecord> + Sync,
+) -> Result<Vec<AttackRecord>> {
+    let workers = (a.workers as usize).min(examples.len()).max(1);
+    let queue = BatchQueue::new(workers, a.max_batch_tokens as usize);
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let done: Mutex<Vec<Option<AttackRecord>>> = Mutex::new(vec![None; examples.len()]);
+    let first_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                let _member = queue.member();
+                let mut victim = match Victim::new(&queue, tok) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        failed.store(true, Ordering::SeqCst);
+                        first_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                        return;
+                    }
+                };
+                while !failed.load(Ordering::SeqCst) {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= examples.len() {
+                        break;
+                    }
+                    match attack_one(&mut victim, i, &examples[i]) {
+                        Ok(r) => {
+                            let mut d = done.lock().unwrap_or_else(|p| p.into_inner());
+                            d[i] = Some(r);
+                            let finished: Vec<AttackRecord> = d.iter().flatten().cloned().collect();
+                            drop(d);
+                            bar.inc(1);
+                            tally(bar, &finished);
+                        }
+                        Err(e) => {
+                            failed.store(true, Ordering::SeqCst);
+                            let e = e.context(format!("example {i}"));
+                            first_error.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert(e);
+                        }
+                    }
+                }
+            });
+        }
+        queue.serve(scorer);
+    });
+    if let Some(e) = first_error.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
+    Ok(done
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner())
+        .into_iter()
+        .map(|r| r.expect("every example attacked"))
+        .collect())
+}
+
+/// PGD/FGSM on one batch of examples: the clean forward decides who is skipped, the rest are
+/// attacked together.
+#[allow(clippy::too_many_arguments)]
+fn embedding_batch<B: Backend>(
+    be: &B,
+    m: &Model<B>,
+    data: &[Encoded],
+    idx: &[usize],
+    examples: &[Example],
+    pad: u32,
+    cfg: &Pgd,
+    rng: &mut Rng,
+) -> Result<Vec<AttackRecord>> {
+    let (batch, labels) = batches::make_batch(data, idx, pad);
+    let (_, cols, clean) = be.download(&m.logits(be, &batch)?)?;
+    let clean: Vec<Vec<f32>> = clean.chunks(cols).map(|l| engine::prediction(l.to_vec()).probs).collect();
+    let attacked: Vec<usize> = (0..idx.len()).filter(|&k| argmax(&clean[k]) == labels[k] as usize).collect();
+    let mut adv: Vec<Option<(Vec<f32>, f32)>> = vec![None; idx.len()];
+    if !attacked.is_empty() {
+        let sel: Vec<usize> = attacked.iter().map(|&k| idx[k]).collect();
+        let (ab, al) = batches::make_batch(data, &sel, pad);
+        let out = embedding::pgd(be, m, &ab, &al, cfg, rng)?;
+        let (_, h, delta) = be.download(&out.delta)?;
+        let norms = embedding::norms(&delta, &ab, h, cfg.norm);
+        for (j, &k) in attacked.iter().enumerate() {
+            adv[k] = Some((engine::prediction(out.logits[j].clone()).probs, norms[j]));
+        }
+    }
+    Ok(idx
+        .iter()
+        .enumerate()
+        .map(|(k, &i)| {
+            let label = labels[k] as usize;
+            let words = words::Text::parse(&examples[i].text).num_words();
+            let (probs, norm, outcome) = match &adv[k] {
+                None => (clean[k].clone(), None, Outcome::Skipped),
+                Some((p, n)) => {
+                    let o = if argmax(p) != label { Outcome::Successful } else { Outcome::Failed };
+                    (p.clone(), Some(*n), o)
+                }
+            };
+            AttackRecord {
+                index: i,
+                original: examples[i].text.clone(),
+                perturbed: None,
+                label,
+                original_prediction: argmax(&clean[k]),
+                perturbed_prediction: argmax(&probs),
+                original_probs: clean[k].clone(),
+                perturbed_probs: probs,
+                outcome,
+                // the clean forward, K gradient passes and the final forward
+                queries: if outcome == Outcome::Skipped { 1 } else { cfg.steps + 2 },
+                words,
+                perturbed_words: 0,
+                delta_norm: norm,
+            }
+        })
+        .collect())
+}
