@@ -62,7 +62,7 @@ pub struct AttackArgs {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Most model queries per example, the original included (text attacks)
-    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 2000)]
     query_budget: u64,
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -118,6 +118,9 @@ pub struct AttackArgs {
 
 pub fn attack(a: AttackArgs) -> Result<()> {
     train_cmd::set_threads(a.threads)?;
+    if a.query_budget == 0 {
+        bail!("the query budget must be at least 1 (the original input is a query)");
+    }
     let OpenCheckpoint { model: model_dir, ck, .. } =
         train_cmd::open_checkpoint(&a.adapter, a.model.as_deref(), a.max_len)?;
     let mut examples = train_cmd::labelled_examples(&a.data, &a.split, &ck.labels)?;

@@ -288,7 +288,7 @@ fn hotflip_flips_whole_words_that_retokenize_and_reports_the_models_probabilitie
         let (orig, adv) = (Text::parse(text), Text::parse(&perturbed));
         assert_eq!(orig.num_words(), adv.num_words());
         let changed = adv.changed_words(&orig);
-        assert!(changed.len() <= (0.5 * orig.num_words() as f64).ceil() as usize);
+        assert!(changed.len() <= admix::attack::hotflip::max_words(0.5, orig.num_words()));
         for &i in &changed {
             // a whole lower-case word, one wordpiece, not a stopword, where a non-stopword was
             assert!(
@@ -304,4 +304,25 @@ fn hotflip_flips_whole_words_that_retokenize_and_reports_the_models_probabilitie
         assert!(p.iter().zip(&r.perturbed_probs).all(|(a, b)| (a - b).abs() < 1e-5));
         assert_eq!(r.outcome == Outcome::Successful, admix::attack::victim::argmax(&p) != label);
     }
+}
+
+#[test]
+fn word_by_word_tokenization_is_the_tokenizers() {
+    let m = ModelDir::open(&minilm_dir(), 64).unwrap();
+    let splits = admix::data::mr::load(&admix::assets::mr_path()).unwrap();
+    let scorer =
+        admix::attack::victim::ModelScorer { be: &Cpu, model: &tiny_model().2, pad_id: 0, batch_size: 1 };
+    let mut victim = Victim::new(&scorer, &m.tokenizer).unwrap();
+    let unk = m.tokenizer.token_id("[UNK]").unwrap();
+    assert_eq!(m.tokenizer.pieces("[UNK]").unwrap(), [unk], "the ranking's [UNK] is one token");
+    let mut by_words = 0;
+    let examples = &splits.get(admix::data::mr::Split::Test)[..400];
+    for (i, e) in examples.iter().enumerate() {
+        let text = Text::parse(&e.text);
+        let whole = m.tokenizer.encode_rows(&[TextInput::single(e.text.clone())]).unwrap().remove(0).0;
+        by_words += (victim.ids(&text).unwrap() == whole) as usize;
+        victim.begin(i, &text).unwrap();
+        assert_eq!(victim.ids(&text).unwrap(), whole, "`{}`", e.text);
+    }
+    assert!(by_words >= 390, "only {by_words} of 400 tokenize word by word as a whole");
 }

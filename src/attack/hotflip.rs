@@ -25,6 +25,17 @@ use crate::model::tokenizer::TokenBatch;
 use crate::model::weights::Tensor;
 use crate::train::model::Model;
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_word_budget_is_a_ceiling_of_the_fraction() {
+        assert_eq!(super::max_words(0.2, 5), 1);
+        assert_eq!(super::max_words(0.2, 6), 2);
+        assert_eq!(super::max_words(0.2, 0), 0);
+        assert_eq!(super::max_words(1.0, 7), 7);
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct HotFlipConfig {
     /// most words changed, as a fraction of the words (ρ)
@@ -209,7 +220,7 @@ impl<B: Backend> HotFlip<B> {
         if goal.succeeded(&original.probs) {
             return Ok(super::record(index, &original, &original, &goal, true));
         }
-        let max_changes = (self.cfg.max_word_frac as f64 * original.text.num_words() as f64).ceil() as usize;
+        let max_changes = max_words(self.cfg.max_word_frac, original.text.num_words());
         let mut beams = vec![Beam { state: original.clone(), ids, changed: vec![] }];
         let mut best = beams[0].clone();
         for _ in 0..max_changes {
@@ -253,6 +264,11 @@ impl<B: Backend> HotFlip<B> {
         }
         Ok(super::record(index, &original, &best.state, &goal, false))
     }
+}
+
+/// `⌈ρ·words⌉`, with ρ's f32 rounding forgiven (0.2 · 5 is 1, not 2).
+pub fn max_words(frac: f32, words: usize) -> usize {
+    (frac as f64 * words as f64 - 1e-6).ceil().max(0.0) as usize
 }
 
 /// Keeps the `k` largest gains in `top` (unsorted).
