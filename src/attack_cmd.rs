@@ -12,12 +12,13 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use admix::attack::batching::BatchQueue;
 use admix::attack::embedding::{self, Pgd};
+use admix::attack::glove::{Glove, NeighbourCache};
 use admix::attack::hotflip::{HotFlip, HotFlipConfig};
 use admix::attack::metrics::{AttackRecord, Outcome, Summary};
 use admix::attack::search::{Constraints, Ranking, Transformation};
 use admix::attack::victim::{argmax, ModelScorer, Scorer, Victim};
 use admix::attack::wordnet::WordNet;
-use admix::attack::{self as atk, deepwordbug, pwws, words};
+use admix::attack::{self as atk, deepwordbug, pwws, textbugger, textfooler, words};
 use admix::backend::cpu::Cpu;
 use admix::backend::cuda::Cuda;
 use admix::backend::{Backend, Device, Norm};
@@ -36,6 +37,8 @@ pub enum AttackKind {
     Hotflip,
     Deepwordbug,
     Pwws,
+    Textfooler,
+    Textbugger,
 }
 
 #[derive(Args)]
@@ -105,9 +108,12 @@ pub struct AttackArgs {
     /// hotflip: flips confirmed by forward passes per beam and step
     #[arg(long, default_value_t = 8)]
     top_k: usize,
-    /// pwws: the WordNet 3.0 database directory; default: the fetched one
+    /// pwws, textfooler: the WordNet 3.0 database directory; default: the fetched one
     #[arg(long)]
     wordnet: Option<PathBuf>,
+    /// textfooler, textbugger: the GloVe 6B 50d directory; default: the fetched one
+    #[arg(long)]
+    glove: Option<PathBuf>,
     /// Where the model runs: cpu, cuda (GPU 0) or emu (the kernels on the CPU's SIMT emulator)
     #[arg(long, value_enum, default_value = "cpu", env = "ADMIX_DEVICE")]
     device: Device,
@@ -134,7 +140,15 @@ pub fn attack(a: AttackArgs) -> Result<()> {
         bail!("no examples to attack");
     }
     let wordnet = match a.attack {
-        AttackKind::Pwws => Some(WordNet::load(&a.wordnet.clone().unwrap_or_else(assets::wordnet_dir))?),
+        AttackKind::Pwws | AttackKind::Textfooler => {
+            Some(WordNet::load(&a.wordnet.clone().unwrap_or_else(assets::wordnet_dir))?)
+        }
+        _ => None,
+    };
+    let glove = match a.attack {
+        AttackKind::Textfooler | AttackKind::Textbugger => {
+            Some(Glove::load(&a.glove.clone().unwrap_or_else(assets::glove_dir))?)
+        }
         _ => None,
     };
     let host_bert = model_dir.bert()?;
@@ -149,7 +163,7 @@ pub fn attack(a: AttackArgs) -> Result<()> {
                 ck.head.to_backend(&Cpu)?,
                 false,
             )?;
-            run(&Cpu, &m, &model_dir, &word_table, &examples, &a, wordnet.as_ref())?
+            run(&Cpu, &m, &model_dir, &word_table, &examples, &a, wordnet.as_ref(), glove.as_ref())?
         }
         Some(cuda) => {
             let m = Model::new(
@@ -159,7 +173,7 @@ pub fn attack(a: AttackArgs) -> Result<()> {
                 ck.head.to_backend(&cuda)?,
                 false,
             )?;
-            run::<Cuda>(&cuda, &m, &model_dir, &word_table, &examples, &a, wordnet.as_ref())?
+            run::<Cuda>(&cuda, &m, &model_dir, &word_table, &examples, &a, wordnet.as_ref(), glove.as_ref())?
         }
     };
     let secs = started.elapsed().as_secs_f64();
@@ -243,6 +257,7 @@ fn tally(bar: &ProgressBar, records: &[AttackRecord]) {
     ));
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run<B: Backend>(
     be: &B,
     m: &Model<B>,
@@ -251,6 +266,7 @@ fn run<B: Backend>(
     examples: &[Example],
     a: &AttackArgs,
     wordnet: Option<&WordNet>,
+    glove: Option<&Glove>,
 ) -> Result<Vec<AttackRecord>> {
     let tok = &model_dir.tokenizer;
     let bar = progress(examples.len());
@@ -296,18 +312,35 @@ fn run<B: Backend>(
                 tally(&bar, &records);
             }
         }
-        kind @ (AttackKind::Deepwordbug | AttackKind::Pwws) => {
+        kind => {
             let scorer = ModelScorer { be, model: m, pad_id: tok.pad_id(), batch_size: usize::MAX };
-            records = concurrently(&scorer, tok, examples, a, &bar, |victim, i, e| match kind {
-                AttackKind::Deepwordbug => {
-                    let mut t = deepwordbug::CharEdits {
-                        rng: Rng::new(a.seed ^ (i as u64).wrapping_mul(0x9E37_79B9)),
-                    };
-                    recipe(victim, i, e, budget, &mut t, deepwordbug::RANKING, &deepwordbug::CONSTRAINTS)
-                }
-                _ => {
-                    let mut t = pwws::Synonyms::new(wordnet.expect("WordNet loaded for pwws"));
-                    recipe(victim, i, e, budget, &mut t, pwws::RANKING, &pwws::CONSTRAINTS)
+            let (k, min_cos, vocab) = match kind {
+                AttackKind::Textfooler => (textfooler::NEIGHBOURS, textfooler::MIN_COS, textfooler::VOCAB),
+                _ => (textbugger::NEIGHBOURS, -1.0, textbugger::VOCAB),
+            };
+            let neighbours = glove.map(|g| NeighbourCache::new(g, k, min_cos, vocab));
+            records = concurrently(&scorer, tok, examples, a, &bar, |victim, i, e| {
+                let rng = Rng::new(a.seed ^ (i as u64).wrapping_mul(0x9E37_79B9));
+                match kind {
+                    AttackKind::Deepwordbug => {
+                        let mut t = deepwordbug::CharEdits { rng };
+                        recipe(victim, i, e, budget, &mut t, deepwordbug::RANKING, &deepwordbug::CONSTRAINTS)
+                    }
+                    AttackKind::Pwws => {
+                        let mut t = pwws::Synonyms::new(wordnet.expect("WordNet loaded for pwws"));
+                        recipe(victim, i, e, budget, &mut t, pwws::RANKING, &pwws::CONSTRAINTS)
+                    }
+                    AttackKind::Textfooler => {
+                        let cache = neighbours.as_ref().expect("GloVe loaded for textfooler");
+                        let mut t =
+                            textfooler::Neighbours { cache, wordnet: wordnet.expect("WordNet loaded") };
+                        recipe(victim, i, e, budget, &mut t, textfooler::RANKING, &textfooler::CONSTRAINTS)
+                    }
+                    _ => {
+                        let cache = neighbours.as_ref().expect("GloVe loaded for textbugger");
+                        let mut t = textbugger::Bugs { cache, rng };
+                        recipe(victim, i, e, budget, &mut t, textbugger::RANKING, &textbugger::CONSTRAINTS)
+                    }
                 }
             })?;
         }

@@ -117,7 +117,8 @@ fn every_attack_writes_consistent_results_that_hold_up() {
     let env = Env::new();
     let wordnet =
         admix::attack::wordnet::WordNet::load(&admix::assets::wordnet_dir()).expect("run `admix fetch`");
-    for attack in ["pgd", "fgsm", "hotflip", "deepwordbug", "pwws"] {
+    let glove = admix::attack::glove::Glove::load(&admix::assets::glove_dir()).expect("run `admix fetch`");
+    for attack in ["pgd", "fgsm", "hotflip", "deepwordbug", "pwws", "textfooler", "textbugger"] {
         let out_dir = env.p(&format!("out-{attack}"));
         let extra: &[&str] =
             if attack == "pgd" || attack == "fgsm" { &["--eps", "3"] } else { &["--query-budget", "300"] };
@@ -154,6 +155,14 @@ fn every_attack_writes_consistent_results_that_hold_up() {
                 continue;
             }
             let (orig, adv) = (r["original"].as_str().unwrap(), r["perturbed"].as_str().unwrap());
+            if r["outcome"] == "successful" {
+                perturbed.push((adv.to_string(), r["perturbed_prediction"].as_u64().unwrap()));
+            }
+            if attack == "textbugger" {
+                // a space inserted into a word makes two: words no longer line up one to one
+                assert!(levenshtein(orig, adv) >= r["perturbed_words"].as_u64().unwrap() as usize);
+                continue;
+            }
             let (to, ta) = (Text::parse(orig), Text::parse(adv));
             let changed = ta.changed_words(&to);
             assert_eq!(changed.len() as u64, r["perturbed_words"].as_u64().unwrap());
@@ -167,6 +176,16 @@ fn every_attack_writes_consistent_results_that_hold_up() {
                         ta.word(i)
                     ),
                     "hotflip" => assert_eq!(ta.word(i), ta.word(i).to_lowercase()),
+                    "textfooler" => {
+                        let near = glove.neighbours(to.word(i), 50, 0.5, 100_000);
+                        assert!(
+                            near.iter().any(|(w, _)| w == ta.word(i)),
+                            "{} -> {}",
+                            to.word(i),
+                            ta.word(i)
+                        );
+                        assert!(!wordnet.antonyms(to.word(i)).iter().any(|a| a == ta.word(i)));
+                    }
                     _ => {}
                 }
             }
@@ -174,9 +193,6 @@ fn every_attack_writes_consistent_results_that_hold_up() {
                 "deepwordbug" => assert!(levenshtein(orig, adv) <= 30),
                 "hotflip" => assert!(changed.len() <= admix::attack::hotflip::max_words(0.2, to.num_words())),
                 _ => {}
-            }
-            if r["outcome"] == "successful" {
-                perturbed.push((adv.to_string(), r["perturbed_prediction"].as_u64().unwrap()));
             }
         }
         if attack == "pgd" || attack == "fgsm" {
@@ -204,7 +220,7 @@ fn awkward_texts_get_outcomes_and_bad_input_is_one_clear_error() {
     let env = Env::new();
     let awkward = "text\tlabel\ngreat\tpos\nit was so\tneg\ncafé crème was wonderful 😀\tpos\n!!! ???\tneg\nthe movie was very boring\tneg\n";
     std::fs::write(env.p("awkward.tsv"), awkward).unwrap();
-    for attack in ["pgd", "hotflip", "deepwordbug", "pwws"] {
+    for attack in ["pgd", "hotflip", "deepwordbug", "pwws", "textfooler", "textbugger"] {
         ok(&env.attack(attack, "awkward.tsv", &format!("awk-{attack}"), &[]));
         let recs = records(&env.p(&format!("awk-{attack}")));
         assert_eq!(recs.len(), 5, "{attack}");
@@ -220,6 +236,8 @@ fn awkward_texts_get_outcomes_and_bad_input_is_one_clear_error() {
     assert_error(&out, "query budget");
     let out = env.attack("pwws", "dev.tsv", "x", &["--wordnet", "/nonexistent/wordnet"]);
     assert_error(&out, "WordNet directory");
+    let out = env.attack("textbugger", "dev.tsv", "x", &["--glove", "/nonexistent/glove"]);
+    assert_error(&out, "GloVe directory");
     std::fs::write(env.p("pairs.tsv"), "text\ttext_pair\tlabel\na\tb\tpos\n").unwrap();
     assert_error(&env.attack("pwws", "pairs.tsv", "x", &[]), "sentence pairs");
     std::fs::write(env.p("unknown.tsv"), "text\tlabel\nfine\tmaybe\n").unwrap();

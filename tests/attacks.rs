@@ -238,7 +238,7 @@ fn packed_inference_matches_unpadded_rows() {
 }
 
 #[test]
-fn wordnet_synonyms_match_nltk() {
+fn wordnet_synonyms_and_antonyms_match_nltk() {
     let wn = WordNet::load(&admix::assets::wordnet_dir()).expect("run `admix fetch` for WordNet");
     let text =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/wordnet-synonyms.json"))
@@ -259,6 +259,18 @@ fn wordnet_synonyms_match_nltk() {
         }
     }
     assert!(with_synonyms > 500);
+    // antonyms (TextFooler's filter): ours are those of the word's base forms in every sense, so
+    // they include NLTK's (those of its lemmas in the synsets of the word)
+    let antonyms = v["antonyms"].as_object().unwrap();
+    for (word, want) in antonyms {
+        let got = wn.antonyms(word);
+        for a in want.as_array().unwrap().iter().map(|s| s.as_str().unwrap()) {
+            if !got.iter().any(|g| g == a) {
+                mismatched.push(format!("antonyms of {word}: ours {got:?} lack NLTK's {a}"));
+            }
+        }
+    }
+    assert!(antonyms.values().filter(|a| !a.as_array().unwrap().is_empty()).count() > 300);
     assert!(
         mismatched.is_empty(),
         "{} of {} words differ, e.g. {:?}",
@@ -325,4 +337,17 @@ fn word_by_word_tokenization_is_the_tokenizers() {
         assert_eq!(victim.ids(&text).unwrap(), whole, "`{}`", e.text);
     }
     assert!(by_words >= 390, "only {by_words} of 400 tokenize word by word as a whole");
+}
+
+#[test]
+fn glove_loads_from_the_wheels_npy_and_parquet() {
+    let g =
+        admix::attack::glove::Glove::load(&admix::assets::glove_dir()).expect("run `admix fetch` for GloVe");
+    assert_eq!((g.words.len(), g.dim), (400_000, 50));
+    // GloVe's files list words by corpus frequency
+    assert_eq!(&g.words[..5], ["the", ",", ".", "of", "to"]);
+    let id = |w: &str| g.id(w).unwrap();
+    assert!(g.cos(id("movie"), id("film")) > 0.9, "movie/film {}", g.cos(id("movie"), id("film")));
+    assert!(g.cos(id("movie"), id("film")) > g.cos(id("movie"), id("banana")) + 0.5);
+    assert!((g.cos(id("good"), id("good")) - 1.0).abs() < 1e-5);
 }

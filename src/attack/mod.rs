@@ -3,17 +3,21 @@
 //! - [`embedding`]: FGSM / FGM and K-step PGD on the word embeddings (L2 or L∞ ball per sequence),
 //!   and FreeLB's gradient accumulation for training;
 //! - [`hotflip`]: gradient-guided wordpiece flips scored for the whole vocabulary by one GEMM;
-//! - black-box recipes over [`search::greedy_wir`]: [`deepwordbug`] (character edits) and
-//!   [`pwws`] (WordNet synonyms, [`wordnet`]);
+//! - black-box recipes over [`search::greedy_wir`]: [`deepwordbug`] (character edits),
+//!   [`pwws`] (WordNet synonyms, [`wordnet`]), [`textfooler`] (GloVe neighbours, [`glove`]) and
+//!   [`textbugger`] (character and word bugs);
 //! - [`metrics`]: outcomes and TextAttack's summary; [`victim`]: the model as the attacks query it.
 
 pub mod batching;
 pub mod deepwordbug;
 pub mod embedding;
+pub mod glove;
 pub mod hotflip;
 pub mod metrics;
 pub mod pwws;
 pub mod search;
+pub mod textbugger;
+pub mod textfooler;
 pub mod victim;
 pub mod wordnet;
 pub mod words;

@@ -10,8 +10,10 @@ use super::words::{is_stopword, levenshtein, Text};
 /// How words are ranked before the greedy pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ranking {
-    /// by the score of the text with the word replaced by `[UNK]` (DeepWordBug, TextFooler, TextBugger)
+    /// by the score of the text with the word replaced by `[UNK]` (DeepWordBug)
     Unk,
+    /// by the score of the text with the word deleted (TextFooler, TextBugger)
+    Delete,
     /// PWWS: `softmax(unk scores)ᵢ · (best score among word i's replacements)`
     WeightedSaliency,
 }
@@ -78,8 +80,9 @@ pub fn greedy_wir(
 ) -> Result<State> {
     let original = start.text.clone();
     let indices = modifiable(&original);
-    // 1. importance of each word: the score with the word replaced by [UNK]
-    let unk: Vec<Text> = indices.iter().map(|&i| original.with_word(i, "[UNK]")).collect();
+    // 1. importance of each word: the score with the word replaced by [UNK] (or deleted)
+    let blank = if ranking == Ranking::Delete { "" } else { "[UNK]" };
+    let unk: Vec<Text> = indices.iter().map(|&i| original.with_word(i, blank)).collect();
     let unk_probs = goal.eval(victim, &unk)?;
     if goal.exhausted() && unk_probs.iter().any(Option::is_none) {
         return Ok(start);
@@ -87,7 +90,7 @@ pub fn greedy_wir(
     let unk_scores: Vec<f32> =
         unk_probs.iter().map(|p| p.as_ref().map_or(f32::NEG_INFINITY, |p| goal.score(p))).collect();
     let importance: Vec<f32> = match ranking {
-        Ranking::Unk => unk_scores,
+        Ranking::Unk | Ranking::Delete => unk_scores,
         Ranking::WeightedSaliency => {
             let max = unk_scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let exps: Vec<f64> = unk_scores.iter().map(|&s| ((s - max) as f64).exp()).collect();

@@ -47,6 +47,8 @@ pub struct WordNet {
     synsets: HashMap<(char, u64), Vec<String>>,
     /// (part of speech, inflected form) → base forms
     exceptions: HashMap<(char, String), Vec<String>>,
+    /// lemma → its antonyms (WordNet's `!` pointers between words)
+    antonyms: HashMap<String, Vec<String>>,
 }
 
 fn read_lines(path: &Path) -> Result<Vec<String>> {
@@ -62,7 +64,14 @@ impl WordNet {
         if !dir.is_dir() {
             bail!("WordNet directory {} does not exist (run `admix fetch`)", dir.display());
         }
-        let mut wn = WordNet { index: HashMap::new(), synsets: HashMap::new(), exceptions: HashMap::new() };
+        let mut wn = WordNet {
+            index: HashMap::new(),
+            synsets: HashMap::new(),
+            exceptions: HashMap::new(),
+            antonyms: HashMap::new(),
+        };
+        // antonym pointers: (part of speech, offset, word number) → (target pos, offset, word number)
+        let mut pointers: Vec<(char, u64, usize, char, u64, usize)> = vec![];
         for (name, pos) in POS {
             for line in read_lines(&dir.join(format!("index.{name}")))? {
                 // lemma pos synset_cnt p_cnt [ptr_symbol]{p_cnt} sense_cnt tagsense_cnt offset{synset_cnt}
@@ -97,12 +106,43 @@ impl WordNet {
                     .map(|i| f.get(4 + 2 * i).map(|s| s.split('(').next().unwrap_or(s).to_string()))
                     .collect::<Option<Vec<_>>>()
                     .with_context(bad)?;
+                // p_cnt [symbol offset pos source/target]{p_cnt}: keep the word-to-word antonyms
+                if let Some(p) = f.get(4 + 2 * w).and_then(|s| s.parse::<usize>().ok()) {
+                    for k in 0..p {
+                        let at = 5 + 2 * w + 4 * k;
+                        let (Some(&"!"), Some(off), Some(tp), Some(st)) =
+                            (f.get(at), f.get(at + 1), f.get(at + 2), f.get(at + 3))
+                        else {
+                            continue;
+                        };
+                        let (Ok(off), Ok(st)) = (off.parse::<u64>(), u32::from_str_radix(st, 16)) else {
+                            continue;
+                        };
+                        let tpos = match tp.chars().next() {
+                            Some('s') => 'a',
+                            Some(c) => c,
+                            None => continue,
+                        };
+                        pointers.push((pos, offset, (st >> 8) as usize, tpos, off, (st & 0xff) as usize));
+                    }
+                }
                 wn.synsets.insert((pos, offset), words);
             }
             for line in read_lines(&dir.join(format!("{name}.exc")))? {
                 let mut f = line.split_whitespace();
                 if let Some(form) = f.next() {
                     wn.exceptions.insert((pos, form.to_string()), f.map(str::to_string).collect());
+                }
+            }
+        }
+        for (pos, off, src, tpos, toff, dst) in pointers {
+            let word = |p: char, o: u64, n: usize| {
+                wn.synsets.get(&(p, o)).and_then(|w| w.get(n.checked_sub(1)?)).map(|w| w.to_lowercase())
+            };
+            if let (Some(a), Some(b)) = (word(pos, off, src), word(tpos, toff, dst)) {
+                let list = wn.antonyms.entry(a).or_default();
+                if !list.contains(&b) {
+                    list.push(b);
                 }
             }
         }
@@ -133,6 +173,22 @@ impl WordNet {
         for (suffix, repl) in rules(pos) {
             if let Some(stem) = form.strip_suffix(suffix) {
                 keep(&format!("{stem}{repl}"), &mut out);
+            }
+        }
+        out
+    }
+
+    /// Antonyms of `word` or of any of its base forms (lower-cased).
+    pub fn antonyms(&self, word: &str) -> Vec<String> {
+        let word = word.to_lowercase();
+        let mut out: Vec<String> = self.antonyms.get(&word).cloned().unwrap_or_default();
+        for (_, pos) in POS {
+            for form in self.morphy(&word, pos) {
+                for a in self.antonyms.get(&form).into_iter().flatten() {
+                    if !out.contains(a) {
+                        out.push(a.clone());
+                    }
+                }
             }
         }
         out
