@@ -232,6 +232,11 @@ fn awkward_texts_get_outcomes_and_bad_input_is_one_clear_error() {
             }
         }
     }
+    // the CUDA path (kernels on the SIMT emulator): embedding with δ, pgd_step, the HotFlip top-k
+    for attack in ["pgd", "hotflip", "deepwordbug"] {
+        ok(&env.attack(attack, "awkward.tsv", &format!("emu-{attack}"), &["--device", "emu"]));
+        assert_eq!(records(&env.p(&format!("emu-{attack}"))).len(), 5, "{attack} on emu");
+    }
     let out = env.attack("deepwordbug", "dev.tsv", "x", &["--query-budget", "0"]);
     assert_error(&out, "query budget");
     let out = env.attack("pwws", "dev.tsv", "x", &["--wordnet", "/nonexistent/wordnet"]);

@@ -20,7 +20,7 @@ use super::metrics::AttackRecord;
 use super::search::State;
 use super::victim::{Goal, Victim};
 use super::words::{is_stopword, Text};
-use crate::backend::{Activation, Backend};
+use crate::backend::{Activation, Backend, TopkFlips, TOPK_MAX};
 use crate::model::tokenizer::TokenBatch;
 use crate::model::weights::Tensor;
 use crate::train::model::Model;
@@ -75,12 +75,14 @@ impl<B: Backend> HotFlip<B> {
     /// `word`: the model's word-embedding table `[V, H]` on the host; `tokens[v]`: entry `v`'s
     /// string.
     pub fn new(be: &B, word: &Tensor, tokens: Vec<String>, cfg: HotFlipConfig) -> Result<Self> {
-        ensure!(cfg.beam >= 1 && cfg.top_k >= 1, "HotFlip needs a beam and top-k of at least 1");
+        ensure!(cfg.beam >= 1, "HotFlip needs a beam of at least 1");
+        ensure!((1..=TOPK_MAX).contains(&cfg.top_k), "HotFlip's top-k must be in 1..={TOPK_MAX}");
         ensure!((0.0..=1.0).contains(&cfg.max_word_frac), "the changed-word fraction must be in [0, 1]");
         let (v, h) = (word.shape()[0], word.shape()[1]);
         ensure!(tokens.len() <= v, "{} token strings for a vocabulary of {v}", tokens.len());
         let allowed = (0..v).map(|i| tokens.get(i).is_some_and(|t| flippable_token(t))).collect();
-        let norms = word.data().chunks(h).map(|r| r.iter().map(|x| x * x).sum::<f32>().sqrt()).collect();
+        let norms =
+            word.data().chunks(h).map(|r| r.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12)).collect();
         Ok(HotFlip {
             cfg,
             allowed,
@@ -174,23 +176,29 @@ impl<B: Backend> HotFlip<B> {
             Activation::Identity,
             None,
         )?;
-        let (_, vocab, prod) = be.download(&prod)?;
+        // the masked top-k per site on the backend (a kernel on the GPU), then per beam on the host
+        let (mut base, mut old, mut old_norm) = (vec![], vec![], vec![]);
+        for &(b, _, pos) in &sites {
+            let id = beams[b].ids[pos];
+            let g = &grad[(b * batch.seq + pos) * h..][..h];
+            base.push(g.iter().zip(self.row(id)).map(|(a, b)| a * b).sum::<f32>());
+            old.push(id);
+            old_norm.push(self.norms[id as usize]);
+        }
+        let q = TopkFlips {
+            sites: n,
+            base: &base,
+            old: &old,
+            old_norm: &old_norm,
+            norms: &self.norms,
+            allowed: &self.allowed,
+            min_cos: self.cfg.min_cos,
+            k: self.cfg.top_k,
+        };
         let mut best: Vec<Vec<Flip>> = vec![vec![]; beams.len()];
-        for (s, &(b, w, pos)) in sites.iter().enumerate() {
-            let old = beams[b].ids[pos];
-            let g_e: f32 =
-                grad[(b * batch.seq + pos) * h..][..h].iter().zip(self.row(old)).map(|(a, b)| a * b).sum();
-            let (gains, dots) = (&prod[s * vocab..][..vocab], &prod[(n + s) * vocab..][..vocab]);
-            let old_norm = self.norms[old as usize].max(1e-12);
-            for v in 0..vocab {
-                if !self.allowed[v] || v as u32 == old {
-                    continue;
-                }
-                if dots[v] / (old_norm * self.norms[v].max(1e-12)) < self.cfg.min_cos {
-                    continue;
-                }
-                let flip = Flip { beam: b, word: w, v: v as u32, gain: gains[v] - g_e };
-                push_top(&mut best[b], flip, self.cfg.top_k);
+        for (&(b, w, _), top) in sites.iter().zip(be.topk_flips(&prod, &q)?) {
+            for (v, gain) in top {
+                push_top(&mut best[b], Flip { beam: b, word: w, v, gain }, self.cfg.top_k);
             }
         }
         Ok(best.into_iter().flatten().collect())

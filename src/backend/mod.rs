@@ -137,6 +137,29 @@ pub struct PgdStep {
     pub eps: f32,
 }
 
+/// HotFlip's masked top-k over the scoring GEMM's output (see [`Backend::topk_flips`]).
+#[derive(Clone, Copy, Debug)]
+pub struct TopkFlips<'a> {
+    pub sites: usize,
+    /// `g_i·e_i` of each site (the gain is `(G·Eᵀ)[i][v] − base[i]`)
+    pub base: &'a [f32],
+    /// the token at each site (never its own replacement)
+    pub old: &'a [u32],
+    /// `‖e_i‖` of each site's token
+    pub old_norm: &'a [f32],
+    /// `‖E[v]‖` of every vocabulary entry
+    pub norms: &'a [f32],
+    /// entries that may be flipped in
+    pub allowed: &'a [bool],
+    /// least cosine between the new and the old token's embedding
+    pub min_cos: f32,
+    /// flips per site, at most [`TOPK_MAX`]
+    pub k: usize,
+}
+
+/// The most flips per site [`Backend::topk_flips`] returns (kernels/attack.cu's TOPK_MAX).
+pub const TOPK_MAX: usize = 32;
+
 /// A backend: where activations live and how each op runs.
 pub trait Backend {
     /// An activation matrix `[rows, cols]`, row-major.
@@ -298,4 +321,10 @@ pub trait Backend {
         seq: usize,
         step: &PgdStep,
     ) -> Result<()>;
+    /// HotFlip's masked top-k: `prod` is `[2·sites, V]`, the gradient rows' products with the
+    /// word table (`G·Eᵀ`) over the looked-up rows' (`e·Eᵀ`). For each site, the `k` entries `v`
+    /// with the largest gain `prod[i][v] − base[i]` among the allowed ones, `v ≠ old[i]`, with
+    /// `prod[sites+i][v] / (old_norm[i]·norms[v]) ≥ min_cos`: `(v, gain)`, best first, ties to the
+    /// smaller `v`.
+    fn topk_flips(&self, prod: &Self::Act, q: &TopkFlips) -> Result<Vec<Vec<(u32, f32)>>>;
 }

@@ -3,7 +3,7 @@
 use anyhow::{ensure, Result};
 
 use super::Mat;
-use crate::backend::{Norm, PgdStep};
+use crate::backend::{Norm, PgdStep, TopkFlips};
 
 /// One projected ascent step, per sequence over its valid rows; pad rows of δ become zero.
 pub fn pgd_step(delta: &mut Mat, grad: &Mat, lens: &[usize], seq: usize, step: &PgdStep) -> Result<()> {
@@ -45,5 +45,53 @@ pub fn pgd_step(delta: &mut Mat, grad: &Mat, lens: &[usize], seq: usize, step: &
             }
         }
     }
+    Ok(())
+}
+
+/// HotFlip's masked top-k (the CPU reference of `hotflip_topk_bf16`).
+pub fn topk_flips(prod: &Mat, q: &TopkFlips) -> Result<Vec<Vec<(u32, f32)>>> {
+    check_topk(prod.rows, prod.cols, q)?;
+    let vocab = prod.cols;
+    Ok((0..q.sites)
+        .map(|s| {
+            let (gains, dots) = (prod.row(s), prod.row(q.sites + s));
+            let mut best: Vec<(u32, f32)> = Vec::with_capacity(q.k + 1);
+            for v in 0..vocab {
+                if !q.allowed[v] || v as u32 == q.old[s] || dots[v] / (q.old_norm[s] * q.norms[v]) < q.min_cos
+                {
+                    continue;
+                }
+                let g = gains[v] - q.base[s];
+                if best.len() == q.k && g <= best[q.k - 1].1 {
+                    continue;
+                }
+                // v grows: an equal gain goes after the ones already kept (ties to the smaller v)
+                let at = best.partition_point(|&(_, b)| b >= g);
+                best.insert(at, (v as u32, g));
+                best.truncate(q.k);
+            }
+            best
+        })
+        .collect())
+}
+
+/// The shapes a top-k query must have against a `[rows, vocab]` product.
+pub fn check_topk(rows: usize, vocab: usize, q: &TopkFlips) -> Result<()> {
+    ensure!(rows == 2 * q.sites, "topk_flips: {rows} rows for {} sites (want 2 per site)", q.sites);
+    ensure!(
+        q.base.len() == q.sites && q.old.len() == q.sites && q.old_norm.len() == q.sites,
+        "topk_flips: per-site inputs must have {} entries",
+        q.sites
+    );
+    ensure!(
+        q.norms.len() == vocab && q.allowed.len() == vocab,
+        "topk_flips: vocabulary inputs must have {vocab} entries"
+    );
+    ensure!(
+        (1..=crate::backend::TOPK_MAX).contains(&q.k),
+        "topk_flips: k = {} outside 1..={}",
+        q.k,
+        crate::backend::TOPK_MAX
+    );
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! every other backend is tested against, and a real product path for machines without a GPU.
 
 mod activation;
-mod attack;
+pub mod attack;
 mod attention;
 mod dropout;
 mod embedding;
@@ -16,7 +16,7 @@ mod pooling;
 
 use anyhow::{ensure, Result};
 
-use super::{Activation, AdamWStep, Backend, DropKey, EmbeddingWeights, PgdStep};
+use super::{Activation, AdamWStep, Backend, DropKey, EmbeddingWeights, PgdStep, TopkFlips};
 use crate::model::tokenizer::TokenBatch;
 use crate::model::weights::Tensor;
 
@@ -247,5 +247,9 @@ impl Backend for Cpu {
     ) -> Result<()> {
         delta.check_same(grad, "pgd_step")?;
         attack::pgd_step(delta, grad, lens, seq, step)
+    }
+
+    fn topk_flips(&self, prod: &Mat, q: &TopkFlips) -> Result<Vec<Vec<(u32, f32)>>> {
+        attack::topk_flips(prod, q)
     }
 }

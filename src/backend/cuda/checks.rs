@@ -9,7 +9,7 @@ use anyhow::{ensure, Result};
 
 use super::{bf16, Cuda};
 use crate::backend::cpu::{Cpu, Mat};
-use crate::backend::{Activation, Backend, EmbeddingWeights, Norm, PgdStep};
+use crate::backend::{Activation, Backend, EmbeddingWeights, Norm, PgdStep, TopkFlips};
 use crate::model::tokenizer::TokenBatch;
 use crate::model::weights::Tensor;
 
@@ -33,6 +33,7 @@ pub const CHECKS: &[(&str, KernelCheck)] = &[
     ("attention with dropout, and its backward", check_attention_backward),
     ("layernorm and embedding backward (with parameter and table gradients)", check_norm_backward),
     ("PGD step and projection (L2, L∞)", check_pgd_step),
+    ("HotFlip masked top-k", check_topk_flips),
 ];
 
 struct Rng(u64);
@@ -442,4 +443,36 @@ pub fn check_pgd_step(cuda: &Cuda, seed: u64) -> Result<f64> {
         worst = worst.max(e);
     }
     Ok(worst)
+}
+
+/// The top-k reads the same bf16 scores on both sides and does the same f32 arithmetic, so the
+/// flips must be identical: same entries, same order (ties to the smaller id), same gains.
+pub fn check_topk_flips(cuda: &Cuda, seed: u64) -> Result<f64> {
+    let mut r = Rng(seed);
+    // a vocabulary that is not a multiple of the block; an odd site count; k = 1, 7, 32
+    let (sites, vocab) = (3, 1000);
+    // coarse values: many exact ties between entries
+    let prod: Vec<f32> = r.vec(2 * sites * vocab, 1.0).iter().map(|v| (v * 16.0).round() / 16.0).collect();
+    let base = r.vec(sites, 0.5);
+    let old: Vec<u32> = (0..sites).map(|_| r.below(vocab) as u32).collect();
+    let old_norm: Vec<f32> = (0..sites).map(|_| 0.5 + r.below(100) as f32 / 100.0).collect();
+    let norms: Vec<f32> = (0..vocab).map(|_| 0.5 + r.below(100) as f32 / 100.0).collect();
+    let allowed: Vec<bool> = (0..vocab).map(|_| r.below(4) != 0).collect();
+    for (k, min_cos) in [(1, -1.0), (7, 0.1), (32, 0.3), (32, 0.99)] {
+        let q = TopkFlips {
+            sites,
+            base: &base,
+            old: &old,
+            old_norm: &old_norm,
+            norms: &norms,
+            allowed: &allowed,
+            min_cos,
+            k,
+        };
+        let want = Cpu.topk_flips(&Cpu.upload(2 * sites, vocab, &prod)?, &q)?;
+        let got = cuda.topk_flips(&cuda.upload(2 * sites, vocab, &prod)?, &q)?;
+        ensure!(got == want, "top-{k} (cos ≥ {min_cos}): the device gave {got:?}, the CPU {want:?}");
+        ensure!(want.iter().all(|t| t.len() <= k), "more than k flips");
+    }
+    Ok(0.0)
 }

@@ -10,7 +10,7 @@ use super::executor::{DevBuf, Executor};
 use super::launch;
 use super::{bf16, Cuda};
 use crate::backend::cpu::Cpu;
-use crate::backend::{Activation, Backend, DropKey, EmbeddingWeights, PgdStep};
+use crate::backend::{Activation, Backend, DropKey, EmbeddingWeights, PgdStep, TopkFlips};
 use crate::model::tokenizer::TokenBatch;
 use crate::model::weights::Tensor;
 
@@ -627,5 +627,38 @@ impl Backend for Cuda {
         let lens_dev = self.ints(lens.iter().copied())?;
         let cols = delta.cols;
         launch::pgd_step(self.exec(), delta.buf_mut()?, &grad.buf, &lens_dev, (lens.len(), seq, cols), step)
+    }
+
+    fn topk_flips(&self, prod: &DevMat, q: &TopkFlips) -> Result<Vec<Vec<(u32, f32)>>> {
+        bf16_inputs("topk_flips", &[Some(prod)])?;
+        crate::backend::cpu::attack::check_topk(prod.rows, prod.cols, q)?;
+        let (sites, vocab, k) = (q.sites, prod.cols, q.k);
+        let gains = DevBuf::new(&self.exec, sites * k * 4)?;
+        let ids = DevBuf::new(&self.exec, sites * k * 4)?;
+        let f = |v: &[f32]| DevBuf::from_slice(&self.exec, v);
+        let (base, old_norm, norm) = (f(q.base)?, f(q.old_norm)?, f(q.norms)?);
+        let old = self.ints(q.old.iter().map(|&v| v as usize))?;
+        let allowed: Vec<u8> = q.allowed.iter().map(|&a| a as u8).collect();
+        let allowed = DevBuf::from_slice(&self.exec, &allowed)?;
+        launch::hotflip_topk(
+            self.exec(),
+            &gains,
+            &ids,
+            &prod.buf,
+            (&base, &old, &old_norm),
+            (&norm, &allowed),
+            (sites, vocab, k),
+            q.min_cos,
+        )?;
+        let (g, v) = (gains.to_vec::<f32>()?, ids.to_vec::<i32>()?);
+        Ok((0..sites)
+            .map(|s| {
+                (0..k)
+                    .map(|r| (v[s * k + r], g[s * k + r]))
+                    .take_while(|&(id, _)| id >= 0)
+                    .map(|(id, g)| (id as u32, g))
+                    .collect()
+            })
+            .collect())
     }
 }
