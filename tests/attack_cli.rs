@@ -245,6 +245,8 @@ fn awkward_texts_get_outcomes_and_bad_input_is_one_clear_error() {
     assert_error(&out, "GloVe directory");
     std::fs::write(env.p("pairs.tsv"), "text\ttext_pair\tlabel\na\tb\tpos\n").unwrap();
     assert_error(&env.attack("pwws", "pairs.tsv", "x", &[]), "sentence pairs");
+    std::fs::write(env.p("empty.tsv"), "text\tlabel\n\tpos\ngood\tneg\n").unwrap();
+    assert_error(&env.attack("deepwordbug", "empty.tsv", "x", &[]), "empty text");
     std::fs::write(env.p("unknown.tsv"), "text\tlabel\nfine\tmaybe\n").unwrap();
     assert_error(&env.attack("deepwordbug", "unknown.tsv", "x", &[]), "maybe");
     assert_error(&env.attack("pgd", "dev.tsv", "x", &["--eps", "0"]), "ε must be positive");
