@@ -247,14 +247,29 @@ fn progress(n: usize) -> ProgressBar {
     bar
 }
 
-fn tally(bar: &ProgressBar, records: &[AttackRecord]) {
-    let n = |o| records.iter().filter(|r| r.outcome == o).count();
-    bar.set_message(format!(
-        "{} successful, {} failed, {} skipped",
-        n(Outcome::Successful),
-        n(Outcome::Failed),
-        n(Outcome::Skipped)
-    ));
+/// Outcomes so far, for the progress bar.
+#[derive(Default)]
+struct Tally {
+    successful: usize,
+    failed: usize,
+    skipped: usize,
+}
+
+impl Tally {
+    fn add(&mut self, bar: &ProgressBar, records: &[AttackRecord]) {
+        for r in records {
+            match r.outcome {
+                Outcome::Successful => self.successful += 1,
+                Outcome::Failed => self.failed += 1,
+                Outcome::Skipped => self.skipped += 1,
+            }
+        }
+        bar.inc(records.len() as u64);
+        bar.set_message(format!(
+            "{} successful, {} failed, {} skipped",
+            self.successful, self.failed, self.skipped
+        ));
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -270,6 +285,7 @@ fn run<B: Backend>(
 ) -> Result<Vec<AttackRecord>> {
     let tok = &model_dir.tokenizer;
     let bar = progress(examples.len());
+    let mut tally = Tally::default();
     let mut records = Vec::with_capacity(examples.len());
     let budget = a.query_budget as usize;
     match a.attack {
@@ -288,9 +304,8 @@ fn run<B: Backend>(
             let mut rng = Rng::new(a.seed);
             for chunk in (0..examples.len()).collect::<Vec<_>>().chunks(a.batch_size as usize) {
                 let recs = embedding_batch(be, m, &data, chunk, examples, tok.pad_id(), &cfg, &mut rng)?;
-                bar.inc(recs.len() as u64);
+                tally.add(&bar, &recs);
                 records.extend(recs);
-                tally(&bar, &records);
             }
         }
         AttackKind::Hotflip => {
@@ -307,9 +322,9 @@ fn run<B: Backend>(
             };
             let hotflip = HotFlip::new(be, word_table, tokens, cfg)?;
             for (i, e) in examples.iter().enumerate() {
-                records.push(hotflip.attack(be, m, &mut victim, i, &e.text, e.label, budget)?);
-                bar.inc(1);
-                tally(&bar, &records);
+                let r = hotflip.attack(be, m, &mut victim, i, &e.text, e.label, budget)?;
+                tally.add(&bar, std::slice::from_ref(&r));
+                records.push(r);
             }
         }
         kind => {
@@ -377,6 +392,7 @@ fn concurrently(
     let failed = AtomicBool::new(false);
     let done: Mutex<Vec<Option<AttackRecord>>> = Mutex::new(vec![None; examples.len()]);
     let first_error: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+    let tally = Mutex::new(Tally::default());
     std::thread::scope(|s| {
         for _ in 0..workers {
             s.spawn(|| {
@@ -396,12 +412,11 @@ fn concurrently(
                     }
                     match attack_one(&mut victim, i, &examples[i]) {
                         Ok(r) => {
-                            let mut d = done.lock().unwrap_or_else(|p| p.into_inner());
-                            d[i] = Some(r);
-                            let finished: Vec<AttackRecord> = d.iter().flatten().cloned().collect();
-                            drop(d);
-                            bar.inc(1);
-                            tally(bar, &finished);
+                            tally
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .add(bar, std::slice::from_ref(&r));
+                            done.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(r);
                         }
                         Err(e) => {
                             failed.store(true, Ordering::SeqCst);

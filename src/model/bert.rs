@@ -324,6 +324,7 @@ impl<W> Bert<W> {
         }
         observe(0, &x);
         // a classifier's inference needs only the [CLS] rows out: run on the valid tokens alone
+        // (`encode_cls` observes nothing, so no caller sees a packed layer output)
         let packing = (cls_only && !keep && batch.lens.iter().sum::<usize>() < batch.tokens())
             .then(|| Packing::new(&batch.lens, batch.seq));
         if let Some(p) = &packing {
