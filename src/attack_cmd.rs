@@ -72,7 +72,8 @@ pub struct AttackArgs {
     /// Most candidates (or, for pgd/fgsm, sequences) per forward batch
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..))]
     batch_size: u64,
-    /// Text attacks: examples attacked at once (their queries share forward batches)
+    /// Text attacks: examples attacked at once (their queries share forward batches; HotFlip runs
+    /// them in lockstep)
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
     workers: u64,
     /// Text attacks: most tokens per forward batch
@@ -309,8 +310,10 @@ fn run<B: Backend>(
             }
         }
         AttackKind::Hotflip => {
-            let scorer =
-                ModelScorer { be, model: m, pad_id: tok.pad_id(), batch_size: a.batch_size as usize };
+            // examples run in lockstep, `--workers` at a time; forward batches of about
+            // `--max-batch-tokens` tokens (MR sentences are ~30 tokens)
+            let rows = (a.max_batch_tokens as usize / 32).max(1);
+            let scorer = ModelScorer { be, model: m, pad_id: tok.pad_id(), batch_size: rows };
             let mut victim = Victim::new(&scorer, tok)?;
             let tokens =
                 (0..word_table.shape()[0]).map(|v| tok.id_to_token(v as u32).unwrap_or_default()).collect();
@@ -321,10 +324,12 @@ fn run<B: Backend>(
                 top_k: a.top_k,
             };
             let hotflip = HotFlip::new(be, word_table, tokens, cfg)?;
-            for (i, e) in examples.iter().enumerate() {
-                let r = hotflip.attack(be, m, &mut victim, i, &e.text, e.label, budget)?;
-                tally.add(&bar, std::slice::from_ref(&r));
-                records.push(r);
+            let items: Vec<(usize, &str, usize)> =
+                examples.iter().enumerate().map(|(i, e)| (i, e.text.as_str(), e.label)).collect();
+            for chunk in items.chunks(a.workers as usize) {
+                let recs = hotflip.attack_all(be, m, &mut victim, chunk, budget)?;
+                tally.add(&bar, &recs);
+                records.extend(recs);
             }
         }
         kind => {

@@ -316,6 +316,20 @@ fn hotflip_flips_whole_words_that_retokenize_and_reports_the_models_probabilitie
         assert!(p.iter().zip(&r.perturbed_probs).all(|(a, b)| (a - b).abs() < 1e-5));
         assert_eq!(r.outcome == Outcome::Successful, admix::attack::victim::argmax(&p) != label);
     }
+    // in lockstep, several examples give what each gives alone
+    let texts = [text, "a gripping, well-made thriller", "dull", "it never quite finds its footing, sadly"];
+    let items: Vec<(usize, &str, usize)> =
+        texts.iter().enumerate().flat_map(|(i, t)| [(2 * i, *t, 0), (2 * i + 1, *t, 1)]).collect();
+    let together = hf.attack_all(&Cpu, &model, &mut victim, &items, 500).unwrap();
+    for (r, &(i, t, label)) in together.iter().zip(&items) {
+        let alone = hf.attack(&Cpu, &model, &mut victim, i, t, label, 500).unwrap();
+        assert_eq!(r.index, i);
+        assert_eq!(
+            (r.outcome, &r.perturbed, r.queries),
+            (alone.outcome, &alone.perturbed, alone.queries),
+            "{t} / {label}"
+        );
+    }
 }
 
 #[test]

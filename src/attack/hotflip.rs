@@ -132,22 +132,21 @@ fn flippable_words(victim: &mut Victim, text: &Text, max_len: usize) -> Result<V
 }
 
 impl<B: Backend> HotFlip<B> {
-    /// The best `top_k` allowed flips of each beam by first-order gain, from one gradient pass
-    /// over all beams and one scoring GEMM.
+    /// The best `top_k` allowed flips of each beam (against its example's label) by first-order
+    /// gain, from one gradient pass over all beams and one scoring GEMM.
     fn propose(
         &self,
         be: &B,
         model: &Model<B>,
         victim: &mut Victim,
-        beams: &[Beam],
-        label: u32,
+        beams: &[&Beam],
+        labels: &[u32],
     ) -> Result<Vec<Flip>> {
         let max_len = victim.tok.max_len();
         let rows: Vec<(Vec<u32>, Vec<u32>)> =
             beams.iter().map(|b| (b.ids.clone(), vec![0; b.ids.len()])).collect();
         let batch = TokenBatch::from_rows(&rows, victim.tok.pad_id());
-        let labels = vec![label; beams.len()];
-        let out = model.input_gradient(be, &batch, &labels, None)?;
+        let out = model.input_gradient(be, &batch, labels, None)?;
         let (_, h, grad) = be.download(&out.input_grad.context("no input gradient")?)?;
         // the positions to score: flippable, unchanged words of every beam
         let mut sites = vec![]; // (beam, word, token position)
@@ -204,9 +203,7 @@ impl<B: Backend> HotFlip<B> {
         Ok(best.into_iter().flatten().collect())
     }
 
-    /// Attacks one text: beam search over flips, each step confirmed by forward passes, until the
-    /// model is fooled, the word budget is spent or no flip is allowed. Gradient passes count as
-    /// queries too.
+    /// Attacks one text (see [`HotFlip::attack_all`]).
     #[allow(clippy::too_many_arguments)]
     pub fn attack(
         &self,
@@ -218,61 +215,164 @@ impl<B: Backend> HotFlip<B> {
         label: usize,
         budget: usize,
     ) -> Result<AttackRecord> {
+        Ok(self.attack_all(be, model, victim, &[(index, text, label)], budget)?.remove(0))
+    }
+
+    /// Attacks texts `(index, text, label)` in lockstep: per step, one gradient pass and one
+    /// scoring GEMM for the beams of every example still running (`GROUP` beams at a time), then
+    /// one forward batch for all their candidates. Per example a beam search over flips until the
+    /// model is fooled, the word budget is spent or no flip is allowed; gradient passes count as
+    /// queries too.
+    pub fn attack_all(
+        &self,
+        be: &B,
+        model: &Model<B>,
+        victim: &mut Victim,
+        items: &[(usize, &str, usize)],
+        budget: usize,
+    ) -> Result<Vec<AttackRecord>> {
         ensure!(budget >= 1, "the query budget must be at least 1 (the original input is a query)");
-        let text = Text::parse(text);
-        victim.begin(index, &text)?;
-        let mut goal = Goal::new(label, budget);
-        let ids = victim.ids(&text)?;
-        let probs = goal.eval_ids(victim, vec![ids.clone()])?.remove(0).expect("budget >= 1");
-        let original = State { text, probs };
-        if goal.succeeded(&original.probs) {
-            return Ok(super::record(index, &original, &original, &goal, true));
+        struct Run {
+            index: usize,
+            whole: bool,
+            goal: Goal,
+            original: State,
+            beams: Vec<Beam>,
+            best: Beam,
+            steps_left: usize,
+            skipped: bool,
         }
-        let max_changes = max_words(self.cfg.max_word_frac, original.text.num_words());
-        let mut beams = vec![Beam { state: original.clone(), ids, changed: vec![] }];
-        let mut best = beams[0].clone();
-        for _ in 0..max_changes {
-            if goal.exhausted() {
-                break;
-            }
-            goal.queries += beams.len(); // the gradient pass
-            let flips = self.propose(be, model, victim, &beams, label as u32)?;
-            if flips.is_empty() {
-                break;
-            }
-            let mut cands = Vec::with_capacity(flips.len());
-            for f in &flips {
-                let beam = &beams[f.beam];
-                let t = beam.state.text.with_word(f.word, &self.tokens[f.v as usize]);
-                let mut changed = beam.changed.clone();
-                changed.push(f.word);
-                let ids = victim.ids(&t)?;
-                cands.push((t, ids, changed));
-            }
-            let probs = goal.eval_ids(victim, cands.iter().map(|c| c.1.clone()).collect())?;
-            let mut next: Vec<Beam> = cands
-                .into_iter()
-                .zip(probs)
-                .filter_map(|((text, ids, changed), p)| {
-                    p.map(|probs| Beam { state: State { text, probs }, ids, changed })
+        // the originals, in one batch
+        let mut runs = Vec::with_capacity(items.len());
+        let mut fresh_all = vec![];
+        for &(index, text, label) in items {
+            let text = Text::parse(text);
+            let whole = victim.needs_whole_text(&text)?;
+            let ids = victim.ids_as(&text, whole)?;
+            let mut goal = Goal::new(label, budget);
+            fresh_all.push(goal.plan(std::slice::from_ref(&ids)));
+            let state = State { text, probs: vec![] };
+            let beam = Beam { state: state.clone(), ids, changed: vec![] };
+            let steps_left = max_words(self.cfg.max_word_frac, state.text.num_words());
+            runs.push(Run {
+                index,
+                whole,
+                goal,
+                original: state,
+                beams: vec![beam.clone()],
+                best: beam,
+                steps_left,
+                skipped: false,
+            });
+        }
+        self.score_all(victim, &mut runs.iter_mut().map(|r| &mut r.goal).collect::<Vec<_>>(), fresh_all)?;
+        for r in &mut runs {
+            let probs = r.goal.lookup(std::slice::from_ref(&r.beams[0].ids)).remove(0).expect("budget >= 1");
+            r.original.probs = probs.clone();
+            r.beams[0].state.probs = probs.clone();
+            r.best.state.probs = probs;
+            r.skipped = r.goal.succeeded(&r.original.probs);
+        }
+        loop {
+            let active: Vec<usize> = (0..runs.len())
+                .filter(|&k| {
+                    let r = &runs[k];
+                    !r.skipped
+                        && r.steps_left > 0
+                        && !r.goal.exhausted()
+                        && !r.goal.succeeded(&r.best.state.probs)
                 })
                 .collect();
-            if next.is_empty() {
+            if active.is_empty() {
                 break;
             }
-            next.sort_by(|a, b| goal.score(&b.state.probs).total_cmp(&goal.score(&a.state.probs)));
-            next.truncate(self.cfg.beam);
-            if goal.score(&next[0].state.probs) > goal.score(&best.state.probs) {
-                best = next[0].clone();
+            // flips for every active beam, GROUP beams per gradient pass
+            let owners: Vec<(usize, usize)> =
+                active.iter().flat_map(|&k| (0..runs[k].beams.len()).map(move |b| (k, b))).collect();
+            let mut flips_of: Vec<Vec<Flip>> = vec![vec![]; runs.len()];
+            for group in owners.chunks(GROUP) {
+                let beams: Vec<&Beam> = group.iter().map(|&(k, b)| &runs[k].beams[b]).collect();
+                let labels: Vec<u32> = group.iter().map(|&(k, _)| runs[k].goal.label as u32).collect();
+                for f in self.propose(be, model, victim, &beams, &labels)? {
+                    let (k, b) = group[f.beam];
+                    flips_of[k].push(Flip { beam: b, ..f });
+                }
             }
-            if goal.succeeded(&best.state.probs) {
-                break;
+            // candidates of every active example, scored in one batch
+            let mut cands_of: Vec<Vec<(Text, Vec<u32>, Vec<usize>)>> = vec![vec![]; runs.len()];
+            let mut fresh_all = vec![];
+            let mut planned = vec![];
+            for &k in &active {
+                let r = &mut runs[k];
+                r.goal.queries += r.beams.len(); // the gradient pass
+                r.steps_left -= 1;
+                for f in &flips_of[k] {
+                    let beam = &r.beams[f.beam];
+                    let t = beam.state.text.with_word(f.word, &self.tokens[f.v as usize]);
+                    let mut changed = beam.changed.clone();
+                    changed.push(f.word);
+                    let ids = victim.ids_as(&t, r.whole)?;
+                    cands_of[k].push((t, ids, changed));
+                }
+                let rows: Vec<Vec<u32>> = cands_of[k].iter().map(|c| c.1.clone()).collect();
+                fresh_all.push(r.goal.plan(&rows));
+                planned.push(k);
             }
-            beams = next;
+            let mut goals: Vec<&mut Goal> = vec![];
+            for (k, r) in runs.iter_mut().enumerate() {
+                if planned.contains(&k) {
+                    goals.push(&mut r.goal);
+                }
+            }
+            self.score_all(victim, &mut goals, fresh_all)?;
+            for &k in &active {
+                let r = &mut runs[k];
+                let cands = std::mem::take(&mut cands_of[k]);
+                let rows: Vec<Vec<u32>> = cands.iter().map(|c| c.1.clone()).collect();
+                let probs = r.goal.lookup(&rows);
+                let mut next: Vec<Beam> = cands
+                    .into_iter()
+                    .zip(probs)
+                    .filter_map(|((text, ids, changed), p)| {
+                        p.map(|probs| Beam { state: State { text, probs }, ids, changed })
+                    })
+                    .collect();
+                if next.is_empty() {
+                    r.steps_left = 0;
+                    continue;
+                }
+                let goal = &r.goal;
+                next.sort_by(|a, b| goal.score(&b.state.probs).total_cmp(&goal.score(&a.state.probs)));
+                next.truncate(self.cfg.beam);
+                if goal.score(&next[0].state.probs) > goal.score(&r.best.state.probs) {
+                    r.best = next[0].clone();
+                }
+                r.beams = next;
+            }
         }
-        Ok(super::record(index, &original, &best.state, &goal, false))
+        Ok(runs
+            .iter()
+            .map(|r| {
+                let last = if r.skipped { &r.original } else { &r.best.state };
+                super::record(r.index, &r.original, last, &r.goal, r.skipped)
+            })
+            .collect())
+    }
+
+    /// Scores the rows each goal planned in one pass of the victim's scorer and hands them back.
+    fn score_all(&self, victim: &Victim, goals: &mut [&mut Goal], fresh: Vec<Vec<Vec<u32>>>) -> Result<()> {
+        let all: Vec<Vec<u32>> = fresh.iter().flatten().cloned().collect();
+        let mut probs = victim.probs(all)?.into_iter();
+        for (g, rows) in goals.iter_mut().zip(&fresh) {
+            let p: Vec<Vec<f32>> = probs.by_ref().take(rows.len()).collect();
+            g.answer(rows, p)?;
+        }
+        Ok(())
     }
 }
+
+/// Beams per gradient pass (and scoring GEMM) of [`HotFlip::attack_all`].
+const GROUP: usize = 32;
 
 /// `⌈ρ·words⌉`, with ρ's f32 rounding forgiven (0.2 · 5 is 1, not 2).
 pub fn max_words(frac: f32, words: usize) -> usize {

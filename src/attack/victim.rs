@@ -95,17 +95,27 @@ impl<'s> Victim<'s> {
     /// Starts example `key`: checks that its text tokenizes word by word exactly as a whole.
     pub fn begin(&mut self, key: usize, text: &Text) -> Result<()> {
         self.key = key;
-        self.whole_text = false;
-        let by_words = self.ids(text)?;
-        let whole = self.tok.encode_rows(&[TextInput::single(text.render())])?.remove(0).0;
-        self.whole_text = by_words != whole;
+        self.whole_text = self.needs_whole_text(text)?;
         Ok(())
     }
 
-    /// Token ids of a text, as the tokenizer gives them.
+    /// Whether `text` tokenizes differently word by word than as a whole (then its candidates are
+    /// tokenized whole).
+    pub fn needs_whole_text(&mut self, text: &Text) -> Result<bool> {
+        let by_words = self.ids_as(text, false)?;
+        let whole = self.tok.encode_rows(&[TextInput::single(text.render())])?.remove(0).0;
+        Ok(by_words != whole)
+    }
+
+    /// Token ids of a text, as the tokenizer gives them (for the example [`Victim::begin`] started).
     pub fn ids(&mut self, text: &Text) -> Result<Vec<u32>> {
+        self.ids_as(text, self.whole_text)
+    }
+
+    /// Token ids of a text, word by word from cached pieces or (`whole`) as a whole.
+    pub fn ids_as(&mut self, text: &Text, whole: bool) -> Result<Vec<u32>> {
         let max_len = self.tok.max_len();
-        if self.whole_text {
+        if whole {
             return Ok(self.tok.encode_rows(&[TextInput::single(text.render())])?.remove(0).0);
         }
         let mut pieces = vec![];
@@ -161,16 +171,30 @@ impl Goal {
     /// Probabilities of token rows: cached rows are free, new ones cost a query each; rows past the
     /// budget are not evaluated (`None`).
     pub fn eval_ids(&mut self, victim: &Victim, rows: Vec<Vec<u32>>) -> Result<Vec<Option<Vec<f32>>>> {
+        let fresh = self.plan(&rows);
+        let probs = victim.probs(fresh.clone())?;
+        self.answer(&fresh, probs)?;
+        Ok(self.lookup(&rows))
+    }
+
+    /// The rows of `rows` that need a query (not cached, not repeated, within the budget), counted
+    /// as queries: score them and hand the results to [`Goal::answer`]. (Several goals can share
+    /// one forward batch this way.)
+    pub fn plan(&mut self, rows: &[Vec<u32>]) -> Vec<Vec<u32>> {
         let mut fresh: Vec<Vec<u32>> = vec![];
         let mut seen = std::collections::HashSet::new();
-        for r in &rows {
+        for r in rows {
             if !self.cache.contains_key(r) && seen.insert(r.clone()) {
                 fresh.push(r.clone());
             }
         }
         fresh.truncate(self.budget.saturating_sub(self.queries));
         self.queries += fresh.len();
-        let probs = victim.probs(fresh.clone())?;
+        fresh
+    }
+
+    /// Records the probabilities of the rows [`Goal::plan`] asked for.
+    pub fn answer(&mut self, fresh: &[Vec<u32>], probs: Vec<Vec<f32>>) -> Result<()> {
         if probs.len() != fresh.len() {
             bail!("the scorer returned {} results for {} inputs", probs.len(), fresh.len());
         }
@@ -180,7 +204,12 @@ impl Goal {
             }
             self.cache.insert(r.clone(), p);
         }
-        Ok(rows.iter().map(|r| self.cache.get(r).cloned()).collect())
+        Ok(())
+    }
+
+    /// The cached probabilities of rows (`None` where never scored).
+    pub fn lookup(&self, rows: &[Vec<u32>]) -> Vec<Option<Vec<f32>>> {
+        rows.iter().map(|r| self.cache.get(r).cloned()).collect()
     }
 
     /// Probabilities of texts (see [`Goal::eval_ids`]).
