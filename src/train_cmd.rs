@@ -92,6 +92,16 @@ pub struct TrainArgs {
     /// Stop after this many steps (smoke tests)
     #[arg(long)]
     max_steps: Option<usize>,
+    /// FreeLB adversarial training: K ascent steps on the word embeddings per batch (L2 ball per
+    /// sequence; the parameter gradients of the K passes are averaged). 0 = plain training
+    #[arg(long, default_value_t = 0)]
+    freelb_steps: usize,
+    /// FreeLB: the ball's radius ε
+    #[arg(long, default_value_t = 1.0)]
+    freelb_eps: f32,
+    /// FreeLB: the ascent step α (default ε/4)
+    #[arg(long)]
+    freelb_alpha: Option<f32>,
     /// Where the model runs: cpu, cuda (GPU 0) or emu (the kernels on the CPU's SIMT emulator)
     #[arg(long, value_enum, default_value = "cpu", env = "ADMIX_DEVICE")]
     device: Device,
@@ -248,6 +258,13 @@ pub fn train(a: TrainArgs) -> Result<()> {
         seed: a.seed,
         save_every: a.save_every,
         max_steps: a.max_steps,
+        freelb: (a.freelb_steps > 0).then(|| admix::attack::embedding::Pgd {
+            norm: admix::backend::Norm::L2,
+            eps: a.freelb_eps,
+            alpha: a.freelb_alpha.unwrap_or(a.freelb_eps / 4.0),
+            steps: a.freelb_steps,
+            random_start: true,
+        }),
     };
     let last = a.out.join("last");
     if a.overwrite {

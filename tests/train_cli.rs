@@ -167,6 +167,31 @@ fn an_interrupted_run_on_the_emulator_resumes_to_the_same_result() {
     resumes_bit_identically(&["--device", "emu"]);
 }
 
+#[test]
+fn freelb_training_learns_differs_from_plain_training_and_resumes() {
+    let env = Env::new();
+    ok(&env.train("plain", &[]));
+    ok(&env.train("freelb", &["--freelb-steps", "2", "--freelb-eps", "0.2"]));
+    let best = |run: &str| -> f64 {
+        std::fs::read_to_string(env.p(&format!("{run}/metrics.jsonl")))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["dev"]["accuracy"].as_f64().unwrap()
+            })
+            .fold(0.0, f64::max)
+    };
+    assert!(best("freelb") >= 0.9, "FreeLB dev accuracy {}", best("freelb"));
+    assert_ne!(
+        std::fs::read(env.p("plain/last/adapter.safetensors")).unwrap(),
+        std::fs::read(env.p("freelb/last/adapter.safetensors")).unwrap(),
+        "the adversarial ascent changed nothing"
+    );
+    // a run's FreeLB settings are part of what must agree to resume it
+    assert_error(&env.train("freelb", &[]), "other settings");
+    resumes_bit_identically(&["--freelb-steps", "2"]);
+}
+
 fn resumes_bit_identically(device: &[&str]) {
     let env = Env::new();
     let args = |extra: &[&'static str]| -> Vec<&str> { extra.iter().chain(device).copied().collect() };

@@ -299,7 +299,9 @@ impl<B: Backend> HotFlip<B> {
                 }
             }
             // candidates of every active example, scored in one batch
-            let mut cands_of: Vec<Vec<(Text, Vec<u32>, Vec<usize>)>> = vec![vec![]; runs.len()];
+            // per example: (candidate text, its ids, the words it changed)
+            type Candidate = (Text, Vec<u32>, Vec<usize>);
+            let mut cands_of: Vec<Vec<Candidate>> = vec![vec![]; runs.len()];
             let mut fresh_all = vec![];
             let mut planned = vec![];
             for &k in &active {

@@ -71,6 +71,18 @@ impl<A> AdamW<A> {
         params: Vec<Param<'_, B>>,
         lr: f32,
     ) -> Result<StepStats> {
+        self.update_scaled(be, params, lr, 1.0)
+    }
+
+    /// [`AdamW::update`] with the gradient buffers holding `1/mult` times the gradient (FreeLB
+    /// sums K passes: `mult = 1/K`); clipping sees the scaled gradient.
+    pub fn update_scaled<B: Backend<Act = A>>(
+        &mut self,
+        be: &B,
+        params: Vec<Param<'_, B>>,
+        lr: f32,
+        mult: f32,
+    ) -> Result<StepStats> {
         if self.m.is_empty() {
             for p in &params {
                 self.m.push(be.zeros_like(p.weight)?);
@@ -84,14 +96,15 @@ impl<A> AdamW<A> {
         for p in &params {
             sq += be.sum_squares(p.grad)?;
         }
-        let grad_norm = sq.sqrt() as f32;
+        let grad_norm = sq.sqrt() as f32 * mult;
         if !grad_norm.is_finite() {
             bail!("the gradient norm is {grad_norm}");
         }
-        let grad_scale = match self.cfg.max_grad_norm {
-            Some(max) => (max / (grad_norm + 1e-6)).min(1.0),
-            None => 1.0,
-        };
+        let grad_scale = mult
+            * match self.cfg.max_grad_norm {
+                Some(max) => (max / (grad_norm + 1e-6)).min(1.0),
+                None => 1.0,
+            };
         self.step += 1;
         for ((p, m), v) in params.into_iter().zip(&mut self.m).zip(&mut self.v) {
             let decay = !self.cfg.no_decay.iter().any(|s| p.name.contains(s.as_str()));

@@ -40,6 +40,9 @@ pub struct TrainConfig {
     pub save_every: usize,
     /// stop after this many steps in total (smoke tests, benchmarks)
     pub max_steps: Option<usize>,
+    /// FreeLB adversarial training: each step ascends this PGD on the word embeddings and
+    /// averages the parameter gradients of its K passes (`attack::embedding::freelb_accumulate`)
+    pub freelb: Option<crate::attack::embedding::Pgd>,
 }
 
 /// Tokenized splits and label names.
@@ -77,6 +80,7 @@ pub fn fingerprint(cfg: &TrainConfig, data: &TrainData, full: bool) -> serde_jso
         "dropout": cfg.dropout,
         "seed": cfg.seed,
         "full": full,
+        "freelb": cfg.freelb.map(|p| json!({"norm": format!("{:?}", p.norm), "eps": p.eps, "alpha": p.alpha, "steps": p.steps})),
         "train_examples": data.train.len(),
         "labels": data.labels,
     })
@@ -158,7 +162,24 @@ pub fn train<B: Backend>(
                 step: step as u64,
             };
             model.zero_grads(be)?;
-            let out_step = model.forward_backward(be, &batch, &labels, Some(plan), false).map_err(|e| {
+            let pass = match &cfg.freelb {
+                None => model.forward_backward(be, &batch, &labels, Some(plan), false).map(|o| (o.loss, 1.0)),
+                Some(pgd) => {
+                    // the random start depends on the seed and the step only: resumable
+                    let mut rng = crate::train::rng::Rng::new(cfg.seed ^ 0xF4EE_1B00 ^ (step as u64) << 20);
+                    crate::attack::embedding::freelb_accumulate(
+                        be,
+                        model,
+                        &batch,
+                        &labels,
+                        Some(plan),
+                        pgd,
+                        &mut rng,
+                    )
+                    .map(|loss| (loss, 1.0 / pgd.steps as f32))
+                }
+            };
+            let (loss, mult) = pass.map_err(|e| {
                 bar.abandon();
                 e.context(format!(
                     "training stopped at step {} (epoch {}); the last good checkpoint is in {}",
@@ -168,9 +189,10 @@ pub fn train<B: Backend>(
                 ))
             })?;
             let lr = cfg.adamw.lr * linear_schedule(step as u64, warmup, total as u64);
-            opt.update(be, model.params(), lr).with_context(|| format!("optimizer step {}", step + 1))?;
+            opt.update_scaled(be, model.params(), lr, mult)
+                .with_context(|| format!("optimizer step {}", step + 1))?;
             step += 1;
-            loss_sum += out_step.loss as f64;
+            loss_sum += loss as f64;
             loss_n += 1;
             bar.set_message(format!("{:.4}", loss_sum / loss_n as f64));
             bar.inc(1);
