@@ -41,6 +41,21 @@ pub enum AttackKind {
     Textbugger,
 }
 
+impl AttackKind {
+    /// The attack's usual name.
+    fn title(self) -> &'static str {
+        match self {
+            AttackKind::Pgd => "PGD",
+            AttackKind::Fgsm => "FGSM",
+            AttackKind::Hotflip => "HotFlip",
+            AttackKind::Deepwordbug => "DeepWordBug",
+            AttackKind::Pwws => "PWWS",
+            AttackKind::Textfooler => "TextFooler",
+            AttackKind::Textbugger => "TextBugger",
+        }
+    }
+}
+
 #[derive(Args)]
 pub struct AttackArgs {
     /// The attack
@@ -183,8 +198,8 @@ pub fn attack(a: AttackArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "{:?} on {} ({} examples, {:.1} s, {:.1} examples/s, {:.0} queries/s)",
-        a.attack,
+        "{} on {} ({} examples, {:.1} s, {:.1} examples/s, {:.0} queries/s)",
+        a.attack.title(),
         what(&a),
         records.len(),
         secs,
@@ -229,7 +244,7 @@ fn write_results(
     }
     admix::io::write_atomic(&dir.join("results.jsonl"), lines.as_bytes())?;
     let json = serde_json::json!({
-        "attack": format!("{:?}", a.attack).to_lowercase(),
+        "attack": a.attack.title(),
         "data": what(a),
         "checkpoint": a.adapter,
         "device": format!("{:?}", a.device).to_lowercase(),
