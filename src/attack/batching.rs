@@ -134,3 +134,74 @@ impl Scorer for BatchQueue {
         rx.recv().map_err(|_| anyhow!("the scoring thread stopped"))?.map_err(|e| anyhow!(e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Scores a row as [its length, its first id]; records the batches it was given.
+    struct Echo(Mutex<Vec<Vec<usize>>>);
+    impl Scorer for Echo {
+        fn probs(&self, _key: usize, rows: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>> {
+            self.0.lock().unwrap().push(rows.iter().map(|r| r.len()).collect());
+            Ok(rows.iter().map(|r| vec![r.len() as f32, r[0] as f32]).collect())
+        }
+    }
+
+    #[test]
+    fn every_worker_gets_its_own_answers_in_token_bounded_batches() {
+        let (workers, rounds) = (7usize, 5usize);
+        let queue = BatchQueue::new(workers, 40);
+        let echo = Echo(Mutex::new(vec![]));
+        std::thread::scope(|s| {
+            for w in 0..workers {
+                let queue = &queue;
+                s.spawn(move || {
+                    let _member = queue.member();
+                    for round in 0..rounds {
+                        // w + 1 rows of lengths 1..=w+1, tagged with the worker and round
+                        let rows: Vec<Vec<u32>> =
+                            (0..=w).map(|i| vec![(100 * w + round) as u32; i + 1]).collect();
+                        let got = queue.probs(w, rows.clone()).unwrap();
+                        for (r, p) in rows.iter().zip(&got) {
+                            assert_eq!(p, &vec![r.len() as f32, r[0] as f32]);
+                        }
+                    }
+                });
+            }
+            queue.serve(&echo);
+        });
+        let batches = echo.0.into_inner().unwrap();
+        // every row was scored once, within the budget, shortest first within a round
+        let rows: usize = batches.iter().map(|b| b.len()).sum();
+        assert_eq!(rows, rounds * (1..=workers).sum::<usize>());
+        for b in &batches {
+            assert!(b.iter().sum::<usize>() <= 40 || b.len() == 1, "{b:?}");
+            assert!(b.windows(2).all(|w| w[0] <= w[1]), "{b:?}");
+        }
+        // a round holds one request of every worker: 28 rows of 84 tokens, cut into ≥ 3 batches
+        assert!(batches.len() >= 3 * rounds && batches.len() < rows, "{} batches", batches.len());
+    }
+
+    #[test]
+    fn a_failing_scorer_fails_every_request_and_the_queue_still_ends() {
+        struct Fail;
+        impl Scorer for Fail {
+            fn probs(&self, _key: usize, _rows: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>> {
+                anyhow::bail!("no model")
+            }
+        }
+        let queue = BatchQueue::new(3, 100);
+        std::thread::scope(|s| {
+            for w in 0..3 {
+                let queue = &queue;
+                s.spawn(move || {
+                    let _member = queue.member();
+                    let e = queue.probs(w, vec![vec![1, 2]]).unwrap_err();
+                    assert!(e.to_string().contains("no model"));
+                });
+            }
+            queue.serve(&Fail);
+        });
+    }
+}
