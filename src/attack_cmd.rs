@@ -133,6 +133,10 @@ pub struct AttackArgs {
     /// Where the model runs: cpu, cuda (GPU 0) or emu (the kernels on the CPU's SIMT emulator)
     #[arg(long, value_enum, default_value = "cpu", env = "ADMIX_DEVICE")]
     device: Device,
+    /// cpu: score with bf16 GEMMs (AVX512-BF16 CPUs; bf16 inputs, f32 accumulation, as on the GPU)
+    /// instead of the f32 reference
+    #[arg(long)]
+    cpu_bf16: bool,
     /// Worker threads (default: all cores)
     #[arg(long)]
     threads: Option<usize>,
@@ -142,6 +146,12 @@ pub fn attack(a: AttackArgs) -> Result<()> {
     train_cmd::set_threads(a.threads)?;
     if a.query_budget == 0 {
         bail!("the query budget must be at least 1 (the original input is a query)");
+    }
+    if a.cpu_bf16 {
+        if a.device != Device::Cpu {
+            bail!("--cpu-bf16 is for --device cpu (the CUDA path is bf16 already)");
+        }
+        admix::backend::cpu::bf16::enable()?;
     }
     let OpenCheckpoint { model: model_dir, ck, .. } =
         train_cmd::open_checkpoint(&a.adapter, a.model.as_deref(), a.max_len)?;
@@ -248,6 +258,7 @@ fn write_results(
         "data": what(a),
         "checkpoint": a.adapter,
         "device": format!("{:?}", a.device).to_lowercase(),
+        "cpu_bf16": a.cpu_bf16,
         "seconds": secs,
         "summary": summary,
     });

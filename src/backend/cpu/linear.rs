@@ -90,8 +90,12 @@ pub fn linear(x: &Mat, w: &Tensor, b: &Tensor, act: Activation, residual: Option
             row.copy_from_slice(bias);
         }
     });
-    // out += x · Wᵀ ; Wᵀ[kk][j] = W[j][kk] → row stride 1, column stride k
-    gemm_strided(m, n, k, &mut out.data, n, true, &x.data, k, 1, w.data(), 1, k, true);
+    if super::bf16::enabled() {
+        super::bf16::gemm_acc(&mut out.data, &x.data, w.data(), m, n, k);
+    } else {
+        // out += x · Wᵀ ; Wᵀ[kk][j] = W[j][kk] → row stride 1, column stride k
+        gemm_strided(m, n, k, &mut out.data, n, true, &x.data, k, 1, w.data(), 1, k, true);
+    }
     if act != Activation::Identity || residual.is_some() {
         out.data.par_chunks_mut(n * ROW_CHUNK).enumerate().for_each(|(c, rows)| {
             apply_activation(act, rows);

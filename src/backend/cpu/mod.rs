@@ -4,6 +4,7 @@
 mod activation;
 pub mod attack;
 mod attention;
+pub mod bf16;
 mod dropout;
 mod embedding;
 mod layernorm;
