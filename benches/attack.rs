@@ -9,44 +9,19 @@
 //!
 //! Prints median / min / max over repetitions after warm-up, and one JSON line per case.
 
-use admix::adapter::{Adapter, AdapterKind, AdapterLayer, Bottleneck, ClassificationHead};
 use admix::backend::cpu::Cpu;
 use admix::backend::{Activation, Backend, Norm, PgdStep};
 use admix::train::model::Model;
 
 mod common;
-use common::{batch, load_model, random, tensor, time};
+use common::{batch, load_model, random, time};
 
 fn main() {
     let (model, threads) = load_model("attack");
     let (h, layers) = (model.config.hidden_size, model.config.num_hidden_layers);
     let bert = model.bert().unwrap();
     let word = bert.emb.word.clone();
-    let r = h / 16;
-    let adapter = Adapter {
-        name: "bench".into(),
-        kind: AdapterKind::SeqBn,
-        activation: Activation::Relu,
-        layers: (0..layers as u64)
-            .map(|l| AdapterLayer {
-                output: Bottleneck {
-                    down_w: tensor(&[r, h], 10 * l + 1),
-                    down_b: tensor(&[r], 10 * l + 2),
-                    up_w: tensor(&[h, r], 10 * l + 3),
-                    up_b: tensor(&[h], 10 * l + 4),
-                },
-                attention: None,
-            })
-            .collect(),
-    };
-    let head = ClassificationHead {
-        name: "bench".into(),
-        dense_w: tensor(&[h, h], 91),
-        dense_b: tensor(&[h], 92),
-        out_w: tensor(&[2, h], 93),
-        out_b: tensor(&[2], 94),
-        num_labels: 2,
-    };
+    let (adapter, head) = common::random_adapter_head(h, layers);
     let m = Model::new(&Cpu, bert, Some(adapter), head, false).unwrap();
     println!("MiniLM-L6 + seq_bn adapter + head, CPU f32, {threads} threads");
     for rows in [4usize, 16, 64, 128, 256] {

@@ -7,42 +7,16 @@
 //!
 //! Prints median / min / max over repetitions after warm-up, and one JSON line per case.
 
-use admix::adapter::{Adapter, AdapterKind, AdapterLayer, Bottleneck, ClassificationHead};
 use admix::backend::cpu::Cpu;
-use admix::backend::Activation;
 
 mod common;
-use common::{batch, load_model, tensor, time};
+use common::{batch, load_model, time};
 
 fn main() {
     let (model, threads) = load_model("forward");
     let (h, layers) = (model.config.hidden_size, model.config.num_hidden_layers);
     let bert = model.bert().unwrap();
-    let r = h / 16;
-    let adapter = Adapter {
-        name: "bench".into(),
-        kind: AdapterKind::SeqBn,
-        activation: Activation::Relu,
-        layers: (0..layers as u64)
-            .map(|l| AdapterLayer {
-                output: Bottleneck {
-                    down_w: tensor(&[r, h], 10 * l + 1),
-                    down_b: tensor(&[r], 10 * l + 2),
-                    up_w: tensor(&[h, r], 10 * l + 3),
-                    up_b: tensor(&[h], 10 * l + 4),
-                },
-                attention: None,
-            })
-            .collect(),
-    };
-    let head = ClassificationHead {
-        name: "bench".into(),
-        dense_w: tensor(&[h, h], 91),
-        dense_b: tensor(&[h], 92),
-        out_w: tensor(&[2, h], 93),
-        out_b: tensor(&[2], 94),
-        num_labels: 2,
-    };
+    let (adapter, head) = common::random_adapter_head(h, layers);
     println!("MiniLM-L6 forward + seq_bn adapter + head, CPU f32, {threads} threads");
     for (b, reps) in [(32usize, 10usize), (1, 50)] {
         let tb = batch(b, 128, b as u64);

@@ -182,23 +182,11 @@ pub fn attack(a: AttackArgs) -> Result<()> {
     let started = Instant::now();
     let records = match a.device.cuda_backend()? {
         None => {
-            let m = Model::new(
-                &Cpu,
-                host_bert.to_backend(&Cpu)?,
-                adapter(&Cpu, &ck)?,
-                ck.head.to_backend(&Cpu)?,
-                false,
-            )?;
+            let m = victim_model(&Cpu, &host_bert, &ck)?;
             run(&Cpu, &m, &model_dir, &word_table, &examples, &a, wordnet.as_ref(), glove.as_ref())?
         }
         Some(cuda) => {
-            let m = Model::new(
-                &cuda,
-                host_bert.to_backend(&cuda)?,
-                adapter(&cuda, &ck)?,
-                ck.head.to_backend(&cuda)?,
-                false,
-            )?;
+            let m = victim_model(&cuda, &host_bert, &ck)?;
             run::<Cuda>(&cuda, &m, &model_dir, &word_table, &examples, &a, wordnet.as_ref(), glove.as_ref())?
         }
     };
@@ -232,11 +220,14 @@ fn what(a: &AttackArgs) -> String {
     }
 }
 
-fn adapter<B: Backend>(
+/// The checkpoint's classifier (encoder, adapter, head) on a backend, frozen.
+fn victim_model<B: Backend>(
     be: &B,
+    bert: &admix::model::bert::Bert<admix::model::weights::Tensor>,
     ck: &admix::train::checkpoint::Loaded,
-) -> Result<Option<admix::adapter::Adapter<B::Weight>>> {
-    ck.adapter.as_ref().map(|x| x.to_backend(be)).transpose()
+) -> Result<Model<B>> {
+    let adapter = ck.adapter.as_ref().map(|x| x.to_backend(be)).transpose()?;
+    Model::new(be, bert.to_backend(be)?, adapter, ck.head.to_backend(be)?, false)
 }
 
 fn write_results(

@@ -103,16 +103,8 @@ fn input_gradient_at_a_perturbation_matches_finite_differences() {
 
 #[test]
 fn the_first_pgd_gradient_is_the_fixtures_input_gradient() {
-    let m = ModelDir::open(&minilm_dir(), 128).unwrap();
-    let (s, _) = sentences();
-    let inputs: Vec<TextInput> = s.iter().map(TextInput::single).collect();
-    let batch = m.tokenizer.encode(&inputs).unwrap();
-    let w = fixture("adapter_weights.safetensors");
-    let adapter = Adapter::load(&w, "clean", 6, 384, Activation::Relu).unwrap();
-    let head = ClassificationHead::load(&w, "clean", 384).unwrap();
+    let (model, batch, labels) = fixture_model();
     let oracle = fixture("adapter_oracle.safetensors");
-    let labels: Vec<u32> = oracle.ints("labels").unwrap().1.iter().map(|&l| l as u32).collect();
-    let model = Model::new(&Cpu, m.bert().unwrap(), Some(adapter), head, false).unwrap();
     // δ⁰ = 0 (no random start): the attack's first gradient is ∇_e L at the clean input
     let zero = Cpu.zeros(batch.tokens(), 384).unwrap();
     let out = model.input_gradient(&Cpu, &batch, &labels, Some(&zero)).unwrap();

@@ -3,28 +3,9 @@
 
 mod common;
 
-use admix::adapter::{Adapter, ClassificationHead};
 use admix::backend::cpu::Cpu;
-use admix::backend::Activation;
-use admix::model::tokenizer::TextInput;
-use admix::model::ModelDir;
-use admix::train::model::Model;
 use admix::train::optim::{AdamW, AdamWConfig};
 use common::*;
-
-fn fixture_model() -> (Model<Cpu>, admix::model::tokenizer::TokenBatch, Vec<u32>) {
-    let m = ModelDir::open(&minilm_dir(), 128).unwrap();
-    let (s, _) = sentences();
-    let inputs: Vec<TextInput> = s.iter().map(TextInput::single).collect();
-    let batch = m.tokenizer.encode(&inputs).unwrap();
-    let w = fixture("adapter_weights.safetensors");
-    let adapter = Adapter::load(&w, "clean", 6, 384, Activation::Relu).unwrap();
-    let head = ClassificationHead::load(&w, "clean", 384).unwrap();
-    let oracle = fixture("adapter_oracle.safetensors");
-    let labels: Vec<u32> = oracle.ints("labels").unwrap().1.iter().map(|&l| l as u32).collect();
-    let model = Model::new(&Cpu, m.bert().unwrap(), Some(adapter), head, false).unwrap();
-    (model, batch, labels)
-}
 
 /// Largest difference relative to the reference's largest magnitude.
 fn rel_to_max(a: &[f32], b: &[f64]) -> f64 {

@@ -11,25 +11,6 @@ use common::cli::{admix, assert_error};
 use common::tiny;
 use safetensors::Dtype;
 
-/// "the movie was really good" → pos, "… awful" → neg: learnable from one word.
-fn dataset(n: usize, seed: u64) -> String {
-    let mut rng = admix::train::rng::Rng::new(seed);
-    let mut pick = |xs: &[&'static str]| xs[(rng.next_u64() % xs.len() as u64) as usize];
-    let mut out = String::from("text\tlabel\n");
-    for i in 0..n {
-        let positive = i % 2 == 0;
-        let word = if positive {
-            pick(&["good", "great", "wonderful", "superb"])
-        } else {
-            pick(&["bad", "awful", "terrible", "boring"])
-        };
-        let subject = pick(&["the movie", "this film", "the plot", "the cast", "it"]);
-        let adverb = pick(&["really", "truly", "quite", "so", "very"]);
-        out += &format!("{subject} was {adverb} {word}\t{}\n", if positive { "pos" } else { "neg" });
-    }
-    out
-}
-
 struct Env {
     dir: tempfile::TempDir,
 }
@@ -38,8 +19,8 @@ impl Env {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         tiny::write_model(&dir.path().join("model"), 21, Dtype::F32, "");
-        std::fs::write(dir.path().join("train.tsv"), dataset(128, 1)).unwrap();
-        std::fs::write(dir.path().join("dev.tsv"), dataset(40, 2)).unwrap();
+        std::fs::write(dir.path().join("train.tsv"), common::toy_dataset(128, 1)).unwrap();
+        std::fs::write(dir.path().join("dev.tsv"), common::toy_dataset(40, 2)).unwrap();
         Env { dir }
     }
     fn p(&self, name: &str) -> PathBuf {

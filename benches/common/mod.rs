@@ -69,3 +69,38 @@ pub fn load_model(bench: &str) -> (ModelDir, usize) {
         }
     }
 }
+
+/// A random seq_bn adapter (reduction 16, ReLU) and 2-label head for a model of `layers` × `h`.
+pub fn random_adapter_head(
+    h: usize,
+    layers: usize,
+) -> (admix::adapter::Adapter<Tensor>, admix::adapter::ClassificationHead<Tensor>) {
+    use admix::adapter::{Adapter, AdapterKind, AdapterLayer, Bottleneck, ClassificationHead};
+    use admix::backend::Activation;
+    let r = h / 16;
+    let adapter = Adapter {
+        name: "bench".into(),
+        kind: AdapterKind::SeqBn,
+        activation: Activation::Relu,
+        layers: (0..layers as u64)
+            .map(|l| AdapterLayer {
+                output: Bottleneck {
+                    down_w: tensor(&[r, h], 10 * l + 1),
+                    down_b: tensor(&[r], 10 * l + 2),
+                    up_w: tensor(&[h, r], 10 * l + 3),
+                    up_b: tensor(&[h], 10 * l + 4),
+                },
+                attention: None,
+            })
+            .collect(),
+    };
+    let head = ClassificationHead {
+        name: "bench".into(),
+        dense_w: tensor(&[h, h], 91),
+        dense_b: tensor(&[h], 92),
+        out_w: tensor(&[2, h], 93),
+        out_b: tensor(&[2], 94),
+        num_labels: 2,
+    };
+    (adapter, head)
+}

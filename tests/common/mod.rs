@@ -46,3 +46,42 @@ pub fn max_abs(a: &[f32], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).map(|(x, y)| (*x as f64 - y).abs()).fold(0.0, f64::max)
 }
+
+/// MiniLM + the fixture's seq_bn adapter `clean` and head, on the CPU, with the fixture's 8
+/// sentences as one padded batch and their labels.
+pub fn fixture_model(
+) -> (admix::train::model::Model<admix::backend::cpu::Cpu>, admix::model::tokenizer::TokenBatch, Vec<u32>) {
+    use admix::adapter::{Adapter, ClassificationHead};
+    use admix::backend::{cpu::Cpu, Activation};
+    use admix::model::tokenizer::TextInput;
+    let m = admix::model::ModelDir::open(&minilm_dir(), 128).unwrap();
+    let (s, _) = sentences();
+    let inputs: Vec<TextInput> = s.iter().map(TextInput::single).collect();
+    let batch = m.tokenizer.encode(&inputs).unwrap();
+    let w = fixture("adapter_weights.safetensors");
+    let adapter = Adapter::load(&w, "clean", 6, 384, Activation::Relu).unwrap();
+    let head = ClassificationHead::load(&w, "clean", 384).unwrap();
+    let oracle = fixture("adapter_oracle.safetensors");
+    let labels: Vec<u32> = oracle.ints("labels").unwrap().1.iter().map(|&l| l as u32).collect();
+    let model = admix::train::model::Model::new(&Cpu, m.bert().unwrap(), Some(adapter), head, false).unwrap();
+    (model, batch, labels)
+}
+
+/// "the movie was really good" → pos, "… awful" → neg: a toy task learnable from one word.
+pub fn toy_dataset(n: usize, seed: u64) -> String {
+    let mut rng = admix::train::rng::Rng::new(seed);
+    let mut pick = |xs: &[&'static str]| xs[(rng.next_u64() % xs.len() as u64) as usize];
+    let mut out = String::from("text\tlabel\n");
+    for i in 0..n {
+        let positive = i % 2 == 0;
+        let word = if positive {
+            pick(&["good", "great", "wonderful", "superb"])
+        } else {
+            pick(&["bad", "awful", "terrible", "boring"])
+        };
+        let subject = pick(&["the movie", "this film", "the plot", "the cast", "it"]);
+        let adverb = pick(&["really", "truly", "quite", "so", "very"]);
+        out += &format!("{subject} was {adverb} {word}\t{}\n", if positive { "pos" } else { "neg" });
+    }
+    out
+}

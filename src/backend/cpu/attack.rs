@@ -8,13 +8,7 @@ use crate::backend::{Norm, PgdStep, TopkFlips};
 /// One projected ascent step, per sequence over its valid rows; pad rows of δ become zero.
 pub fn pgd_step(delta: &mut Mat, grad: &Mat, lens: &[usize], seq: usize, step: &PgdStep) -> Result<()> {
     let h = delta.cols;
-    ensure!(
-        delta.rows == lens.len() * seq,
-        "pgd_step: {} rows for {} sequences of {seq}",
-        delta.rows,
-        lens.len()
-    );
-    ensure!(lens.iter().all(|&l| l <= seq), "pgd_step: a length exceeds the sequence length {seq}");
+    check_pgd(delta.rows, lens, seq)?;
     let PgdStep { norm, alpha, eps } = *step;
     for (b, &len) in lens.iter().enumerate() {
         let (start, valid, end) = (b * seq * h, (b * seq + len) * h, (b + 1) * seq * h);
@@ -93,5 +87,12 @@ pub fn check_topk(rows: usize, vocab: usize, q: &TopkFlips) -> Result<()> {
         q.k,
         crate::backend::TOPK_MAX
     );
+    Ok(())
+}
+
+/// The batch layout a PGD step must agree with: `rows = sequences · seq`, lengths within `seq`.
+pub fn check_pgd(rows: usize, lens: &[usize], seq: usize) -> Result<()> {
+    ensure!(rows == lens.len() * seq, "pgd_step: {rows} rows for {} sequences of {seq}", lens.len());
+    ensure!(lens.iter().all(|&l| l <= seq), "pgd_step: a length exceeds the sequence length {seq}");
     Ok(())
 }

@@ -2,7 +2,8 @@
 //!
 //! `exp` and `erf` here are branch-free polynomial forms so that loops over slices vectorise; the
 //! slice functions are compiled three times (baseline, AVX2+FMA, AVX-512) and dispatched at run
-//! time; element-wise, so every version gives the same bits.
+//! time; element-wise with the same operations per element (no reassociation), so the versions
+//! are meant to agree bit for bit (the fixture tests pass with the AVX-512 one).
 //! Accuracy: `exp` relative error < 2e-7 on [-87, 88]; `erf` absolute error < 5e-7
 //! (Abramowitz & Stegun 7.1.26: 1.5e-7, plus f32 rounding), far below the f32 engine's 1e-4 tolerance on hidden states.
 

@@ -617,13 +617,7 @@ impl Backend for Cuda {
             grad.rows,
             grad.cols
         );
-        ensure!(
-            delta.rows == lens.len() * seq,
-            "pgd_step: {} rows for {} sequences of {seq}",
-            delta.rows,
-            lens.len()
-        );
-        ensure!(lens.iter().all(|&l| l <= seq), "pgd_step: a length exceeds the sequence length {seq}");
+        crate::backend::cpu::attack::check_pgd(delta.rows, lens, seq)?;
         let lens_dev = self.ints(lens.iter().copied())?;
         let cols = delta.cols;
         launch::pgd_step(self.exec(), delta.buf_mut()?, &grad.buf, &lens_dev, (lens.len(), seq, cols), step)
