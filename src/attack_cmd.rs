@@ -16,7 +16,7 @@ use admix::attack::glove::{Glove, NeighbourCache};
 use admix::attack::hotflip::{HotFlip, HotFlipConfig};
 use admix::attack::metrics::{AttackRecord, Outcome, Summary};
 use admix::attack::search::{Constraints, Ranking, Transformation};
-use admix::attack::victim::{argmax, ModelScorer, Scorer, Victim};
+use admix::attack::victim::{argmax, Classify, ModelScorer, Scorer, Victim};
 use admix::attack::wordnet::WordNet;
 use admix::attack::{self as atk, deepwordbug, pwws, textbugger, textfooler, words};
 use admix::backend::cpu::Cpu;
@@ -43,7 +43,7 @@ pub enum AttackKind {
 
 impl AttackKind {
     /// The attack's usual name.
-    fn title(self) -> &'static str {
+    pub fn title(self) -> &'static str {
         match self {
             AttackKind::Pgd => "PGD",
             AttackKind::Fgsm => "FGSM",
@@ -165,18 +165,7 @@ pub fn attack(a: AttackArgs) -> Result<()> {
     if examples.is_empty() {
         bail!("no examples to attack");
     }
-    let wordnet = match a.attack {
-        AttackKind::Pwws | AttackKind::Textfooler => {
-            Some(WordNet::load(&a.wordnet.clone().unwrap_or_else(assets::wordnet_dir))?)
-        }
-        _ => None,
-    };
-    let glove = match a.attack {
-        AttackKind::Textfooler | AttackKind::Textbugger => {
-            Some(Glove::load(&a.glove.clone().unwrap_or_else(assets::glove_dir))?)
-        }
-        _ => None,
-    };
+    let (wordnet, glove) = resources(a.attack, a.wordnet.as_deref(), a.glove.as_deref())?;
     let host_bert = model_dir.bert()?;
     let word_table = host_bert.emb.word.clone();
     let started = Instant::now();
@@ -210,6 +199,28 @@ pub fn attack(a: AttackArgs) -> Result<()> {
         writeln!(out, "results in {}", dir.display())?;
     }
     Ok(())
+}
+
+/// The lexical resources an attack needs: WordNet (PWWS, TextFooler), GloVe (TextFooler,
+/// TextBugger); default paths: the fetched ones.
+pub fn resources(
+    kind: AttackKind,
+    wordnet: Option<&Path>,
+    glove: Option<&Path>,
+) -> Result<(Option<WordNet>, Option<Glove>)> {
+    let wn = match kind {
+        AttackKind::Pwws | AttackKind::Textfooler => {
+            Some(WordNet::load(&wordnet.map(Path::to_path_buf).unwrap_or_else(assets::wordnet_dir))?)
+        }
+        _ => None,
+    };
+    let gl = match kind {
+        AttackKind::Textfooler | AttackKind::Textbugger => {
+            Some(Glove::load(&glove.map(Path::to_path_buf).unwrap_or_else(assets::glove_dir))?)
+        }
+        _ => None,
+    };
+    Ok((wn, gl))
 }
 
 fn what(a: &AttackArgs) -> String {
@@ -349,14 +360,40 @@ fn run<B: Backend>(
                 records.extend(recs);
             }
         }
+        _ => {
+            drop(bar);
+            return black_box(be, m, tok, examples, a, wordnet, glove);
+        }
+    }
+    bar.finish_and_clear();
+    Ok(records)
+}
+
+/// A black-box text attack (DeepWordBug, PWWS, TextFooler, TextBugger) on `examples` against any
+/// classifier: a checkpoint's model, or a system such as an AdpMixup mixture, queried as a whole.
+pub fn black_box<B: Backend>(
+    be: &B,
+    clf: &dyn Classify<B>,
+    tok: &admix::model::tokenizer::TextTokenizer,
+    examples: &[Example],
+    a: &AttackArgs,
+    wordnet: Option<&WordNet>,
+    glove: Option<&Glove>,
+) -> Result<Vec<AttackRecord>> {
+    let bar = progress(examples.len());
+    let budget = a.query_budget as usize;
+    let records = match a.attack {
+        AttackKind::Pgd | AttackKind::Fgsm | AttackKind::Hotflip => {
+            bail!("{} needs gradients: it is not a black-box attack", a.attack.title())
+        }
         kind => {
-            let scorer = ModelScorer { be, model: m, pad_id: tok.pad_id(), batch_size: usize::MAX };
+            let scorer = ModelScorer { be, model: clf, pad_id: tok.pad_id(), batch_size: usize::MAX };
             let (k, min_cos, vocab) = match kind {
                 AttackKind::Textfooler => (textfooler::NEIGHBOURS, textfooler::MIN_COS, textfooler::VOCAB),
                 _ => (textbugger::NEIGHBOURS, -1.0, textbugger::VOCAB),
             };
             let neighbours = glove.map(|g| NeighbourCache::new(g, k, min_cos, vocab));
-            records = concurrently(&scorer, tok, examples, a, &bar, |victim, i, e| {
+            concurrently(&scorer, tok, examples, a, &bar, |victim, i, e| {
                 let rng = Rng::new(a.seed ^ (i as u64).wrapping_mul(0x9E37_79B9));
                 match kind {
                     AttackKind::Deepwordbug => {
@@ -379,9 +416,9 @@ fn run<B: Backend>(
                         recipe(victim, i, e, budget, &mut t, textbugger::RANKING, &textbugger::CONSTRAINTS)
                     }
                 }
-            })?;
+            })?
         }
-    }
+    };
     bar.finish_and_clear();
     Ok(records)
 }

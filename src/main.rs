@@ -17,6 +17,7 @@ use admix::model::weights::WeightFile;
 use admix::model::ModelDir;
 
 mod attack_cmd;
+mod mixup_cmd;
 mod train_cmd;
 
 #[derive(Parser)]
@@ -63,6 +64,9 @@ enum Command {
     /// Attack a checkpoint on a split (pgd, fgsm, hotflip, deepwordbug, pwws): TextAttack's
     /// outcomes and summary; --out writes results.jsonl and summary.json.
     Attack(attack_cmd::AttackArgs),
+    /// AdpMixup end to end: clean and adversarial adapters, baselines, weight-space mixing (static
+    /// and entropy β), transfer and adaptive robustness; writes report.md, report.json, tradeoff.png.
+    Mixup(mixup_cmd::MixupArgs),
     /// Print the MR splits' sizes and label balance; --export writes them as JSONL.
     Mr {
         /// Write train.jsonl, dev.jsonl, test.jsonl ({"text", "label"}) into this directory
@@ -226,6 +230,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => train_cmd::train(args),
         Command::Eval(args) => train_cmd::eval(args),
         Command::Attack(args) => attack_cmd::attack(args),
+        Command::Mixup(args) => mixup_cmd::mixup(args),
         Command::Mr { export } => {
             let splits = admix::data::mr::load(&assets::mr_path())?;
             if let Some(dir) = export {

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 
 use anyhow::{bail, Context, Result};
 
+use super::mix::RowMix;
 use crate::backend::{Activation, Backend, DropKey};
 use crate::model::weights::{Tensor, WeightFile};
 
@@ -88,6 +89,21 @@ impl<W> ClassificationHead<W> {
         let cls = be.gather_rows(hidden, &rows)?;
         let h = be.linear(&cls, &self.dense_w, &self.dense_b, Activation::Tanh, None)?;
         be.linear(&h, &self.out_w, &self.out_b, Activation::Identity, None)
+    }
+
+    /// Logits `[B, labels]` of `m` stacked heads ([`super::mix::stack_heads`]) mixed per sample
+    /// by `mix`, from the [CLS] rows `[B, H]`.
+    pub fn forward_mixed<B: Backend<Weight = W>>(
+        &self,
+        be: &B,
+        cls: &B::Act,
+        mix: &RowMix,
+    ) -> Result<B::Act> {
+        let (m, beta) = (mix.m, mix.per_row(0..mix.batch()));
+        let y = be.linear(cls, &self.dense_w, &self.dense_b, Activation::Identity, None)?;
+        let h = be.mix_rows(&y, m, &beta, Activation::Tanh, None)?;
+        let y = be.linear(&h, &self.out_w, &self.out_b, Activation::Identity, None)?;
+        be.mix_rows(&y, m, &beta, Activation::Identity, None)
     }
 
     /// Forward of a training step (dropout keys before each linear layer), keeping what

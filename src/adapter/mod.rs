@@ -6,6 +6,7 @@
 //! `double_seq_bn`); heads in [`head`].
 
 mod head;
+pub mod mix;
 pub use head::{head_names, ClassificationHead, HeadSaved};
 
 use std::collections::BTreeSet;

@@ -6,9 +6,9 @@
 //! word percentage is averaged over successful attacks, queries over attacked (not skipped)
 //! examples, words per input over all.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
     Skipped,
@@ -17,7 +17,7 @@ pub enum Outcome {
 }
 
 /// One attacked example: a line of the results JSONL.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AttackRecord {
     pub index: usize,
     pub original: String,
@@ -34,12 +34,12 @@ pub struct AttackRecord {
     pub words: usize,
     pub perturbed_words: usize,
     /// embedding-space attacks: ‖δ‖ of the final perturbation in the attack's norm
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delta_norm: Option<f32>,
 }
 
 /// The summary table of a run.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     pub examples: usize,
     pub successful: usize,

@@ -23,11 +23,25 @@ pub trait Scorer {
     fn probs(&self, key: usize, rows: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>>;
 }
 
+/// A classifier as an attack sees it: a token batch in, class probabilities out. A single model
+/// ([`Model`]), or a system of several, such as an AdpMixup mixture with per-input β
+/// ([`crate::pipeline::mixture::Mixture`]), which an adaptive attack queries as a whole.
+pub trait Classify<B: Backend> {
+    fn probs(&self, be: &B, batch: &TokenBatch) -> Result<Vec<Vec<f32>>>;
+}
+
+impl<B: Backend> Classify<B> for Model<B> {
+    fn probs(&self, be: &B, batch: &TokenBatch) -> Result<Vec<Vec<f32>>> {
+        let (_, cols, logits) = be.download(&self.logits(be, batch)?)?;
+        Ok(logits.chunks(cols).map(|l| crate::engine::prediction(l.to_vec()).probs).collect())
+    }
+}
+
 /// Scores with a classifier on a backend, `batch_size` rows per forward pass, each batch padded
 /// to its longest row.
 pub struct ModelScorer<'m, B: Backend> {
     pub be: &'m B,
-    pub model: &'m Model<B>,
+    pub model: &'m dyn Classify<B>,
     pub pad_id: u32,
     pub batch_size: usize,
 }
@@ -39,8 +53,7 @@ impl<B: Backend> Scorer for ModelScorer<'_, B> {
             let padded: Vec<(Vec<u32>, Vec<u32>)> =
                 chunk.iter().map(|r| (r.clone(), vec![0; r.len()])).collect();
             let batch = TokenBatch::from_rows(&padded, self.pad_id);
-            let (_, cols, logits) = self.be.download(&self.model.logits(self.be, &batch)?)?;
-            out.extend(logits.chunks(cols).map(|l| crate::engine::prediction(l.to_vec()).probs));
+            out.extend(self.model.probs(self.be, &batch)?);
         }
         Ok(out)
     }

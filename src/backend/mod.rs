@@ -220,6 +220,18 @@ pub trait Backend {
         heads: usize,
         dropout: Option<DropKey>,
     ) -> Result<Self::Act>;
+    /// The per-row blend of a stacked projection, the step that makes per-sample adapter mixing
+    /// exact (docs/mixup.md): `y` is `[rows, m·n]`, the outputs of `m` projections side by side
+    /// (one GEMM with the `m` weight matrices stacked); `beta` is `[rows, m]`, row-major. Returns
+    /// `act(Σᵢ beta[r,i]·y[r, i·n + j]) + residual[r, j]`, `[rows, n]`.
+    fn mix_rows(
+        &self,
+        y: &Self::Act,
+        m: usize,
+        beta: &[f32],
+        act: Activation,
+        residual: Option<&Self::Act>,
+    ) -> Result<Self::Act>;
     /// Rows `rows[i]` of `x`, e.g. the [CLS] rows `b*S`.
     fn gather_rows(&self, x: &Self::Act, rows: &[usize]) -> Result<Self::Act>;
     /// Mean over the valid tokens of each sequence, then L2 normalisation: `[B, H]`.

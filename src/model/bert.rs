@@ -5,6 +5,7 @@ use anyhow::{bail, Context, Result};
 use super::config::BertConfig;
 use super::layer::{self, LayerCtx, LayerDropout, LayerGrads, Packing};
 use super::weights::{Tensor, WeightFile};
+use crate::adapter::mix::RowMix;
 use crate::adapter::Adapter;
 use crate::backend::{Backend, DropKey, EmbeddingWeights};
 use crate::model::tokenizer::TokenBatch;
@@ -244,7 +245,7 @@ impl<W> Bert<W> {
         adapter: Option<&Adapter<W>>,
         observe: impl FnMut(usize, &B::Act),
     ) -> Result<B::Act> {
-        Ok(self.run(be, batch, adapter, None, None, false, false, observe)?.0)
+        Ok(self.run(be, batch, adapter, None, None, None, false, false, observe)?.0)
     }
 
     /// The last layer's [CLS] rows only, `[B, H]`: what a classification head reads. The last
@@ -257,7 +258,24 @@ impl<W> Bert<W> {
         adapter: Option<&Adapter<W>>,
         delta: Option<&B::Act>,
     ) -> Result<B::Act> {
-        Ok(self.run(be, batch, adapter, delta, None, false, true, |_, _| {})?.0)
+        Ok(self.run(be, batch, adapter, delta, None, None, false, true, |_, _| {})?.0)
+    }
+
+    /// [`Bert::encode_cls`] with `stacked` = `m` adapters stacked
+    /// ([`crate::adapter::mix::stack_adapters`]) and mixed per sample by `mix`: each sequence
+    /// runs with the adapter `Σᵢ βᵢ·adapterᵢ` of its own β.
+    pub fn encode_cls_mixed<B: Backend<Weight = W>>(
+        &self,
+        be: &B,
+        batch: &TokenBatch,
+        stacked: &Adapter<W>,
+        mix: &RowMix,
+        delta: Option<&B::Act>,
+    ) -> Result<B::Act> {
+        if mix.batch() != batch.batch {
+            bail!("mixing weights for {} sequences, a batch of {}", mix.batch(), batch.batch);
+        }
+        Ok(self.run(be, batch, Some(stacked), delta, Some(mix), None, false, true, |_, _| {})?.0)
     }
 
     /// The forward pass of a training step: dropout per `plan` (none when `None`), the word rows
@@ -272,7 +290,7 @@ impl<W> Bert<W> {
         plan: Option<DropoutPlan>,
         cls_only: bool,
     ) -> Result<(B::Act, Tape<B::Act>)> {
-        let (out, layers) = self.run(be, batch, adapter, delta, plan, true, cls_only, |_, _| {})?;
+        let (out, layers) = self.run(be, batch, adapter, delta, None, plan, true, cls_only, |_, _| {})?;
         Ok((out, Tape { layers, plan, cls_only, delta: delta.cloned() }))
     }
 
@@ -283,8 +301,10 @@ impl<W> Bert<W> {
         adapter: Option<&'a Adapter<W>>,
         out_rows: Option<&'a [usize]>,
         packed: Option<&'a Packing>,
+        mix: Option<&'a RowMix>,
     ) -> LayerCtx<'a, W> {
         LayerCtx {
+            mix,
             out_rows: out_rows.filter(|_| l + 1 == self.layers.len()),
             packed,
             w: &self.layers[l],
@@ -303,6 +323,7 @@ impl<W> Bert<W> {
         batch: &TokenBatch,
         adapter: Option<&Adapter<W>>,
         delta: Option<&B::Act>,
+        mix: Option<&RowMix>,
         plan: Option<DropoutPlan>,
         keep: bool,
         cls_only: bool,
@@ -333,7 +354,7 @@ impl<W> Bert<W> {
         let mut saved = Vec::with_capacity(if keep { self.layers.len() } else { 0 });
         for l in 0..self.layers.len() {
             let drops = plan.map(|p| p.layer(l)).unwrap_or_default();
-            let ctx = self.layer_ctx(l, batch, adapter, cls.as_deref(), packing.as_ref());
+            let ctx = self.layer_ctx(l, batch, adapter, cls.as_deref(), packing.as_ref(), mix);
             let (out, s) = layer::forward(be, &ctx, x, &drops, keep).with_context(|| format!("layer {l}"))?;
             saved.extend(s);
             x = out;
@@ -370,7 +391,7 @@ impl<W> Bert<W> {
                 adapter: adapter_grads.as_deref_mut().map(|a| &mut a.layers[l]),
             };
             let drops = tape.plan.map(|p| p.layer(l)).unwrap_or_default();
-            let ctx = self.layer_ctx(l, batch, adapter, cls.as_deref(), None);
+            let ctx = self.layer_ctx(l, batch, adapter, cls.as_deref(), None, None);
             match layer::backward(be, &ctx, &tape.layers[l], &dy, &drops, g, l > 0 || below)
                 .with_context(|| format!("layer {l} backward"))?
             {

@@ -7,6 +7,7 @@
 use anyhow::{Context, Result};
 
 use super::bert::Layer;
+use crate::adapter::mix::RowMix;
 use crate::adapter::{AdapterKind, AdapterLayer, Bottleneck};
 use crate::backend::{Activation, Backend, DropKey};
 
@@ -25,6 +26,9 @@ pub struct LayerCtx<'a, W> {
     /// Inference on packed rows: the layer's input and output hold only the valid tokens, and
     /// only the attention sees the padded layout.
     pub packed: Option<&'a Packing>,
+    /// The adapter is `m` adapters stacked ([`crate::adapter::mix::stack_adapters`]), mixed per
+    /// sample with these weights (inference only).
+    pub mix: Option<&'a RowMix>,
 }
 
 /// The valid tokens of a padded batch, packed: row `k` of a packed matrix is padded row
@@ -140,7 +144,13 @@ fn linear_act<B: Backend>(
     }
 }
 
-/// `A(z) + residual`, `A(z) = up · act(down · z + down_b) + up_b`.
+/// The per-row β of a stacked adapter: `m` and `[rows, m]`.
+pub type RowBeta<'a> = (usize, &'a [f32]);
+
+/// `A(z) + residual`, `A(z) = up · act(down · z + down_b) + up_b`. With `mix`, `bn` holds `m`
+/// stacked bottlenecks and `A` is their per-row weight-space mix: each projection is one GEMM
+/// over the stack and a per-row blend ([`Backend::mix_rows`]), exactly `A` with
+/// `Σᵢ βᵢ·θᵢ` as its weights.
 pub fn bottleneck_forward<B: Backend>(
     be: &B,
     z: B::Act,
@@ -148,7 +158,15 @@ pub fn bottleneck_forward<B: Backend>(
     act: Activation,
     residual: &B::Act,
     keep: bool,
+    mix: Option<RowBeta>,
 ) -> Result<(B::Act, Option<BottleneckSaved<B::Act>>)> {
+    if let Some((m, beta)) = mix {
+        anyhow::ensure!(!keep, "a per-sample adapter mix runs in inference only");
+        let down = be.linear(&z, &bn.down_w, &bn.down_b, Activation::Identity, None)?;
+        let hidden = be.mix_rows(&down, m, beta, act, None)?;
+        let up = be.linear(&hidden, &bn.up_w, &bn.up_b, Activation::Identity, None)?;
+        return Ok((be.mix_rows(&up, m, beta, Activation::Identity, Some(residual))?, None));
+    }
     let (pre, hidden) = linear_act(be, &z, &bn.down_w, &bn.down_b, act, keep)?;
     let y = be.linear(&hidden, &bn.up_w, &bn.up_b, Activation::Identity, Some(residual))?;
     Ok((y, pre.map(|pre| BottleneckSaved { z, pre, hidden })))
@@ -209,6 +227,17 @@ pub fn forward<B: Backend>(
         (None, None) => None,
     };
     let xr = x_rows.as_ref().unwrap_or(&x);
+    // a per-sample mix: the β of each row from here on (padded row index / seq = its sequence)
+    let row_beta = c.mix.map(|mix| {
+        let seq = c.seq;
+        let beta = match (c.out_rows, c.packed) {
+            (Some(rows), _) => mix.per_row(rows.iter().map(|r| r / seq)),
+            (None, Some(p)) => mix.per_row(p.valid.iter().map(|r| r / seq)),
+            (None, None) => mix.per_row((0..c.lens.len() * seq).map(|r| r / seq)),
+        };
+        (mix.m, beta)
+    });
+    let mix = row_beta.as_ref().map(|(m, b)| (*m, b.as_slice()));
     let (attn_in, mh) = match c.adapter {
         // Houlsby: LN_attn(o + A_mh(o) + x), o = the (dropped-out) attention output projection
         Some((AdapterKind::DoubleSeqBn, act, al)) => {
@@ -216,7 +245,7 @@ pub fn forward<B: Backend>(
             let o = be.linear(&ctx, &w.attn_out_w, &w.attn_out_b, Activation::Identity, None)?;
             let o = dropout(be, o, d.attn_out)?;
             let s = be.add(&o, xr)?;
-            bottleneck_forward(be, o, bn, act, &s, keep)?
+            bottleneck_forward(be, o, bn, act, &s, keep, mix)?
         }
         _ => (linear_residual(be, &ctx, &w.attn_out_w, &w.attn_out_b, d.attn_out, xr)?, None),
     };
@@ -232,12 +261,12 @@ pub fn forward<B: Backend>(
                 // Pfeiffer: y = LN(f + a + A(LN(f + a)))
                 AdapterKind::SeqBn => {
                     let z = be.layernorm(&s, &w.out_ln_g, &w.out_ln_b, eps)?;
-                    let (y, saved) = bottleneck_forward(be, z, &al.output, act, &s, keep)?;
+                    let (y, saved) = bottleneck_forward(be, z, &al.output, act, &s, keep, mix)?;
                     (y, Some(s), saved)
                 }
                 // Houlsby: y = LN(f + A_out(f) + a)
                 AdapterKind::DoubleSeqBn => {
-                    let (y, saved) = bottleneck_forward(be, f, &al.output, act, &s, keep)?;
+                    let (y, saved) = bottleneck_forward(be, f, &al.output, act, &s, keep, mix)?;
                     (y, None, saved)
                 }
             }

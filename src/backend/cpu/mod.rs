@@ -12,6 +12,7 @@ pub use layernorm::layernorm_row;
 mod linear;
 mod loss;
 pub mod math;
+pub mod mix;
 mod optim;
 mod pooling;
 
@@ -125,6 +126,17 @@ impl Backend for Cpu {
             out.data[i * x.cols..(i + 1) * x.cols].copy_from_slice(x.row(r));
         }
         Ok(out)
+    }
+
+    fn mix_rows(
+        &self,
+        y: &Mat,
+        m: usize,
+        beta: &[f32],
+        act: Activation,
+        residual: Option<&Mat>,
+    ) -> Result<Mat> {
+        mix::mix_rows(y, m, beta, act, residual)
     }
 
     fn mean_pool_l2(&self, x: &Mat, lens: &[usize], seq: usize) -> Result<Mat> {

@@ -34,6 +34,7 @@ pub const CHECKS: &[(&str, KernelCheck)] = &[
     ("layernorm and embedding backward (with parameter and table gradients)", check_norm_backward),
     ("PGD step and projection (L2, L∞)", check_pgd_step),
     ("HotFlip masked top-k", check_topk_flips),
+    ("adapter mix: per-row blend of stacked projections", check_adapter_mix),
 ];
 
 struct Rng(u64);
@@ -475,4 +476,31 @@ pub fn check_topk_flips(cuda: &Cuda, seed: u64) -> Result<f64> {
         ensure!(want.iter().all(|t| t.len() <= k), "more than k flips");
     }
     Ok(0.0)
+}
+
+/// The fused adapter interpolation: m = 1 (a plain adapter), 2 and 3 projections, widths that are
+/// not multiples of the block, with and without activation and residual, β rows that are one-hot,
+/// uniform and arbitrary (not necessarily convex: the kernel must not assume it).
+pub fn check_adapter_mix(cuda: &Cuda, seed: u64) -> Result<f64> {
+    let mut r = Rng(seed);
+    let rows = 11;
+    let mut worst: f64 = 0.0;
+    for (m, n, act, with_residual) in [
+        (1, 24, Activation::Relu, false),
+        (2, 384, Activation::Identity, true),
+        (3, 133, Activation::Tanh, false),
+    ] {
+        let y = r.vec(rows * m * n, 2.0);
+        let mut beta = r.vec(rows * m, 1.0);
+        beta[..m].fill(1.0 / m as f32);
+        beta[m..2 * m].fill(0.0);
+        beta[m] = 1.0;
+        let res = r.vec(rows * n, 1.0);
+        let (cy, cres) = (Cpu.upload(rows, m * n, &y)?, Cpu.upload(rows, n, &res)?);
+        let (dy, dres) = (cuda.upload(rows, m * n, &y)?, cuda.upload(rows, n, &res)?);
+        let want = Cpu.mix_rows(&cy, m, &beta, act, with_residual.then_some(&cres))?;
+        let got = cuda.mix_rows(&dy, m, &beta, act, with_residual.then_some(&dres))?;
+        worst = worst.max(compare(&format!("mix m={m} n={n} {act:?}"), cuda, &got, &want)?);
+    }
+    Ok(worst)
 }

@@ -283,6 +283,38 @@ impl Backend for Cuda {
         Ok(out)
     }
 
+    fn mix_rows(
+        &self,
+        y: &DevMat,
+        m: usize,
+        beta: &[f32],
+        act: Activation,
+        residual: Option<&DevMat>,
+    ) -> Result<DevMat> {
+        bf16_inputs("mix_rows", &[Some(y), residual])?;
+        let n = crate::backend::cpu::mix::check_mix(
+            y.rows,
+            y.cols,
+            m,
+            beta.len(),
+            residual.map(|r| (r.rows, r.cols)),
+        )?;
+        let out = self.mat(y.rows, n)?;
+        if y.rows > 0 {
+            let beta = DevBuf::from_slice(&self.exec, beta)?;
+            launch::adapter_mix(
+                self.exec(),
+                &out.buf,
+                &y.buf,
+                &beta,
+                residual.map(|r| &*r.buf),
+                (y.rows, n, m),
+                act,
+            )?;
+        }
+        Ok(out)
+    }
+
     fn mean_pool_l2(&self, x: &DevMat, lens: &[usize], seq: usize) -> Result<DevMat> {
         bf16_inputs("mean_pool_l2", &[Some(x)])?;
         ensure!(

@@ -1,0 +1,368 @@
+//! The trade-off report of an AdpMixup run: one row per method (clean accuracy, accuracy on each
+//! transfer set, accuracy under adaptive attack, trainable parameters, training wall time), the
+//! static-β sweep, the τ ablation and the β attribution; as markdown, JSON and a PNG plot.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// One method's numbers (accuracies in %).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MethodRow {
+    pub name: String,
+    /// `baseline`, `adpmixup`, `beta-sweep` or `tau-sweep`
+    pub kind: String,
+    pub trainable_params: usize,
+    /// wall time of everything the method needs: its training runs and the attacks that made
+    /// their adversarial data
+    pub train_seconds: f64,
+    pub clean: f64,
+    /// accuracy on each attack's transfer set
+    pub transfer: BTreeMap<String, f64>,
+    pub robust_known: f64,
+    pub robust_unseen: f64,
+    /// mean over every transfer set
+    pub robust: f64,
+    /// `(clean + robust) / 2`: the trade-off in one number
+    pub score: f64,
+    /// accuracy under each attack, the method attacked directly
+    pub adaptive: BTreeMap<String, f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub beta: Option<Vec<f32>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tau: Option<f32>,
+}
+
+fn mean(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v.iter().sum::<f64>() / v.len() as f64
+    }
+}
+
+impl MethodRow {
+    pub fn new(name: &str, kind: &str, trainable_params: usize, train_seconds: f64) -> Self {
+        MethodRow {
+            name: name.into(),
+            kind: kind.into(),
+            trainable_params,
+            train_seconds,
+            clean: f64::NAN,
+            transfer: BTreeMap::new(),
+            robust_known: f64::NAN,
+            robust_unseen: f64::NAN,
+            robust: f64::NAN,
+            score: f64::NAN,
+            adaptive: BTreeMap::new(),
+            beta: None,
+            tau: None,
+        }
+    }
+
+    /// The means, once `clean` and `transfer` are in; `sets` says which attacks are known.
+    pub fn finish<'a>(&mut self, sets: impl Iterator<Item = (&'a str, bool)>) {
+        let (mut known, mut unseen) = (vec![], vec![]);
+        for (k, is_known) in sets {
+            if let Some(&v) = self.transfer.get(k).filter(|v| v.is_finite()) {
+                if is_known {
+                    known.push(v)
+                } else {
+                    unseen.push(v)
+                }
+            }
+        }
+        self.robust_known = mean(&known);
+        self.robust_unseen = mean(&unseen);
+        self.robust = mean(&[known, unseen].concat());
+        self.score = (self.clean + self.robust) / 2.0;
+    }
+}
+
+/// A transfer set: the test examples one attack turned against the clean model.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SetInfo {
+    pub attack: String,
+    pub known: bool,
+    pub examples: usize,
+}
+
+/// Which member gets the largest β, per input set (the entropy mixture of the table).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Attribution {
+    pub members: Vec<String>,
+    pub rows: Vec<AttributionRow>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AttributionRow {
+    pub set: String,
+    pub examples: usize,
+    /// inputs whose largest β is each member's
+    pub counts: Vec<usize>,
+    pub mean_beta: Vec<f64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Report {
+    pub plan: serde_json::Value,
+    pub test_examples: usize,
+    pub sets: Vec<SetInfo>,
+    pub methods: Vec<MethodRow>,
+    pub sweep: Vec<MethodRow>,
+    pub attribution: Attribution,
+    pub tau: f32,
+    pub total_seconds: f64,
+    pub stage_seconds: BTreeMap<String, f64>,
+    pub machine: String,
+    pub date: String,
+}
+
+impl Report {
+    pub fn new(
+        plan: serde_json::Value,
+        test_examples: usize,
+        sets: Vec<SetInfo>,
+        methods: Vec<MethodRow>,
+        sweep: Vec<MethodRow>,
+        attribution: Attribution,
+        tau: f32,
+    ) -> Report {
+        Report {
+            plan,
+            test_examples,
+            sets,
+            methods,
+            sweep,
+            attribution,
+            tau,
+            total_seconds: 0.0,
+            stage_seconds: BTreeMap::new(),
+            machine: machine(),
+            date: today(),
+        }
+    }
+}
+
+/// `cores × CPU model` from /proc/cpuinfo (where there is one).
+fn machine() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = info
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name").map(|r| r.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    format!("{} × {model}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+}
+
+/// Today's UTC date, `YYYY-MM-DD`.
+fn today() -> String {
+    let days = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() / 86_400)
+        .unwrap_or(0) as i64;
+    // civil-from-days (Howard Hinnant's algorithm)
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// A file-name form of a method name.
+pub fn slug(name: &str) -> String {
+    let mut s = String::new();
+    for c in name.chars() {
+        if c.is_ascii_alphanumeric() {
+            s.push(c.to_ascii_lowercase());
+        } else if c == '.' {
+            s.push('p');
+        } else if !s.ends_with('-') {
+            s.push('-');
+        }
+    }
+    s.trim_matches('-').to_string()
+}
+
+fn pct(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:.1}")
+    } else {
+        "–".into()
+    }
+}
+
+fn params(n: usize) -> String {
+    if n >= 1_000_000 {
+        format!("{:.1}M", n as f64 / 1e6)
+    } else {
+        format!("{:.0}k", n as f64 / 1e3)
+    }
+}
+
+fn set_label(s: &SetInfo) -> String {
+    format!("{} ({}, n={})", s.attack, if s.known { "known" } else { "unseen" }, s.examples)
+}
+
+fn table(r: &Report, rows: &[MethodRow], adaptive: bool) -> String {
+    let mut head = vec!["method".to_string(), format!("clean (n={})", r.test_examples)];
+    head.extend(r.sets.iter().map(set_label));
+    head.extend(["robust mean".into(), "(clean + robust)/2".into()]);
+    let attacked: Vec<&SetInfo> = if adaptive { r.sets.iter().collect() } else { vec![] };
+    head.extend(attacked.iter().map(|s| format!("adaptive {}", s.attack)));
+    if adaptive {
+        head.extend(["trainable params".into(), "train time (s)".into()]);
+    }
+    let mut out = format!("| {} |\n|{}\n", head.join(" | "), "---|".repeat(head.len()));
+    for m in rows {
+        let mut cells = vec![m.name.clone(), pct(m.clean)];
+        cells.extend(r.sets.iter().map(|s| pct(m.transfer.get(&s.attack).copied().unwrap_or(f64::NAN))));
+        cells.extend([pct(m.robust), pct(m.score)]);
+        cells.extend(attacked.iter().map(|s| pct(m.adaptive.get(&s.attack).copied().unwrap_or(f64::NAN))));
+        if adaptive {
+            cells.extend([params(m.trainable_params), format!("{:.0}", m.train_seconds)]);
+        }
+        out += &format!("| {} |\n", cells.join(" | "));
+    }
+    out
+}
+
+/// The report as markdown.
+pub fn markdown(r: &Report) -> String {
+    let mut s = format!(
+        "## AdpMixup on MR: clean accuracy vs robustness\n\n{} · {} · {:.0} s of stages in all\n\n",
+        r.date, r.machine, r.total_seconds
+    );
+    s += "Accuracy in %. Transfer columns: accuracy on the test examples each attack turned against the \
+          clean adapter (fixed sets). Adaptive columns: TextAttack's accuracy under attack, each method \
+          attacked directly";
+    if let Some(n) = r.plan.get("adaptive").and_then(|v| v.as_u64()) {
+        s += &format!(" (first {n} test examples)");
+    }
+    s += ". Train time counts everything a method needs (its training runs, the attacks that made its data).\n\n";
+    s += &table(r, &r.methods, true);
+    s += "\n### Static β sweep and τ ablation (transfer protocol)\n\n";
+    s += &table(r, &r.sweep, false);
+    s += &format!(
+        "\n### Attribution: the member with the largest β (entropy β, τ = {})\n\n| inputs | n | {} | mean β |\n|---|---|{}---|\n",
+        r.tau,
+        r.attribution.members.join(" | "),
+        "---|".repeat(r.attribution.members.len())
+    );
+    for row in &r.attribution.rows {
+        let mb: Vec<String> = row.mean_beta.iter().map(|b| format!("{b:.2}")).collect();
+        s += &format!(
+            "| {} | {} | {} | {} |\n",
+            row.set,
+            row.examples,
+            row.counts.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(" | "),
+            mb.join(" / ")
+        );
+    }
+    s
+}
+
+/// Clean accuracy (x) against mean transfer robustness (y): a point per method, the static β
+/// sweep and the τ ablation as curves.
+pub fn plot(r: &Report, path: &Path) -> Result<()> {
+    use plotters::prelude::*;
+    static FONT: std::sync::Once = std::sync::Once::new();
+    FONT.call_once(|| {
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
+    });
+    // written under a temporary name, then renamed (the encoder picks the format by extension)
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("plot");
+    let tmp = path.with_file_name(format!(".{stem}.part.png"));
+    {
+        let root = BitMapBackend::new(&tmp, (1100, 720)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| anyhow::anyhow!("plot: {e}"))?;
+        let all: Vec<&MethodRow> = r.methods.iter().chain(&r.sweep).filter(|m| m.score.is_finite()).collect();
+        let (mut x0, mut x1, mut y0, mut y1) = (100f64, 0f64, 100f64, 0f64);
+        for m in &all {
+            x0 = x0.min(m.clean);
+            x1 = x1.max(m.clean);
+            y0 = y0.min(m.robust);
+            y1 = y1.max(m.robust);
+        }
+        let pad =
+            |a: f64, b: f64| ((a - (b - a) * 0.08 - 1.0).max(0.0), (b + (b - a) * 0.08 + 1.0).min(100.0));
+        let ((x0, x1), (y0, y1)) = (pad(x0, x1), pad(y0, y1));
+        let mut chart = ChartBuilder::on(&root)
+            .caption("AdpMixup trade-off: clean vs robust accuracy (MR)", ("sans-serif", 24))
+            .margin(16)
+            .x_label_area_size(48)
+            .y_label_area_size(60)
+            .build_cartesian_2d(x0..x1, y0..y1)
+            .map_err(|e| anyhow::anyhow!("plot: {e}"))?;
+        chart
+            .configure_mesh()
+            .x_desc("clean test accuracy (%)")
+            .y_desc("mean accuracy on the transfer sets (%)")
+            .label_style(("sans-serif", 15))
+            .draw()
+            .map_err(|e| anyhow::anyhow!("plot: {e}"))?;
+        let beta: Vec<(f64, f64)> =
+            r.sweep.iter().filter(|m| m.kind == "beta-sweep").map(|m| (m.clean, m.robust)).collect();
+        chart
+            .draw_series(LineSeries::new(beta.clone(), BLUE.stroke_width(2)))
+            .map_err(|e| anyhow::anyhow!("plot: {e}"))?
+            .label("static β sweep (β_clean 0 → 1)")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(2)));
+        chart
+            .draw_series(beta.iter().map(|&p| Circle::new(p, 3, BLUE.filled())))
+            .map_err(|e| anyhow::anyhow!("plot: {e}"))?;
+        let mut tau: Vec<(f32, f64, f64)> = r
+            .sweep
+            .iter()
+            .filter(|m| m.kind == "tau-sweep")
+            .map(|m| (m.tau.unwrap_or(0.0), m.clean, m.robust))
+            .collect();
+        tau.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let orange = RGBColor(230, 120, 0);
+        chart
+            .draw_series(LineSeries::new(tau.iter().map(|t| (t.1, t.2)), orange.stroke_width(2)))
+            .map_err(|e| anyhow::anyhow!("plot: {e}"))?
+            .label("entropy β, τ ablation")
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], orange.stroke_width(2)));
+        chart
+            .draw_series(tau.iter().map(|t| Circle::new((t.1, t.2), 3, orange.filled())))
+            .map_err(|e| anyhow::anyhow!("plot: {e}"))?;
+        let palette = [
+            RED,
+            GREEN,
+            MAGENTA,
+            CYAN,
+            BLACK,
+            RGBColor(120, 60, 0),
+            RGBColor(100, 100, 100),
+            RGBColor(0, 100, 60),
+        ];
+        for (i, m) in r.methods.iter().filter(|m| m.score.is_finite()).enumerate() {
+            let c = palette[i % palette.len()];
+            let style = if m.kind == "adpmixup" { c.filled() } else { c.stroke_width(2) };
+            chart
+                .draw_series(std::iter::once(TriangleMarker::new((m.clean, m.robust), 9, style)))
+                .map_err(|e| anyhow::anyhow!("plot: {e}"))?
+                .label(m.name.clone())
+                .legend(move |(x, y)| TriangleMarker::new((x + 10, y), 7, style));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 14))
+            .draw()
+            .map_err(|e| anyhow::anyhow!("plot: {e}"))?;
+        root.present().map_err(|e| anyhow::anyhow!("plot: {e}"))?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
