@@ -33,13 +33,14 @@ use admix::attack::victim::{argmax, Classify};
 use admix::backend::cpu::Cpu;
 use admix::backend::cuda::Cuda;
 use admix::backend::{Backend, Device};
+use admix::data::labeled::{self, LabelSet};
 use admix::data::{mr, Example};
 use admix::model::bert::Bert;
-use admix::model::tokenizer::TextTokenizer;
+use admix::model::tokenizer::{TextTokenizer, TokenBatch};
 use admix::model::weights::Tensor;
 use admix::model::ModelDir;
 use admix::pipeline::mixture::Mixture;
-use admix::pipeline::report::{self, Attribution, MethodRow, Report, SetInfo};
+use admix::pipeline::report::{self, Attribution, MethodRow, Report, SetInfo, Spec};
 use admix::train::batches;
 use admix::train::model::Model;
 use admix::train::rng::Rng;
@@ -56,6 +57,15 @@ pub struct MixupArgs {
     /// Base model directory; default: the fetched MiniLM
     #[arg(long, env = "ADMIX_MODEL")]
     model: Option<PathBuf>,
+    /// Your own data instead of MR: a labelled .tsv/.csv/.jsonl training file (with --dev and --test)
+    #[arg(long, requires_all = ["dev", "test"])]
+    train: Option<PathBuf>,
+    /// Dev file (same format), with --train
+    #[arg(long, requires = "train")]
+    dev: Option<PathBuf>,
+    /// Test file (same format), with --train
+    #[arg(long, requires = "train")]
+    test: Option<PathBuf>,
     /// Sizes: `quick` (the CPU-sized main job, about 15 minutes on 2 cores) or `full` (all of MR)
     #[arg(long, default_value = "full", value_parser = ["quick", "full"])]
     preset: String,
@@ -84,6 +94,15 @@ pub struct MixupArgs {
     /// Adapter training epochs (default: the preset's)
     #[arg(long)]
     epochs: Option<usize>,
+    /// Adapter learning rate (default: `admix train`'s)
+    #[arg(long)]
+    lr: Option<f32>,
+    /// Training batch size (default: `admix train`'s)
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Training dropout (default: the model config's)
+    #[arg(long)]
+    dropout: Option<f32>,
     /// Full fine-tuning epochs (default: the preset's)
     #[arg(long)]
     full_epochs: Option<usize>,
@@ -119,6 +138,9 @@ pub struct MixupArgs {
 /// The sizes of a run.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Plan {
+    /// `mr`, or the user's train/dev/test files
+    #[serde(default = "mr_name")]
+    pub data: String,
     pub train: Option<usize>,
     pub adv: Option<usize>,
     pub dev: Option<usize>,
@@ -131,6 +153,16 @@ pub struct Plan {
     pub adv_only: bool,
     pub full: bool,
     pub seed: u64,
+    #[serde(default)]
+    pub lr: Option<f32>,
+    #[serde(default)]
+    pub batch_size: Option<usize>,
+    #[serde(default)]
+    pub dropout: Option<f32>,
+}
+
+fn mr_name() -> String {
+    "mr".into()
 }
 
 fn attack_name(k: AttackKind) -> String {
@@ -156,7 +188,12 @@ impl Plan {
             }
         });
         let pick = |v: Option<usize>, q: usize| v.or(quick.then_some(q));
+        let data = match (&a.train, &a.dev, &a.test) {
+            (Some(t), Some(d), Some(e)) => format!("{}, {}, {}", t.display(), d.display(), e.display()),
+            _ => mr_name(),
+        };
         Plan {
+            data,
             train: pick(a.train_examples, 2000),
             adv: pick(a.adv_examples, 1000),
             dev: pick(a.dev_examples, 300),
@@ -164,11 +201,14 @@ impl Plan {
             known: names(&known),
             unseen: names(&unseen),
             epochs: a.epochs.unwrap_or(3),
-            full_epochs: a.full_epochs.unwrap_or(if quick { 1 } else { 2 }),
+            full_epochs: a.full_epochs.unwrap_or(if quick { 3 } else { 2 }),
             adaptive: a.adaptive_examples.unwrap_or(if quick { 20 } else { 100 }),
             adv_only: a.adv_only,
             full: !a.no_full,
             seed: a.seed,
+            lr: a.lr,
+            batch_size: a.batch_size,
+            dropout: a.dropout,
         }
     }
 }
@@ -238,25 +278,44 @@ impl Stages {
         self.save()?;
         Ok(s)
     }
-
-    fn seconds(&self, name: &str) -> f64 {
-        self.log.seconds.get(name).copied().unwrap_or(0.0)
-    }
 }
 
-/// A labelled example as a JSONL line (labels by name).
-fn jsonl(examples: &[Example]) -> Result<String> {
+/// Labelled examples as JSONL (labels by name).
+fn jsonl(examples: &[Example], labels: &[String]) -> Result<String> {
     let mut s = String::new();
     for e in examples {
-        s += &serde_json::to_string(&serde_json::json!({"text": e.text, "label": mr::LABELS[e.label]}))?;
+        s += &serde_json::to_string(&serde_json::json!({"text": e.text, "label": labels[e.label]}))?;
         s.push('\n');
     }
     Ok(s)
 }
 
-fn read_jsonl(path: &Path) -> Result<Vec<Example>> {
-    let labels: Vec<String> = mr::LABELS.iter().map(|s| s.to_string()).collect();
-    train_cmd::labelled_examples(&path.display().to_string(), "", &labels)
+fn read_jsonl(path: &Path, labels: &[String]) -> Result<Vec<Example>> {
+    train_cmd::labelled_examples(&path.display().to_string(), "", labels)
+}
+
+/// The run's train, dev and test splits and label names: MR, or the user's files.
+fn splits(a: &MixupArgs) -> Result<([Vec<Example>; 3], Vec<String>)> {
+    let (Some(train), Some(dev), Some(test)) = (&a.train, &a.dev, &a.test) else {
+        let s = mr::load(&assets::mr_path())?;
+        return Ok(([s.train, s.dev, s.test], mr::LABELS.iter().map(|s| s.to_string()).collect()));
+    };
+    let raw = labeled::read(train)?;
+    let labels = LabelSet::from_examples(&raw, &train.display().to_string())?;
+    let mut out = vec![];
+    for (path, raw) in [(train, Some(raw)), (dev, None), (test, None)] {
+        let raw = match raw {
+            Some(r) => r,
+            None => labeled::read(path)?,
+        };
+        let ex = labels.encode(raw, &path.display().to_string())?;
+        if ex.iter().any(|e| e.pair.is_some()) {
+            bail!("{}: sentence pairs cannot be attacked (the file has a text_pair column)", path.display());
+        }
+        out.push(ex);
+    }
+    let [tr, de, te]: [Vec<Example>; 3] = out.try_into().map_err(|_| anyhow::anyhow!("three splits"))?;
+    Ok(([tr, de, te], labels.names))
 }
 
 /// A seeded sample of `n` examples (all of them, in their order, when `n` is `None`).
@@ -324,21 +383,34 @@ pub fn mixup(a: MixupArgs) -> Result<()> {
     }
 
     // 1. data
+    let labels_file = data.join("labels.json");
+    // read (and check) the data before any stage prints
+    let fresh = if st.log.seconds.contains_key("data") { None } else { Some(splits(&a)?) };
     st.run("data", || {
-        let s = mr::load(&assets::mr_path())?;
+        let ([train, dev, test], labels) = fresh.context("the splits")?;
         std::fs::create_dir_all(&data)?;
-        let train = sample(s.train, plan.train, plan.seed);
+        let train = sample(train, plan.train, plan.seed);
         let adv_source = sample(train.clone(), plan.adv, plan.seed ^ 1);
         for (name, v) in [
             ("train", train),
             ("adv-source", adv_source),
-            ("dev", sample(s.dev, plan.dev, plan.seed ^ 2)),
-            ("test", sample(s.test, plan.test, plan.seed ^ 3)),
+            ("dev", sample(dev, plan.dev, plan.seed ^ 2)),
+            ("test", sample(test, plan.test, plan.seed ^ 3)),
         ] {
-            io::write_atomic(&data.join(format!("{name}.jsonl")), jsonl(&v)?.as_bytes())?;
+            if v.is_empty() {
+                bail!("the {name} split is empty");
+            }
+            io::write_atomic(&data.join(format!("{name}.jsonl")), jsonl(&v, &labels)?.as_bytes())?;
         }
-        Ok(())
+        io::write_atomic(&labels_file, serde_json::to_string(&labels)?.as_bytes())
     })?;
+    let labels: Vec<String> = match std::fs::read_to_string(&labels_file) {
+        Ok(t) => {
+            serde_json::from_str(&t).with_context(|| format!("{}: bad labels", labels_file.display()))?
+        }
+        // runs made before labels.json existed were MR runs
+        Err(_) => mr::LABELS.iter().map(|s| s.to_string()).collect(),
+    };
     let p = |n: &str| data.join(n).display().to_string();
     let train_run = |name: &str, train: &str, dir: &Path, full: bool| -> Result<()> {
         let mut args = strings(&["--train", &p(train), "--dev", &p("dev.jsonl"), "--name", name]);
@@ -347,6 +419,15 @@ pub fn mixup(a: MixupArgs) -> Result<()> {
             args.extend(strings(&["--full", "--epochs", &plan.full_epochs.to_string()]));
         } else {
             args.extend(strings(&["--adapter", "seq_bn", "--epochs", &plan.epochs.to_string()]));
+            if let Some(lr) = plan.lr {
+                args.extend(["--lr".to_string(), lr.to_string()]);
+            }
+        }
+        if let Some(b) = plan.batch_size {
+            args.extend(["--batch-size".to_string(), b.to_string()]);
+        }
+        if let Some(d) = plan.dropout {
+            args.extend(["--dropout".to_string(), d.to_string()]);
         }
         args.extend(common.clone());
         train_cmd::train(parse::<TrainArgs>("train", &args)?)
@@ -370,7 +451,7 @@ pub fn mixup(a: MixupArgs) -> Result<()> {
     st.run("train-clean", || train_run("clean", "train.jsonl", &clean_dir, false))?;
 
     // 3. one adversarial adapter per known attack
-    let train_set = read_jsonl(&data.join("train.jsonl"))?;
+    let train_set = read_jsonl(&data.join("train.jsonl"), &labels)?;
     let mut all_adv = vec![];
     for k in &plan.known {
         let dir = out.join(format!("attack-train-{k}"));
@@ -385,14 +466,14 @@ pub fn mixup(a: MixupArgs) -> Result<()> {
         } else {
             train_set.iter().cloned().chain(adv.iter().cloned()).collect()
         };
-        io::write_atomic(&data.join(&file), jsonl(&set)?.as_bytes())?;
+        io::write_atomic(&data.join(&file), jsonl(&set, &labels)?.as_bytes())?;
         all_adv.extend(adv);
         st.run(&format!("train-adv-{k}"), || {
             train_run(&format!("adv_{k}"), &file, &out.join(format!("adv-{k}")), false)
         })?;
     }
     let mixed: Vec<Example> = train_set.iter().cloned().chain(all_adv.iter().cloned()).collect();
-    io::write_atomic(&data.join("adv-all.jsonl"), jsonl(&mixed)?.as_bytes())?;
+    io::write_atomic(&data.join("adv-all.jsonl"), jsonl(&mixed, &labels)?.as_bytes())?;
 
     // 4. baselines
     if plan.known.len() > 1 {
@@ -412,7 +493,7 @@ pub fn mixup(a: MixupArgs) -> Result<()> {
     }
 
     // 6.–7. evaluation and the adaptive attacks
-    let test = read_jsonl(&data.join("test.jsonl"))?;
+    let test = read_jsonl(&data.join("test.jsonl"), &labels)?;
     let ctx = Ctx { out: &out, plan: &plan, a: &a, test: &test, sets: &sets, common: &common };
     let mut report = match a.device.cuda_backend()? {
         None => evaluate(&Cpu, &ctx, &mut st)?,
@@ -446,28 +527,28 @@ struct Ctx<'a> {
 
 /// One trained model on the host.
 struct Trained {
+    /// the fine-tuned encoder (full fine-tuning), else the base one is used
     bert: Option<Bert<Tensor>>,
     adapter: Option<Adapter<Tensor>>,
     head: ClassificationHead<Tensor>,
     params: usize,
 }
 
-fn count(t: &Tensor, n: &mut usize) -> Result<()> {
-    *n += t.data().len();
-    Ok(())
-}
-
 fn load_trained(dir: &Path, model: Option<&Path>) -> Result<Trained> {
     let ck = train_cmd::open_checkpoint(dir, model, None)?;
     let mut params = 0;
-    ck.ck.head.map(|t| count(t, &mut params))?;
+    let mut count = |t: &Tensor| {
+        params += t.data().len();
+        Ok(())
+    };
+    ck.ck.head.map(&mut count)?;
     if let Some(ad) = &ck.ck.adapter {
-        ad.map(|t| count(t, &mut params))?;
+        ad.map(&mut count)?;
     }
     let bert = match &ck.ck.model_dir {
         Some(_) => {
             let b = ck.model.bert()?;
-            b.map(|t| count(t, &mut params))?;
+            b.map(&mut count)?;
             Some(b)
         }
         None => None,
@@ -475,46 +556,97 @@ fn load_trained(dir: &Path, model: Option<&Path>) -> Result<Trained> {
     Ok(Trained { bert, adapter: ck.ck.adapter, head: ck.ck.head, params })
 }
 
-/// A method of the report, on a backend.
-struct System<B: Backend> {
-    row: MethodRow,
-    clf: Box<dyn Classify<B>>,
+/// The run's trained models, on the host, and what each method costs.
+struct Zoo {
+    base: Bert<Tensor>,
+    /// clean, then one adversarial adapter per known attack
+    members: Vec<Trained>,
+    checkpoints: BTreeMap<String, Trained>,
 }
 
-fn single<B: Backend + 'static>(be: &B, base: &Bert<Tensor>, t: &Trained) -> Result<Box<dyn Classify<B>>> {
-    let bert = t.bert.as_ref().unwrap_or(base).to_backend(be)?;
-    let adapter = t.adapter.as_ref().map(|x| x.to_backend(be)).transpose()?;
-    Ok(Box::new(Model::new(be, bert, adapter, t.head.to_backend(be)?, false)?))
-}
-
-/// Class probabilities of `examples` under `clf`, in example order.
-fn probs<B: Backend>(
-    be: &B,
-    clf: &dyn Classify<B>,
-    tok: &TextTokenizer,
-    examples: &[Example],
-) -> Result<Vec<Vec<f32>>> {
-    if examples.is_empty() {
-        return Ok(vec![]);
+impl Zoo {
+    fn open(c: &Ctx) -> Result<Zoo> {
+        let model = c.a.model.as_deref();
+        let base =
+            ModelDir::open(&model.map(Path::to_path_buf).unwrap_or_else(assets::default_model_dir), 64)?
+                .bert()?;
+        let mut members = vec![load_trained(&c.out.join("clean"), model)?];
+        for k in &c.plan.known {
+            members.push(load_trained(&c.out.join(format!("adv-{k}")), model)?);
+        }
+        if members.iter().any(|t| t.adapter.is_none()) {
+            bail!("an adapter checkpoint of the run holds no adapter");
+        }
+        let mut checkpoints = BTreeMap::new();
+        let mut dirs = vec![];
+        if c.plan.known.len() > 1 {
+            dirs.push("adv-all".to_string());
+        }
+        if c.plan.full {
+            dirs.extend(["full".to_string(), "full-adv".to_string()]);
+        }
+        for d in dirs {
+            let t = load_trained(&c.out.join(&d), model)?;
+            checkpoints.insert(d, t);
+        }
+        Ok(Zoo { base, members, checkpoints })
     }
-    let (enc, _) = batches::encode(tok, examples)?;
-    let lens: Vec<usize> = enc.iter().map(|e| e.ids.len()).collect();
-    let mut out = vec![vec![]; examples.len()];
-    for idx in batches::eval_batches(&lens, 64) {
-        let (batch, _) = batches::make_batch(&enc, &idx, tok.pad_id());
-        for (i, p) in idx.iter().zip(clf.probs(be, &batch)?) {
-            out[*i] = p;
+
+    fn member(&self, dir: &str, c: &Ctx) -> Option<&Trained> {
+        if dir == "clean" {
+            return self.members.first();
+        }
+        let k = c.plan.known.iter().position(|k| format!("adv-{k}") == dir)?;
+        self.members.get(k + 1)
+    }
+
+    fn member_refs(&self) -> Vec<(&Adapter<Tensor>, &ClassificationHead<Tensor>)> {
+        self.members.iter().map(|t| (t.adapter.as_ref().expect("checked in open"), &t.head)).collect()
+    }
+
+    fn static_mix(&self, beta: &[f32]) -> Result<(Adapter<Tensor>, ClassificationHead<Tensor>)> {
+        let refs = self.member_refs();
+        let adapters: Vec<&Adapter<Tensor>> = refs.iter().map(|r| r.0).collect();
+        let heads: Vec<&ClassificationHead<Tensor>> = refs.iter().map(|r| r.1).collect();
+        Ok((mix_adapters(&adapters, beta)?, mix_heads(&heads, beta)?))
+    }
+
+    fn mixture<B: Backend>(&self, be: &B, rule: BetaRule) -> Result<Mixture<B>> {
+        Mixture::new(be, &self.base, &self.member_refs(), rule)
+    }
+
+    /// The classifier of `spec` on a backend.
+    fn build<B: Backend + 'static>(&self, be: &B, spec: &Spec, c: &Ctx) -> Result<Box<dyn Classify<B>>> {
+        let model =
+            |bert: &Bert<Tensor>, adapter: Option<&Adapter<Tensor>>, head: &ClassificationHead<Tensor>| {
+                let adapter = adapter.map(|a| a.to_backend(be)).transpose()?;
+                Ok(Box::new(Model::new(be, bert.to_backend(be)?, adapter, head.to_backend(be)?, false)?)
+                    as Box<dyn Classify<B>>)
+            };
+        match spec {
+            Spec::Checkpoint { dir } => {
+                let t = self
+                    .member(dir, c)
+                    .or_else(|| self.checkpoints.get(dir))
+                    .with_context(|| format!("no checkpoint `{dir}`"))?;
+                model(t.bert.as_ref().unwrap_or(&self.base), t.adapter.as_ref(), &t.head)
+            }
+            Spec::ModelSoup => {
+                let (f, a) = (&self.checkpoints["full"], &self.checkpoints["full-adv"]);
+                let bert = mix_encoders(
+                    &[f.bert.as_ref().context("no encoder")?, a.bert.as_ref().context("no encoder")?],
+                    &[0.5, 0.5],
+                )?;
+                model(&bert, None, &mix_heads(&[&f.head, &a.head], &[0.5, 0.5])?)
+            }
+            Spec::Static { beta } => {
+                let (a, h) = self.static_mix(beta)?;
+                model(&self.base, Some(&a), &h)
+            }
+            Spec::Entropy { tau } => Ok(Box::new(self.mixture(be, BetaRule::Entropy { tau: *tau })?)),
+            Spec::MinEntropy => Ok(Box::new(self.mixture(be, BetaRule::MinEntropy)?)),
         }
     }
-    Ok(out)
-}
-
-fn accuracy(p: &[Vec<f32>], examples: &[Example]) -> f64 {
-    if examples.is_empty() {
-        return f64::NAN;
-    }
-    let right = p.iter().zip(examples).filter(|(p, e)| argmax(p) == e.label).count();
-    100.0 * right as f64 / examples.len() as f64
 }
 
 /// The static β grid: the clean adapter's weight from 0 to 1, the rest split evenly over the
@@ -529,198 +661,250 @@ fn beta_grid(step: f32, m: usize) -> Vec<Vec<f32>> {
         .collect()
 }
 
-fn evaluate<B: Backend + 'static>(be: &B, c: &Ctx, st: &mut Stages) -> Result<Report> {
-    let model = ModelDir::open(&c.a.model.clone().unwrap_or_else(assets::default_model_dir), 64)?;
-    let tok = &model.tokenizer;
-    let base = model.bert()?;
-    let clean = load_trained(&c.out.join("clean"), c.a.model.as_deref())?;
-    let advs: Vec<(String, Trained)> = c
-        .plan
-        .known
-        .iter()
-        .map(|k| Ok((k.clone(), load_trained(&c.out.join(format!("adv-{k}")), c.a.model.as_deref())?)))
-        .collect::<Result<_>>()?;
-    let mut members: Vec<(&Adapter<Tensor>, &ClassificationHead<Tensor>)> = vec![];
-    for t in std::iter::once(&clean).chain(advs.iter().map(|(_, t)| t)) {
-        members.push((t.adapter.as_ref().context("an adapter checkpoint without an adapter")?, &t.head));
+/// Batches of `examples` in length order: `(example indices, batch)`.
+fn eval_batches(tok: &TextTokenizer, examples: &[Example]) -> Result<Vec<(Vec<usize>, TokenBatch)>> {
+    if examples.is_empty() {
+        return Ok(vec![]);
     }
-    let m = members.len();
-    let names: Vec<String> =
-        std::iter::once("clean".to_string()).chain(c.plan.known.iter().map(|k| format!("adv_{k}"))).collect();
-    let adv_cost: f64 = c
-        .plan
-        .known
-        .iter()
-        .map(|k| st.seconds(&format!("attack-train-{k}")) + st.seconds(&format!("train-adv-{k}")))
-        .sum();
-    let clean_cost = st.seconds("train-clean");
-    let all_params: usize = clean.params + advs.iter().map(|(_, t)| t.params).sum::<usize>();
-    let row = |name: &str, kind: &str, params: usize, secs: f64| MethodRow::new(name, kind, params, secs);
-    let mut systems: Vec<System<B>> = vec![];
-    let mut sweep: Vec<System<B>> = vec![];
+    let (enc, _) = batches::encode(tok, examples)?;
+    let lens: Vec<usize> = enc.iter().map(|e| e.ids.len()).collect();
+    Ok(batches::eval_batches(&lens, 64)
+        .into_iter()
+        .map(|idx| {
+            let (batch, _) = batches::make_batch(&enc, &idx, tok.pad_id());
+            (idx, batch)
+        })
+        .collect())
+}
 
-    systems.push(System {
-        row: row("clean adapter", "baseline", clean.params, clean_cost),
-        clf: single(be, &base, &clean)?,
-    });
-    for (k, t) in &advs {
-        let secs =
-            clean_cost + st.seconds(&format!("attack-train-{k}")) + st.seconds(&format!("train-adv-{k}"));
-        systems.push(System {
-            row: row(&format!("adversarial adapter ({k})"), "baseline", t.params, secs),
-            clf: single(be, &base, t)?,
-        });
+fn accuracy(p: &[Vec<f32>], examples: &[Example]) -> f64 {
+    if examples.is_empty() {
+        return f64::NAN;
     }
-    if m > 2 {
-        let t = load_trained(&c.out.join("adv-all"), c.a.model.as_deref())?;
-        let secs = clean_cost + adv_cost
-            - c.plan.known.iter().map(|k| st.seconds(&format!("train-adv-{k}"))).sum::<f64>()
-            + st.seconds("train-adv-all");
-        systems.push(System {
-            row: row("adversarial training, adapter (all attacks)", "baseline", t.params, secs),
-            clf: single(be, &base, &t)?,
-        });
+    let right = p.iter().zip(examples).filter(|(p, e)| argmax(p) == e.label).count();
+    100.0 * right as f64 / examples.len() as f64
+}
+
+/// Every method of the report and the sweeps, before evaluation.
+fn method_rows(c: &Ctx, zoo: &Zoo, times: &BTreeMap<String, f64>) -> (Vec<MethodRow>, Vec<MethodRow>) {
+    let secs = |s: &str| times.get(s).copied().unwrap_or(0.0);
+    let clean_cost = secs("train-clean");
+    let gen: f64 = c.plan.known.iter().map(|k| secs(&format!("attack-train-{k}"))).sum();
+    let adv_train: f64 = c.plan.known.iter().map(|k| secs(&format!("train-adv-{k}"))).sum();
+    let all_params: usize = zoo.members.iter().map(|t| t.params).sum();
+    let ck = |d: &str| Spec::Checkpoint { dir: d.to_string() };
+    let params_of = |d: &str| zoo.checkpoints.get(d).map_or(0, |t| t.params);
+    let mut main =
+        vec![MethodRow::new("clean adapter", "baseline", ck("clean"), zoo.members[0].params, clean_cost)];
+    for (i, k) in c.plan.known.iter().enumerate() {
+        let cost = clean_cost + secs(&format!("attack-train-{k}")) + secs(&format!("train-adv-{k}"));
+        let name = format!("adversarial adapter ({k})");
+        main.push(MethodRow::new(
+            &name,
+            "baseline",
+            ck(&format!("adv-{k}")),
+            zoo.members[i + 1].params,
+            cost,
+        ));
+    }
+    if c.plan.known.len() > 1 {
+        let cost = clean_cost + gen + secs("train-adv-all");
+        main.push(MethodRow::new(
+            "adversarial training, adapter (all attacks)",
+            "baseline",
+            ck("adv-all"),
+            params_of("adv-all"),
+            cost,
+        ));
     }
     if c.plan.full {
-        let full = load_trained(&c.out.join("full"), c.a.model.as_deref())?;
-        let full_adv = load_trained(&c.out.join("full-adv"), c.a.model.as_deref())?;
-        let gen: f64 = c.plan.known.iter().map(|k| st.seconds(&format!("attack-train-{k}"))).sum();
-        let (s_full, s_adv) = (st.seconds("train-full"), clean_cost + gen + st.seconds("train-full-adv"));
-        systems.push(System {
-            row: row("full fine-tuning", "baseline", full.params, s_full),
-            clf: single(be, &base, &full)?,
-        });
-        systems.push(System {
-            row: row("full adversarial training", "baseline", full_adv.params, s_adv),
-            clf: single(be, &base, &full_adv)?,
-        });
-        let soup = Trained {
-            bert: Some(mix_encoders(
-                &[full.bert.as_ref().context("no encoder")?, full_adv.bert.as_ref().context("no encoder")?],
-                &[0.5, 0.5],
-            )?),
-            adapter: None,
-            head: mix_heads(&[&full.head, &full_adv.head], &[0.5, 0.5])?,
-            params: full.params + full_adv.params,
-        };
-        systems.push(System {
-            row: row("Model Soup (full + full adversarial)", "baseline", soup.params, s_full + s_adv),
-            clf: single(be, &base, &soup)?,
-        });
+        let (full, adv) = (secs("train-full"), clean_cost + gen + secs("train-full-adv"));
+        main.push(MethodRow::new("full fine-tuning", "baseline", ck("full"), params_of("full"), full));
+        main.push(MethodRow::new(
+            "full adversarial training",
+            "baseline",
+            ck("full-adv"),
+            params_of("full-adv"),
+            adv,
+        ));
+        let both = params_of("full") + params_of("full-adv");
+        main.push(MethodRow::new(
+            "Model Soup (full + full adversarial)",
+            "baseline",
+            Spec::ModelSoup,
+            both,
+            full + adv,
+        ));
     }
-    let uniform = vec![1.0 / m as f32; m];
-    let soup = Trained {
-        bert: None,
-        adapter: Some(mix_adapters(&members.iter().map(|x| x.0).collect::<Vec<_>>(), &uniform)?),
-        head: mix_heads(&members.iter().map(|x| x.1).collect::<Vec<_>>(), &uniform)?,
-        params: all_params,
-    };
-    systems.push(System {
-        row: row("Adapter Soup (uniform)", "baseline", all_params, clean_cost + adv_cost),
-        clf: single(be, &base, &soup)?,
-    });
-    let mix_cost = clean_cost + adv_cost;
+    let mix_cost = clean_cost + gen + adv_train;
+    let m = zoo.members.len();
+    let uniform = Spec::Static { beta: vec![1.0 / m as f32; m] };
+    main.push(MethodRow::new("Adapter Soup (uniform)", "baseline", uniform, all_params, mix_cost));
+    let mut sweep = vec![];
     for beta in beta_grid(c.a.beta_step, m) {
-        let t = Trained {
-            bert: None,
-            adapter: Some(mix_adapters(&members.iter().map(|x| x.0).collect::<Vec<_>>(), &beta)?),
-            head: mix_heads(&members.iter().map(|x| x.1).collect::<Vec<_>>(), &beta)?,
-            params: all_params,
-        };
-        let label = format!("static β_clean = {:.2}", beta[0]);
-        let mut r = row(&label, "beta-sweep", all_params, mix_cost);
-        r.beta = Some(beta.clone());
-        sweep.push(System { row: r, clf: single(be, &base, &t)? });
+        let name = format!("static β_clean = {:.2}", beta[0]);
+        sweep.push(MethodRow::new(&name, "beta-sweep", Spec::Static { beta }, all_params, mix_cost));
     }
     let mut taus = c.a.taus.clone();
     if !taus.contains(&c.a.tau) {
         taus.push(c.a.tau);
     }
     taus.sort_by(f32::total_cmp);
-    for &tau in &taus {
-        let mut r = row(&format!("entropy β, τ = {tau}"), "tau-sweep", all_params, mix_cost);
-        r.tau = Some(tau);
-        sweep.push(System {
-            row: r,
-            clf: Box::new(Mixture::new(be, &base, &members, BetaRule::Entropy { tau })?),
-        });
+    for tau in taus {
+        sweep.push(MethodRow::new(
+            &format!("entropy β, τ = {tau}"),
+            "tau-sweep",
+            Spec::Entropy { tau },
+            all_params,
+            mix_cost,
+        ));
     }
-    let mut r = row("min-entropy β (τ → 0)", "tau-sweep", all_params, mix_cost);
-    r.tau = Some(0.0);
-    sweep.push(System { row: r, clf: Box::new(Mixture::new(be, &base, &members, BetaRule::MinEntropy)?) });
+    sweep.push(MethodRow::new("min-entropy β (τ → 0)", "tau-sweep", Spec::MinEntropy, all_params, mix_cost));
+    (main, sweep)
+}
 
-    // clean and transfer accuracy of everything
-    let bar = indicatif::ProgressBar::new((systems.len() + sweep.len()) as u64);
-    bar.set_message("evaluating");
-    for s in systems.iter_mut().chain(sweep.iter_mut()) {
-        s.row.clean = accuracy(&probs(be, &*s.clf, tok, c.test)?, c.test);
-        for (k, _, set) in c.sets {
-            s.row.transfer.insert(k.clone(), accuracy(&probs(be, &*s.clf, tok, set)?, set));
+/// What the `evaluate` stage keeps.
+#[derive(Serialize, Deserialize)]
+struct Evaluation {
+    methods: Vec<MethodRow>,
+    sweep: Vec<MethodRow>,
+    attribution: Attribution,
+}
+
+/// Clean and transfer accuracy of every method, the sweeps, and the attribution table.
+fn evaluation<B: Backend + 'static>(
+    be: &B,
+    c: &Ctx,
+    zoo: &Zoo,
+    times: &BTreeMap<String, f64>,
+) -> Result<Evaluation> {
+    let tok = &ModelDir::open(&c.a.model.clone().unwrap_or_else(assets::default_model_dir), 64)?.tokenizer;
+    let (mut methods, mut sweep) = method_rows(c, zoo, times);
+    let mut inputs: Vec<(String, &[Example])> = vec![("clean".into(), c.test)];
+    inputs.extend(c.sets.iter().map(|(k, _, v)| (k.clone(), v.as_slice())));
+    let batches: Vec<Vec<(Vec<usize>, TokenBatch)>> =
+        inputs.iter().map(|(_, ex)| eval_batches(tok, ex)).collect::<Result<_>>()?;
+    let bar = indicatif::ProgressBar::new((methods.len() + sweep.len()) as u64);
+    bar.set_style(indicatif::ProgressStyle::with_template(
+        "{bar:30} {pos}/{len} methods evaluated [{elapsed_precise}]",
+    )?);
+    let record = |row: &mut MethodRow, set: usize, acc: f64| {
+        if set == 0 {
+            row.clean = acc;
+        } else {
+            row.transfer.insert(inputs[set].0.clone(), acc);
         }
-        s.row.finish(c.sets.iter().map(|(k, known, _)| (k.as_str(), *known)));
+    };
+    // single models and static mixes: one pass each
+    for row in methods
+        .iter_mut()
+        .chain(sweep.iter_mut())
+        .filter(|r| !matches!(r.spec, Spec::Entropy { .. } | Spec::MinEntropy))
+    {
+        let clf = zoo.build(be, &row.spec, c)?;
+        for (set, bs) in batches.iter().enumerate() {
+            let mut probs = vec![vec![]; inputs[set].1.len()];
+            for (idx, batch) in bs {
+                for (i, p) in idx.iter().zip(clf.probs(be, batch)?) {
+                    probs[*i] = p;
+                }
+            }
+            record(row, set, accuracy(&probs, inputs[set].1));
+        }
         bar.inc(1);
     }
-    bar.finish_and_clear();
-    // the best static β (by the mean of clean and robust accuracy) and the chosen τ join the table
-    let best = sweep
+    // every β rule on one mixture: the members' passes shared
+    let rules: Vec<(usize, BetaRule)> = sweep
         .iter()
-        .filter(|s| s.row.kind == "beta-sweep")
-        .max_by(|x, y| x.row.score.total_cmp(&y.row.score))
-        .context("empty β grid")?;
-    let beta = best.row.beta.clone().context("a β row without β")?;
-    let t = Trained {
-        bert: None,
-        adapter: Some(mix_adapters(&members.iter().map(|x| x.0).collect::<Vec<_>>(), &beta)?),
-        head: mix_heads(&members.iter().map(|x| x.1).collect::<Vec<_>>(), &beta)?,
-        params: all_params,
-    };
-    let mut r = best.row.clone();
-    r.name = format!("AdpMixup, best static β (β_clean = {:.2})", beta[0]);
-    r.kind = "adpmixup".into();
-    systems.push(System { row: r, clf: single(be, &base, &t)? });
-    let chosen = sweep.iter().find(|s| s.row.tau == Some(c.a.tau)).context("the chosen τ")?;
-    let mut r = chosen.row.clone();
-    r.name = format!("AdpMixup, entropy β (τ = {})", c.a.tau);
-    r.kind = "adpmixup".into();
-    let mix = Mixture::new(be, &base, &members, BetaRule::Entropy { tau: c.a.tau })?;
-
-    // attribution: which member gets the largest β, per input set
-    let mut attribution = Attribution { members: names.clone(), rows: vec![] };
-    for (set, examples) in std::iter::once(("clean test".to_string(), c.test.to_vec())).chain(
-        c.sets
-            .iter()
-            .map(|(k, known, v)| (format!("{k} ({})", if *known { "known" } else { "unseen" }), v.clone())),
-    ) {
-        let mut counts = vec![0usize; m];
-        let mut mean_beta = vec![0f64; m];
-        if !examples.is_empty() {
-            let (enc, _) = batches::encode(tok, &examples)?;
-            let lens: Vec<usize> = enc.iter().map(|e| e.ids.len()).collect();
-            for idx in batches::eval_batches(&lens, 64) {
-                let (batch, _) = batches::make_batch(&enc, &idx, tok.pad_id());
-                for b in mix.betas(be, &batch)? {
-                    counts[argmax(&b)] += 1;
-                    for (s, v) in mean_beta.iter_mut().zip(&b) {
-                        *s += *v as f64 / examples.len() as f64;
+        .enumerate()
+        .filter_map(|(i, r)| match r.spec {
+            Spec::Entropy { tau } => Some((i, BetaRule::Entropy { tau })),
+            Spec::MinEntropy => Some((i, BetaRule::MinEntropy)),
+            _ => None,
+        })
+        .collect();
+    let chosen =
+        rules.iter().position(|(_, r)| *r == BetaRule::Entropy { tau: c.a.tau }).context("the chosen τ")?;
+    let names: Vec<String> =
+        std::iter::once("clean".to_string()).chain(c.plan.known.iter().map(|k| format!("adv_{k}"))).collect();
+    let mut attribution = Attribution { members: names, rows: vec![] };
+    let mixture = zoo.mixture(be, BetaRule::MinEntropy)?;
+    let just: Vec<BetaRule> = rules.iter().map(|(_, r)| r.clone()).collect();
+    for (set, bs) in batches.iter().enumerate() {
+        let n = inputs[set].1.len();
+        let mut probs = vec![vec![vec![]; n]; rules.len()];
+        let m = mixture.m();
+        let (mut counts, mut mean_beta) = (vec![0usize; m], vec![0f64; m]);
+        for (idx, batch) in bs {
+            for (r, out) in mixture.run_rules(be, batch, &just)?.into_iter().enumerate() {
+                for (k, &i) in idx.iter().enumerate() {
+                    probs[r][i] = out.probs[k].clone();
+                    if r == chosen {
+                        counts[argmax(&out.beta[k])] += 1;
+                        for (s, v) in mean_beta.iter_mut().zip(&out.beta[k]) {
+                            *s += *v as f64 / n as f64;
+                        }
                     }
                 }
             }
         }
-        attribution.rows.push(report::AttributionRow { set, examples: examples.len(), counts, mean_beta });
+        for (r, (row, _)) in rules.iter().enumerate() {
+            record(&mut sweep[*row], set, accuracy(&probs[r], inputs[set].1));
+        }
+        let label = match set {
+            0 => "clean test".to_string(),
+            s => format!("{} ({})", inputs[s].0, if c.sets[s - 1].1 { "known" } else { "unseen" }),
+        };
+        attribution.rows.push(report::AttributionRow { set: label, examples: n, counts, mean_beta });
     }
-    systems.push(System { row: r, clf: Box::new(mix) });
+    bar.inc(rules.len() as u64);
+    bar.finish_and_clear();
+    for row in methods.iter_mut().chain(sweep.iter_mut()) {
+        row.finish(c.sets.iter().map(|(k, known, _)| (k.as_str(), *known)));
+    }
+    // the best static β (by the mean of clean and robust accuracy) and the chosen τ join the table
+    let best = sweep
+        .iter()
+        .filter(|r| r.kind == "beta-sweep")
+        .max_by(|x, y| x.score.total_cmp(&y.score))
+        .context("empty β grid")?;
+    let mut row = best.clone();
+    if let Spec::Static { beta } = &row.spec {
+        row.name = format!("AdpMixup, best static β (β_clean = {:.2})", beta[0]);
+    }
+    row.kind = "adpmixup".into();
+    methods.push(row);
+    let mut row = sweep[rules[chosen].0].clone();
+    row.name = format!("AdpMixup, entropy β (τ = {})", c.a.tau);
+    row.kind = "adpmixup".into();
+    methods.push(row);
+    Ok(Evaluation { methods, sweep, attribution })
+}
+
+fn evaluate<B: Backend + 'static>(be: &B, c: &Ctx, st: &mut Stages) -> Result<Report> {
+    let zoo = Zoo::open(c)?;
+    let file = c.out.join("evaluation.json");
+    let times = st.log.seconds.clone();
+    st.run("evaluate", || {
+        let e = evaluation(be, c, &zoo, &times)?;
+        io::write_atomic(&file, serde_json::to_string_pretty(&e)?.as_bytes())
+    })?;
+    let mut e: Evaluation = serde_json::from_str(&std::fs::read_to_string(&file)?)
+        .with_context(|| format!("{}: bad evaluation", file.display()))?;
 
     // the adaptive protocol: every method of the table attacked directly
     if c.plan.adaptive > 0 {
+        let tok =
+            &ModelDir::open(&c.a.model.clone().unwrap_or_else(assets::default_model_dir), 64)?.tokenizer;
         let victims: Vec<Example> = c.test.iter().take(c.plan.adaptive).cloned().collect();
         let attacks: Vec<String> = c.plan.known.iter().chain(&c.plan.unseen).cloned().collect();
         let dir = c.out.join("adaptive");
         std::fs::create_dir_all(&dir)?;
-        for s in systems.iter_mut() {
+        for row in e.methods.iter_mut() {
+            let clf = zoo.build(be, &row.spec, c)?;
             for k in &attacks {
-                let stage = format!("adaptive-{}-{k}", report::slug(&s.row.name));
+                let stage = format!("adaptive-{}-{k}", report::slug(&row.name));
                 let file = dir.join(format!("{}.json", &stage["adaptive-".len()..]));
-                let clf = &*s.clf;
                 st.run(&stage, || {
                     let mut args =
                         strings(&["--attack", k, "--adapter", &c.out.join("clean").display().to_string()]);
@@ -736,13 +920,12 @@ fn evaluate<B: Backend + 'static>(be: &B, c: &Ctx, st: &mut Stages) -> Result<Re
                         <AttackKind as clap::ValueEnum>::from_str(k, true).map_err(anyhow::Error::msg)?;
                     let (wn, gl) = attack_cmd::resources(kind, None, None)?;
                     let records =
-                        attack_cmd::black_box(be, clf, tok, &victims, &aa, wn.as_ref(), gl.as_ref())?;
-                    let summary = Summary::of(&records);
-                    io::write_atomic(&file, serde_json::to_string_pretty(&summary)?.as_bytes())
+                        attack_cmd::black_box(be, &*clf, tok, &victims, &aa, wn.as_ref(), gl.as_ref())?;
+                    io::write_atomic(&file, serde_json::to_string_pretty(&Summary::of(&records))?.as_bytes())
                 })?;
                 let summary: Summary = serde_json::from_str(&std::fs::read_to_string(&file)?)
                     .with_context(|| format!("{}: bad summary", file.display()))?;
-                s.row.adaptive.insert(k.clone(), summary.accuracy_under_attack);
+                row.adaptive.insert(k.clone(), summary.accuracy_under_attack);
             }
         }
     }
@@ -755,9 +938,9 @@ fn evaluate<B: Backend + 'static>(be: &B, c: &Ctx, st: &mut Stages) -> Result<Re
         serde_json::to_value(c.plan)?,
         c.test.len(),
         sets,
-        systems.into_iter().map(|s| s.row).collect(),
-        sweep.into_iter().map(|s| s.row).collect(),
-        attribution,
+        e.methods,
+        e.sweep,
+        e.attribution,
         c.a.tau,
     ))
 }

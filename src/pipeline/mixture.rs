@@ -105,9 +105,30 @@ impl<B: Backend> Mixture<B> {
     /// β per sample, then the mixed pass.
     pub fn run(&self, be: &B, batch: &TokenBatch) -> Result<MixOutput> {
         let beta = self.betas(be, batch)?;
+        self.run_with(be, batch, beta)
+    }
+
+    /// The mixed pass with the given per-sample β.
+    pub fn run_with(&self, be: &B, batch: &TokenBatch, beta: Vec<Vec<f32>>) -> Result<MixOutput> {
         let mix = RowMix::new(self.m(), beta.concat())?;
         let (_, cols, logits) = be.download(&self.logits_mixed(be, batch, &mix)?)?;
         Ok(MixOutput { probs: logits.chunks(cols).map(|l| prediction(l.to_vec()).probs).collect(), beta })
+    }
+
+    /// The batch under each of several rules, the members' passes shared (a τ ablation costs one
+    /// mixed pass per rule).
+    pub fn run_rules(&self, be: &B, batch: &TokenBatch, rules: &[BetaRule]) -> Result<Vec<MixOutput>> {
+        let probs =
+            if rules.iter().any(BetaRule::is_adaptive) { self.member_probs(be, batch)? } else { vec![] };
+        rules
+            .iter()
+            .map(|rule| {
+                let beta = (0..batch.batch)
+                    .map(|s| rule.beta(&probs.iter().map(|p| p[s].as_slice()).collect::<Vec<_>>()))
+                    .collect();
+                self.run_with(be, batch, beta)
+            })
+            .collect()
     }
 }
 

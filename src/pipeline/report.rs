@@ -8,10 +8,27 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+/// How a method is built from the run's trained models.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum Spec {
+    /// a checkpoint of the run (`clean`, `adv-<attack>`, `adv-all`, `full`, `full-adv`)
+    Checkpoint { dir: String },
+    /// the uniform average of the full and the full adversarial model
+    ModelSoup,
+    /// the members (clean, then one adapter per known attack) mixed with a fixed β
+    Static { beta: Vec<f32> },
+    /// the members mixed per input, β = softmax(−H/τ)
+    Entropy { tau: f32 },
+    /// the members mixed per input, all weight on the least uncertain
+    MinEntropy,
+}
+
 /// One method's numbers (accuracies in %).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MethodRow {
     pub name: String,
+    pub spec: Spec,
     /// `baseline`, `adpmixup`, `beta-sweep` or `tau-sweep`
     pub kind: String,
     pub trainable_params: usize,
@@ -29,10 +46,6 @@ pub struct MethodRow {
     pub score: f64,
     /// accuracy under each attack, the method attacked directly
     pub adaptive: BTreeMap<String, f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub beta: Option<Vec<f32>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tau: Option<f32>,
 }
 
 fn mean(v: &[f64]) -> f64 {
@@ -44,9 +57,10 @@ fn mean(v: &[f64]) -> f64 {
 }
 
 impl MethodRow {
-    pub fn new(name: &str, kind: &str, trainable_params: usize, train_seconds: f64) -> Self {
+    pub fn new(name: &str, kind: &str, spec: Spec, trainable_params: usize, train_seconds: f64) -> Self {
         MethodRow {
             name: name.into(),
+            spec,
             kind: kind.into(),
             trainable_params,
             train_seconds,
@@ -57,8 +71,6 @@ impl MethodRow {
             robust: f64::NAN,
             score: f64::NAN,
             adaptive: BTreeMap::new(),
-            beta: None,
-            tau: None,
         }
     }
 
@@ -322,8 +334,11 @@ pub fn plot(r: &Report, path: &Path) -> Result<()> {
         let mut tau: Vec<(f32, f64, f64)> = r
             .sweep
             .iter()
-            .filter(|m| m.kind == "tau-sweep")
-            .map(|m| (m.tau.unwrap_or(0.0), m.clean, m.robust))
+            .filter_map(|m| match m.spec {
+                Spec::Entropy { tau } => Some((tau, m.clean, m.robust)),
+                Spec::MinEntropy => Some((0.0, m.clean, m.robust)),
+                _ => None,
+            })
             .collect();
         tau.sort_by(|a, b| a.0.total_cmp(&b.0));
         let orange = RGBColor(230, 120, 0);

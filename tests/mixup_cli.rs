@@ -1,0 +1,239 @@
+//! `admix mixup` end to end on a tiny random BERT and a toy task: every stage runs, the report
+//! (markdown, JSON, PNG) agrees with the stages' own outputs, a re-run reuses every stage, and bad
+//! settings are one clear error.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Output;
+
+use common::cli::{admix, assert_error};
+use common::tiny;
+use safetensors::Dtype;
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        tiny::write_model(&dir.path().join("model"), 21, Dtype::F32, "");
+        std::fs::write(dir.path().join("train.tsv"), common::toy_dataset(96, 1)).unwrap();
+        std::fs::write(dir.path().join("dev.tsv"), common::toy_dataset(24, 2)).unwrap();
+        std::fs::write(dir.path().join("test.tsv"), common::toy_dataset(32, 3)).unwrap();
+        Env { dir }
+    }
+    fn p(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+    fn s(&self, name: &str) -> String {
+        self.p(name).to_str().unwrap().to_string()
+    }
+    fn mixup(&self, out: &str, extra: &[&str]) -> Output {
+        let (model, train, dev, test, out) =
+            (self.s("model"), self.s("train.tsv"), self.s("dev.tsv"), self.s("test.tsv"), self.s(out));
+        let mut args = vec![
+            "mixup",
+            "--model",
+            &model,
+            "--train",
+            &train,
+            "--dev",
+            &dev,
+            "--test",
+            &test,
+            "--out",
+            &out,
+            "--epochs",
+            "10",
+            "--lr",
+            "1e-2",
+            "--batch-size",
+            "16",
+            "--dropout",
+            "0",
+            "--full-epochs",
+            "2",
+            "--adaptive-examples",
+            "6",
+            "--taus",
+            "0.1,1",
+            "--beta-step",
+            "0.25",
+        ];
+        // list flags accumulate when repeated: the defaults only where `extra` has none
+        for (flag, default) in [("--known", "deepwordbug"), ("--unseen", "textbugger")] {
+            if !extra.contains(&flag) {
+                args.extend([flag, default]);
+            }
+        }
+        args.extend_from_slice(extra);
+        admix(&args, b"")
+    }
+}
+
+fn ok(out: &Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "admix failed: {err}");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn json(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn the_pipeline_runs_every_stage_and_reports_what_the_stages_measured() {
+    let env = Env::new();
+    let stdout = ok(&env.mixup("run", &[]));
+    let run = env.p("run");
+    for f in ["report.md", "report.json", "tradeoff.png", "stages.json", "evaluation.json"] {
+        assert!(run.join(f).is_file(), "{f} missing");
+    }
+    let png = std::fs::read(run.join("tradeoff.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "tradeoff.png is not a PNG");
+    assert!(stdout.contains("| AdpMixup, entropy β (τ = 0.1) |"), "{stdout}");
+    assert!(stdout.contains("plot: "), "{stdout}");
+
+    let report = json(&run.join("report.json"));
+    let methods = report["methods"].as_array().unwrap();
+    let names: Vec<&str> = methods.iter().map(|m| m["name"].as_str().unwrap()).collect();
+    for want in [
+        "clean adapter",
+        "adversarial adapter (deepwordbug)",
+        "full fine-tuning",
+        "full adversarial training",
+        "Model Soup (full + full adversarial)",
+        "Adapter Soup (uniform)",
+        "AdpMixup, entropy β (τ = 0.1)",
+    ] {
+        assert!(names.contains(&want), "no row `{want}` in {names:?}");
+    }
+    assert!(names.iter().any(|n| n.starts_with("AdpMixup, best static β")), "{names:?}");
+    // β sweep 0, 0.25, …, 1 and τ ∈ {0.1, 1} plus min-entropy
+    let sweep = report["sweep"].as_array().unwrap();
+    assert_eq!(sweep.len(), 5 + 3);
+
+    // the transfer sets are the clean model's successful adversarial examples
+    let row = |name: &str| methods.iter().find(|m| m["name"] == name).unwrap();
+    for set in report["sets"].as_array().unwrap() {
+        let k = set["attack"].as_str().unwrap();
+        let text = std::fs::read_to_string(run.join(format!("attack-test-{k}/results.jsonl"))).unwrap();
+        let successful = text.lines().filter(|l| l.contains("\"outcome\":\"successful\"")).count();
+        assert_eq!(set["examples"].as_u64().unwrap() as usize, successful, "{k}");
+        // ... so the clean adapter gets every one of them wrong
+        if successful > 0 {
+            assert_eq!(row("clean adapter")["transfer"][k].as_f64().unwrap(), 0.0, "{k}");
+        }
+    }
+    // the clean adapter's clean accuracy is what `admix eval` measures on the same test file
+    let out = ok(&admix(
+        &[
+            "eval",
+            &env.s("run/clean"),
+            "--model",
+            &env.s("model"),
+            "--data",
+            &env.s("run/data/test.jsonl"),
+            "--json",
+        ],
+        b"",
+    ));
+    let eval: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let acc = eval["accuracy"].as_f64().unwrap() * 100.0;
+    assert!((row("clean adapter")["clean"].as_f64().unwrap() - acc).abs() < 1e-6, "{acc} vs report");
+    // the static sweep's endpoints are the members themselves
+    let end = |b: f64| sweep.iter().find(|r| r["spec"]["beta"][0].as_f64() == Some(b)).unwrap();
+    assert_eq!(end(1.0)["clean"], row("clean adapter")["clean"]);
+    assert_eq!(end(0.0)["transfer"], row("adversarial adapter (deepwordbug)")["transfer"]);
+    // the adaptive numbers are the summaries of the attacks run on each method
+    let adaptive = row("AdpMixup, entropy β (τ = 0.1)")["adaptive"]["deepwordbug"].as_f64().unwrap();
+    let s = json(&run.join("adaptive/adpmixup-entropy-0p1-deepwordbug.json"));
+    assert_eq!(s["accuracy_under_attack"].as_f64().unwrap(), adaptive);
+    assert_eq!(s["examples"].as_u64().unwrap(), 6);
+    // attribution: every clean test input gives its largest β to some member
+    let attribution = &report["attribution"]["rows"][0];
+    let counted: u64 = attribution["counts"].as_array().unwrap().iter().map(|c| c.as_u64().unwrap()).sum();
+    assert_eq!(counted, 32);
+    // the adversarial training set is the clean set plus the successful adversarial examples
+    let adv = std::fs::read_to_string(run.join("data/adv-deepwordbug.jsonl")).unwrap().lines().count();
+    let found = std::fs::read_to_string(run.join("attack-train-deepwordbug/results.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("\"outcome\":\"successful\""))
+        .count();
+    assert_eq!(adv, 96 + found);
+
+    // a re-run reuses every stage and reports the same numbers
+    let before = std::fs::read_to_string(run.join("evaluation.json")).unwrap();
+    let out = env.mixup("run", &[]);
+    ok(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("training a seq_bn"), "a finished stage ran again: {err}");
+    assert!(err.contains("train-clean: done"), "{err}");
+    assert_eq!(std::fs::read_to_string(run.join("evaluation.json")).unwrap(), before);
+    // other settings refuse the directory
+    assert_error(&env.mixup("run", &["--tau", "0.5", "--epochs", "3"]), "holds a run with other settings");
+}
+
+#[test]
+fn bad_settings_are_one_error_line() {
+    let env = Env::new();
+    assert_error(&env.mixup("a", &["--tau", "0"]), "every τ must be positive");
+    assert_error(&env.mixup("b", &["--known", "pgd"]), "not a black-box text attack");
+    assert_error(&env.mixup("c", &["--unseen", "deepwordbug"]), "both known and unseen");
+    assert_error(&env.mixup("d", &["--beta-step", "2"]), "--beta-step must be in (0, 1]");
+    std::fs::write(env.p("bad.tsv"), "text\tlabel\nonly one label\tpos\n").unwrap();
+    let out = admix(
+        &[
+            "mixup",
+            "--model",
+            &env.s("model"),
+            "--train",
+            &env.s("bad.tsv"),
+            "--dev",
+            &env.s("dev.tsv"),
+            "--test",
+            &env.s("test.tsv"),
+            "--out",
+            &env.s("e"),
+        ],
+        b"",
+    );
+    assert_error(&out, "needs at least two labels");
+}
+
+#[test]
+fn two_known_attacks_give_three_members_and_the_adapter_adversarial_training_baseline() {
+    let env = Env::new();
+    ok(&env.mixup(
+        "run",
+        &["--known", "deepwordbug,textbugger", "--unseen", "pwws", "--no-full", "--adaptive-examples", "0"],
+    ));
+    let report = json(&env.p("run/report.json"));
+    let names: Vec<&str> =
+        report["methods"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert!(names.contains(&"adversarial training, adapter (all attacks)"), "{names:?}");
+    assert!(names.contains(&"adversarial adapter (textbugger)"), "{names:?}");
+    assert!(!names.iter().any(|n| n.contains("full")), "--no-full: {names:?}");
+    assert_eq!(
+        report["attribution"]["members"],
+        serde_json::json!(["clean", "adv_deepwordbug", "adv_textbugger"])
+    );
+    // β_clean = 0.5 splits the rest evenly over the two adversarial adapters
+    let half = report["sweep"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["spec"]["beta"][0].as_f64() == Some(0.5))
+        .unwrap();
+    assert_eq!(half["spec"]["beta"], serde_json::json!([0.5, 0.25, 0.25]));
+    let sets: Vec<(&str, bool)> = report["sets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["attack"].as_str().unwrap(), s["known"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(sets, [("deepwordbug", true), ("textbugger", true), ("pwws", false)]);
+}
