@@ -263,6 +263,13 @@ pub fn markdown(r: &Report) -> String {
     s += &table(r, &r.methods, true);
     s += "\n### Static β sweep and τ ablation (transfer protocol)\n\n";
     s += &table(r, &r.sweep, false);
+    let claims = claims(r);
+    if !claims.is_empty() {
+        s += &format!("\n### AdpMixup's claims on this run (entropy β, τ = {})\n\n", r.tau);
+        for (what, ok) in claims {
+            s += &format!("- {} {what}\n", if ok { "✓" } else { "✗" });
+        }
+    }
     s += &format!(
         "\n### Attribution: the member with the largest β (entropy β, τ = {})\n\n| inputs | n | {} | mean β |\n|---|---|{}---|\n",
         r.tau,
@@ -280,6 +287,45 @@ pub fn markdown(r: &Report) -> String {
         );
     }
     s
+}
+
+/// AdpMixup's claims, checked on this run's own rows: entropy β within 1.5 points of the clean
+/// adapter on clean accuracy, within 5 points of each known attack's adversarial adapter on that
+/// attack's set, and ahead of Adapter Soup and of every static β on (clean + robust)/2.
+pub fn claims(r: &Report) -> Vec<(String, bool)> {
+    let find = |p: &str| r.methods.iter().find(|m| m.name.starts_with(p));
+    let Some(mix) = r.methods.iter().find(|m| m.kind == "adpmixup" && matches!(m.spec, Spec::Entropy { .. }))
+    else {
+        return vec![];
+    };
+    let mut out = vec![];
+    if let Some(clean) = find("clean adapter") {
+        let d = mix.clean - clean.clean;
+        out.push((format!("clean accuracy within 1.5 points of the clean adapter ({:+.1})", d), d >= -1.5));
+    }
+    for s in r.sets.iter().filter(|s| s.known) {
+        if let Some(adv) = find(&format!("adversarial adapter ({})", s.attack)) {
+            let (a, b) = (mix.transfer.get(&s.attack), adv.transfer.get(&s.attack));
+            if let (Some(a), Some(b)) = (a, b) {
+                let d = a - b;
+                out.push((
+                    format!("{} set within 5 points of its adversarial adapter ({:+.1})", s.attack, d),
+                    d >= -5.0,
+                ));
+            }
+        }
+    }
+    if let Some(soup) = find("Adapter Soup") {
+        let d = mix.score - soup.score;
+        out.push((format!("ahead of Adapter Soup on (clean + robust)/2 ({:+.1})", d), d > 0.0));
+    }
+    let best =
+        r.sweep.iter().filter(|m| m.kind == "beta-sweep").map(|m| m.score).fold(f64::NEG_INFINITY, f64::max);
+    if best.is_finite() {
+        let d = mix.score - best;
+        out.push((format!("ahead of every static β on (clean + robust)/2 ({:+.1})", d), d > 0.0));
+    }
+    out
 }
 
 /// Clean accuracy (x) against mean transfer robustness (y): a point per method, the static β
@@ -380,4 +426,83 @@ pub fn plot(r: &Report, path: &Path) -> Result<()> {
         root.present().map_err(|e| anyhow::anyhow!("plot: {e}"))?;
     }
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(name: &str, kind: &str, spec: Spec, clean: f64, dwb: f64, pwws: f64) -> MethodRow {
+        let mut r = MethodRow::new(name, kind, spec, 1, 1.0);
+        r.clean = clean;
+        r.transfer.insert("deepwordbug".into(), dwb);
+        r.transfer.insert("pwws".into(), pwws);
+        r.finish([("deepwordbug", true), ("pwws", false)].into_iter());
+        r
+    }
+
+    fn report(mix_clean: f64, mix_dwb: f64) -> Report {
+        let ck = |d: &str| Spec::Checkpoint { dir: d.into() };
+        let methods = vec![
+            row("clean adapter", "baseline", ck("clean"), 80.0, 0.0, 0.0),
+            row("adversarial adapter (deepwordbug)", "baseline", ck("adv-deepwordbug"), 75.0, 70.0, 50.0),
+            row(
+                "Adapter Soup (uniform)",
+                "baseline",
+                Spec::Static { beta: vec![0.5, 0.5] },
+                78.0,
+                40.0,
+                30.0,
+            ),
+            row(
+                "AdpMixup, entropy β (τ = 0.1)",
+                "adpmixup",
+                Spec::Entropy { tau: 0.1 },
+                mix_clean,
+                mix_dwb,
+                45.0,
+            ),
+        ];
+        let sweep = vec![row(
+            "static β_clean = 0.30",
+            "beta-sweep",
+            Spec::Static { beta: vec![0.3, 0.7] },
+            77.0,
+            55.0,
+            40.0,
+        )];
+        let sets = ["deepwordbug", "pwws"]
+            .iter()
+            .map(|a| SetInfo { attack: a.to_string(), known: *a == "deepwordbug", examples: 10 })
+            .collect();
+        let attribution = Attribution { members: vec!["clean".into(), "adv".into()], rows: vec![] };
+        Report::new(serde_json::json!({}), 100, sets, methods, sweep, attribution, 0.1)
+    }
+
+    #[test]
+    fn means_and_score_follow_the_transfer_sets() {
+        let r = row("x", "baseline", Spec::MinEntropy, 80.0, 60.0, 40.0);
+        assert_eq!((r.robust_known, r.robust_unseen, r.robust, r.score), (60.0, 40.0, 50.0, 65.0));
+    }
+
+    #[test]
+    fn claims_are_checked_against_the_runs_own_rows() {
+        // clean −1.0, dwb −4.0 vs the adversarial adapter, score 67.25 vs soup 56.5 and best β 62.25
+        let ok = claims(&report(79.0, 66.0));
+        assert_eq!(ok.len(), 4, "{ok:?}");
+        assert!(ok.iter().all(|(_, pass)| *pass), "{ok:?}");
+        assert!(ok[0].0.contains("(-1.0)") && ok[1].0.contains("(-4.0)"), "{ok:?}");
+        // clean −2.0 and dwb −10.0 fail; the score (65.25 vs 62.25) still beats every static β
+        let bad = claims(&report(78.0, 60.0));
+        let passed: Vec<bool> = bad.iter().map(|c| c.1).collect();
+        assert_eq!(passed, [false, false, true, true], "{bad:?}");
+        let md = markdown(&report(78.0, 60.0));
+        assert!(md.contains("- ✗ clean accuracy within 1.5 points of the clean adapter (-2.0)"), "{md}");
+    }
+
+    #[test]
+    fn slugs_are_file_names() {
+        assert_eq!(slug("AdpMixup, entropy β (τ = 0.1)"), "adpmixup-entropy-0p1");
+        assert_eq!(slug("Model Soup (full + full adversarial)"), "model-soup-full-full-adversarial");
+    }
 }
