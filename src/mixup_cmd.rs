@@ -66,7 +66,7 @@ pub struct MixupArgs {
     /// Test file (same format), with --train
     #[arg(long, requires = "train")]
     test: Option<PathBuf>,
-    /// Sizes: `quick` (the CPU-sized main job, about 15 minutes on 2 cores) or `full` (all of MR)
+    /// Sizes: `quick` (the CPU-sized main job, about 17 minutes on 2 cores) or `full` (all of MR)
     #[arg(long, default_value = "full", value_parser = ["quick", "full"])]
     preset: String,
     /// Training examples: a seeded sample of MR train (default: the preset's)
