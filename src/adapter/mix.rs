@@ -197,15 +197,4 @@ impl BetaRule {
             }
         }
     }
-
-    /// A short label (`beta=0.3,0.7`, `entropy tau=0.1`, `min-entropy`).
-    pub fn label(&self) -> String {
-        match self {
-            BetaRule::Fixed(b) => {
-                format!("beta={}", b.iter().map(|v| format!("{v:.2}")).collect::<Vec<_>>().join(","))
-            }
-            BetaRule::Entropy { tau } => format!("entropy tau={tau}"),
-            BetaRule::MinEntropy => "min-entropy".into(),
-        }
-    }
 }
