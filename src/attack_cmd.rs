@@ -361,7 +361,7 @@ fn run<B: Backend>(
             }
         }
         _ => {
-            drop(bar);
+            bar.finish_and_clear();
             return black_box(be, m, tok, examples, a, wordnet, glove);
         }
     }
