@@ -80,12 +80,15 @@ pub fn prediction(logits: Vec<f32>) -> Prediction {
     let exps: Vec<f64> = logits.iter().map(|&l| ((l - max) as f64).exp()).collect();
     let z: f64 = exps.iter().sum();
     let probs: Vec<f32> = exps.iter().map(|e| (e / z) as f32).collect();
-    let label = probs
-        .iter()
+    Prediction { label: argmax(&probs), logits, probs }
+}
+
+/// The index of the largest value (the first one on ties).
+pub fn argmax(v: &[f32]) -> usize {
+    v.iter()
         .enumerate()
         .fold((0, f32::NEG_INFINITY), |best, (i, &p)| if p > best.1 { (i, p) } else { best })
-        .0;
-    Prediction { label, logits, probs }
+        .0
 }
 
 /// An engine on whichever backend `--device` chose.

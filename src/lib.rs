@@ -5,17 +5,22 @@
 //! op set and its CPU reference implementation), [`adapter`] (AdapterHub adapters and heads),
 //! [`data`] (MR and user files), [`assets`] (fetching the model and data from PyPI), [`cuda`]
 //! (the embedded kernels and device discovery), [`engine`] (inference on a backend), [`pipeline`]
-//! (AdpMixup: the mixture classifier, the pipeline and its report).
+//! (AdpMixup: the mixture classifier, the pipeline and its report), [`serve`] (the scoring server,
+//! the JSONL stream and the load test), [`bench`] (`admix bench`'s suites), [`profile`] (NVTX
+//! ranges and the profiler capture window).
 
 pub mod adapter;
 pub mod assets;
 pub mod attack;
 pub mod backend;
+pub mod bench;
 pub mod data;
 pub mod engine;
 pub mod io;
 pub mod model;
 pub mod pipeline;
+pub mod profile;
+pub mod serve;
 pub mod train;
 
 /// Keeps freed activation buffers in the process instead of returning them to the OS.

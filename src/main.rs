@@ -17,7 +17,9 @@ use admix::model::weights::WeightFile;
 use admix::model::ModelDir;
 
 mod attack_cmd;
+mod bench_cmd;
 mod mixup_cmd;
+mod serve_cmd;
 mod train_cmd;
 
 #[derive(Parser)]
@@ -48,6 +50,10 @@ enum Command {
         run: RunArgs,
         #[command(flatten)]
         adapter: AdapterArgs,
+        /// Pipeline mode: JSON lines ({"text", "text_pair"?, "id"?}) in, one JSON line out per
+        /// input as soon as its batch is scored; lines that arrive together are batched
+        #[arg(long)]
+        stream: bool,
     },
     /// Cosine similarity of every pair of input texts, most similar pairs first.
     Similarity {
@@ -67,6 +73,14 @@ enum Command {
     /// AdpMixup end to end: clean and adversarial adapters, baselines, weight-space mixing (static
     /// and entropy β), transfer and adaptive robustness; writes report.md, report.json, tradeoff.png.
     Mixup(mixup_cmd::MixupArgs),
+    /// Serve the AdpMixup mixture of adapters over HTTP/JSON with dynamic batching
+    /// (POST /v1/score, GET /v1/info, /healthz, /metrics).
+    Serve(serve_cmd::ServeArgs),
+    /// Load-test a running `admix serve`: throughput and p50/p90/p99 latency per concurrency.
+    Loadtest(serve_cmd::LoadtestArgs),
+    /// Benchmarks: kernels (time, GB/s, TFLOP/s, % of roofline) and the model (forward latency and
+    /// throughput, training step, attack steps, AdpMixup scoring); prints a table, writes JSON.
+    Bench(bench_cmd::BenchArgs),
     /// Print the MR splits' sizes and label balance; --export writes them as JSONL.
     Mr {
         /// Write train.jsonl, dev.jsonl, test.jsonl ({"text", "label"}) into this directory
@@ -178,7 +192,8 @@ fn run(cli: Cli) -> Result<()> {
                     .map(|(r, e)| serde_json::json!({ "line": r.line, "embedding": e })),
             )
         }
-        Command::Score { run, adapter } => {
+        Command::Score { run, adapter, stream: true } => score_stream(&run, &adapter),
+        Command::Score { run, adapter, stream: false } => {
             let (engine, inputs, ck_labels) = prepare(&run, Some(&adapter))?;
             let n = engine.num_labels().context("no classification head")?;
             let labels = match ck_labels {
@@ -231,6 +246,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eval(args) => train_cmd::eval(args),
         Command::Attack(args) => attack_cmd::attack(args),
         Command::Mixup(args) => mixup_cmd::mixup(args),
+        Command::Serve(args) => serve_cmd::serve(args),
+        Command::Loadtest(args) => serve_cmd::loadtest(args),
+        Command::Bench(args) => bench_cmd::bench(args),
         Command::Mr { export } => {
             let splits = admix::data::mr::load(&assets::mr_path())?;
             if let Some(dir) = export {
@@ -298,29 +316,79 @@ fn prepare(
     args: &RunArgs,
     adapter_args: Option<&AdapterArgs>,
 ) -> Result<(AnyEngine, Vec<Record>, Option<Vec<String>>)> {
-    if let Some(t) = args.threads {
-        rayon::ThreadPoolBuilder::new().num_threads(t as usize).build_global().context("thread pool")?;
-    }
+    set_threads(args.threads)?;
     let inputs = read_inputs(args)?;
-    let model_dir = args.model.clone().unwrap_or_else(assets::default_model_dir);
-    let model = ModelDir::open(&model_dir, args.max_len as usize)?;
-    let (layers, hidden) = (model.config.num_hidden_layers, model.config.hidden_size);
+    let model = ModelDir::open(&model_dir(args), args.max_len as usize)?;
     let (adapter, head, labels, model) = match adapter_args {
         None => (None, None, None, model),
-        Some(a) if a.adapter.is_dir() => {
-            let ck = admix::train::checkpoint::load(&a.adapter, layers, hidden)?;
-            let model = match &ck.model_dir {
-                Some(d) => ModelDir::open(d, args.max_len as usize)?,
-                None => model,
-            };
-            (ck.adapter, Some(ck.head), Some(ck.labels), model)
-        }
         Some(a) => {
-            let (ad, hd) = load_adapter(a, layers, hidden)?;
-            (Some(ad), Some(hd), None, model)
+            let c = load_classifier(a, model, args.max_len as usize)?;
+            (c.adapter, Some(c.head), c.labels, c.model)
         }
     };
     Ok((AnyEngine::new(args.device, model, adapter, head)?, inputs, labels))
+}
+
+fn set_threads(threads: Option<u64>) -> Result<()> {
+    if let Some(t) = threads {
+        rayon::ThreadPoolBuilder::new().num_threads(t as usize).build_global().context("thread pool")?;
+    }
+    Ok(())
+}
+
+fn model_dir(args: &RunArgs) -> PathBuf {
+    args.model.clone().unwrap_or_else(assets::default_model_dir)
+}
+
+/// A classifier from `--adapter`: a checkpoint directory (which may hold a whole model) or a
+/// safetensors file in AdapterHub naming.
+struct Classifier {
+    adapter: Option<Adapter<admix::model::weights::Tensor>>,
+    head: ClassificationHead<admix::model::weights::Tensor>,
+    /// the label names a checkpoint carries
+    labels: Option<Vec<String>>,
+    model: ModelDir,
+}
+
+fn load_classifier(a: &AdapterArgs, model: ModelDir, max_len: usize) -> Result<Classifier> {
+    let (layers, hidden) = (model.config.num_hidden_layers, model.config.hidden_size);
+    if a.adapter.is_dir() {
+        let ck = admix::train::checkpoint::load(&a.adapter, layers, hidden)?;
+        let model = match &ck.model_dir {
+            Some(d) => ModelDir::open(d, max_len)?,
+            None => model,
+        };
+        Ok(Classifier { adapter: ck.adapter, head: ck.head, labels: Some(ck.labels), model })
+    } else {
+        let (ad, hd) = load_adapter(a, layers, hidden)?;
+        Ok(Classifier { adapter: Some(ad), head: hd, labels: None, model })
+    }
+}
+
+/// `admix score --stream`: stdin JSONL → stdout JSONL through the one-adapter scorer.
+fn score_stream(run: &RunArgs, a: &AdapterArgs) -> Result<()> {
+    set_threads(run.threads)?;
+    if run.input != "-" {
+        bail!("--stream reads stdin (got input `{}`)", run.input);
+    }
+    if run.output.is_some() {
+        bail!("--stream writes stdout (drop --output)");
+    }
+    let model = ModelDir::open(&model_dir(run), run.max_len as usize)?;
+    let c = load_classifier(a, model, run.max_len as usize)?;
+    let Some(adapter) = c.adapter else {
+        bail!("--stream serves adapter checkpoints; {} holds a full model", a.adapter.display());
+    };
+    let labels = match c.labels {
+        Some(l) if a.labels.is_none() => l,
+        _ => label_names(a, c.head.num_labels)?,
+    };
+    let batch = run.batch_size as usize;
+    let scorer = admix::serve::scorer::open(run.device, c.model, &[(adapter, c.head)], 1.0, batch)?;
+    let stdin = BufReader::new(std::io::stdin());
+    let n = admix::serve::stream::run(&*scorer, &labels, stdin, std::io::stdout().lock(), batch)?;
+    eprintln!("admix score --stream: {n} line(s) scored");
+    Ok(())
 }
 
 fn load_adapter(
@@ -328,25 +396,12 @@ fn load_adapter(
     layers: usize,
     hidden: usize,
 ) -> Result<(Adapter<admix::model::weights::Tensor>, ClassificationHead<admix::model::weights::Tensor>)> {
-    let file = WeightFile::open(&a.adapter)?;
-    let name =
-        adapter::resolve_name(&file, a.adapter_name.as_deref(), "adapter", adapter::adapter_names(&file))?;
-    let heads = adapter::head_names(&file);
-    let head_name = match &a.head_name {
-        Some(h) => adapter::resolve_name(&file, Some(h), "head", heads)?,
-        None if heads.contains(&name) => name.clone(),
-        None => adapter::resolve_name(&file, None, "head", heads)?,
-    };
-    let probe = Adapter::load(&file, &name, layers, hidden, Activation::Relu)?;
     let act = match &a.adapter_act {
-        Some(s) => Activation::parse(s).with_context(|| format!("unknown activation `{s}`"))?,
-        None => match probe.kind {
-            adapter::AdapterKind::SeqBn => Activation::Relu,
-            adapter::AdapterKind::DoubleSeqBn => Activation::Silu,
-        },
+        Some(s) => Some(Activation::parse(s).with_context(|| format!("unknown activation `{s}`"))?),
+        None => None,
     };
-    let ad = Adapter { activation: act, ..probe };
-    Ok((ad, ClassificationHead::load(&file, &head_name, hidden)?))
+    let file = WeightFile::open(&a.adapter)?;
+    adapter::load_with_head(&file, a.adapter_name.as_deref(), a.head_name.as_deref(), act, layers, hidden)
 }
 
 fn label_names(a: &AdapterArgs, n: usize) -> Result<Vec<String>> {

@@ -169,3 +169,31 @@ impl<W> Adapter<W> {
         Ok(Adapter { name: self.name.clone(), kind: self.kind, activation: self.activation, layers })
     }
 }
+
+/// An adapter and its head from one safetensors file in AdapterHub naming: the adapter `name`
+/// (default: the only one), the head of the same name (else `head_name`, else the only one), the
+/// activation `act` (default: AdapterHub's for the placement: ReLU for seq_bn, swish for
+/// double_seq_bn).
+pub fn load_with_head(
+    file: &WeightFile,
+    name: Option<&str>,
+    head_name: Option<&str>,
+    act: Option<Activation>,
+    layers: usize,
+    hidden: usize,
+) -> Result<(Adapter<Tensor>, ClassificationHead<Tensor>)> {
+    let name = resolve_name(file, name, "adapter", adapter_names(file))?;
+    let heads = head_names(file);
+    let head_name = match head_name {
+        Some(h) => resolve_name(file, Some(h), "head", heads)?,
+        None if heads.contains(&name) => name.clone(),
+        None => resolve_name(file, None, "head", heads)?,
+    };
+    let probe = Adapter::load(file, &name, layers, hidden, Activation::Relu)?;
+    let activation = act.unwrap_or(match probe.kind {
+        AdapterKind::SeqBn => Activation::Relu,
+        AdapterKind::DoubleSeqBn => Activation::Silu,
+    });
+    let adapter = Adapter { activation, ..probe };
+    Ok((adapter, ClassificationHead::load(file, &head_name, hidden)?))
+}

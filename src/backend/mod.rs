@@ -160,6 +160,30 @@ pub struct TopkFlips<'a> {
 /// The most flips per site [`Backend::topk_flips`] returns (kernels/attack.cu's TOPK_MAX).
 pub const TOPK_MAX: usize = 32;
 
+/// [`Backend::time_runs`] by the host clock, `sync` after each run.
+pub fn host_time_runs(
+    warmup: usize,
+    reps: usize,
+    before: &mut dyn FnMut() -> Result<()>,
+    f: &mut dyn FnMut() -> Result<()>,
+    sync: &dyn Fn() -> Result<()>,
+) -> Result<Vec<f64>> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    sync()?;
+    let mut ms = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        before()?;
+        sync()?;
+        let t = std::time::Instant::now();
+        f()?;
+        sync()?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(ms)
+}
+
 /// A backend: where activations live and how each op runs.
 pub trait Backend {
     /// An activation matrix `[rows, cols]`, row-major.
@@ -168,6 +192,23 @@ pub trait Backend {
     type Weight;
 
     fn name(&self) -> &'static str;
+    /// Waits for every queued op (a no-op where ops run synchronously); a fault in an earlier op
+    /// is reported here.
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+    /// Milliseconds of each of `reps` runs of `f` (which queues work) after `warmup` untimed runs;
+    /// `before` runs ahead of each run, untimed (e.g. a cache flush). Host clock around `f` and a
+    /// [`Backend::synchronize`]; the GPU times with events instead.
+    fn time_runs(
+        &self,
+        warmup: usize,
+        reps: usize,
+        before: &mut dyn FnMut() -> Result<()>,
+        f: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<Vec<f64>> {
+        host_time_runs(warmup, reps, before, f, &|| self.synchronize())
+    }
     /// Makes a host tensor available to the backend (zero-copy where it can).
     fn weight(&self, t: &Tensor) -> Result<Self::Weight>;
     /// An activation matrix from host data.

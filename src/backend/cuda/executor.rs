@@ -48,6 +48,20 @@ pub trait Executor: Send + Sync {
     /// `args` must match the kernel's parameter list (each element points at a value of the
     /// parameter's type) and every pointer argument must address enough device memory.
     unsafe fn launch(&self, name: &str, dims: Launch, args: &mut [*mut c_void]) -> Result<()>;
+    /// Waits for every queued launch and copy.
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+    /// See [`crate::backend::Backend::time_runs`]; the GPU overrides this with events.
+    fn time_runs(
+        &self,
+        warmup: usize,
+        reps: usize,
+        before: &mut dyn FnMut() -> Result<()>,
+        f: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<Vec<f64>> {
+        crate::backend::host_time_runs(warmup, reps, before, f, &|| self.synchronize())
+    }
 }
 
 /// Device memory owned by one executor, freed on drop.

@@ -132,28 +132,7 @@ impl Gpu {
     /// Median milliseconds of `f` over `reps` runs after `warmup` runs, timed with CUDA events
     /// on the default stream (`f` only queues work).
     pub fn time_ms(&self, warmup: usize, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-        self.current()?;
-        for _ in 0..warmup {
-            f()?;
-        }
-        let flags = sys::CUevent_flags::CU_EVENT_DEFAULT;
-        let (start, end) = (result::event::create(flags)?, result::event::create(flags)?);
-        let mut times = Vec::with_capacity(reps);
-        for _ in 0..reps {
-            // SAFETY: live events on the current context's default stream.
-            unsafe {
-                result::event::record(start, std::ptr::null_mut())?;
-                f()?;
-                result::event::record(end, std::ptr::null_mut())?;
-                result::event::synchronize(end)?;
-                times.push(result::event::elapsed(start, end)? as f64);
-            }
-        }
-        // SAFETY: created above, not used afterwards.
-        unsafe {
-            let _ = result::event::destroy(start);
-            let _ = result::event::destroy(end);
-        }
+        let mut times = Executor::time_runs(self, warmup, reps.max(1), &mut || Ok(()), &mut f)?;
         times.sort_by(|a, b| a.total_cmp(b));
         Ok(times[times.len() / 2])
     }
@@ -168,6 +147,56 @@ impl Gpu {
 impl Executor for Gpu {
     fn describe(&self) -> String {
         self.name.clone()
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        Gpu::synchronize(self)
+    }
+
+    /// Each run between two events on the default stream; `before` is queued ahead of the start
+    /// event, so it is not timed.
+    fn time_runs(
+        &self,
+        warmup: usize,
+        reps: usize,
+        before: &mut dyn FnMut() -> Result<()>,
+        f: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<Vec<f64>> {
+        self.current()?;
+        for _ in 0..warmup {
+            f()?;
+        }
+        let flags = sys::CUevent_flags::CU_EVENT_DEFAULT;
+        let (start, end) = (result::event::create(flags)?, result::event::create(flags)?);
+        let mut times = Vec::with_capacity(reps);
+        let run = |times: &mut Vec<f64>,
+                   before: &mut dyn FnMut() -> Result<()>,
+                   f: &mut dyn FnMut() -> Result<()>|
+         -> Result<()> {
+            before()?;
+            // SAFETY: live events on the current context's default stream.
+            unsafe {
+                result::event::record(start, std::ptr::null_mut())?;
+                f()?;
+                result::event::record(end, std::ptr::null_mut())?;
+                result::event::synchronize(end)?;
+                times.push(result::event::elapsed(start, end)? as f64);
+            }
+            Ok(())
+        };
+        let mut outcome = Ok(());
+        for _ in 0..reps {
+            outcome = run(&mut times, before, f);
+            if outcome.is_err() {
+                break;
+            }
+        }
+        // SAFETY: created above, not used afterwards.
+        unsafe {
+            let _ = result::event::destroy(start);
+            let _ = result::event::destroy(end);
+        }
+        outcome.map(|()| times)
     }
 
     fn alloc(&self, bytes: usize) -> Result<DevPtr> {

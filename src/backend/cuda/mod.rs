@@ -8,6 +8,7 @@
 
 pub mod checks;
 pub mod conformance;
+pub mod cublas;
 pub mod emu;
 pub mod executor;
 pub mod gpu;

@@ -139,6 +139,20 @@ impl Backend for Cuda {
         self.label
     }
 
+    fn synchronize(&self) -> Result<()> {
+        self.exec.synchronize()
+    }
+
+    fn time_runs(
+        &self,
+        warmup: usize,
+        reps: usize,
+        before: &mut dyn FnMut() -> Result<()>,
+        f: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<Vec<f64>> {
+        self.exec.time_runs(warmup, reps, before, f)
+    }
+
     fn weight(&self, t: &Tensor) -> Result<DevTensor> {
         Ok(DevTensor {
             shape: t.shape().to_vec(),

@@ -1,0 +1,271 @@
+//! `admix bench`: the benchmark suites, on any backend.
+//!
+//! - [`kernels`]: every op of the backend at a model's shapes (what one CUDA kernel, or one CPU
+//!   routine, does), with its FLOPs and bytes counted in the code, against the roofline built from
+//!   two ceilings measured on the device ([`ceilings`]: a large copy and a large GEMM), and the
+//!   GEMMs against cuBLAS at the same shapes on a GPU;
+//! - [`model`]: forward latency (p50/p99) and throughput per batch size, an adapter training
+//!   step, a PGD step, a HotFlip step, and AdpMixup scoring with entropy β (m = 1 and m = 3), at
+//!   MiniLM size with the real weights and at BERT-base/large sizes with random weights.
+//!
+//! Every case runs warm-up iterations first, then many timed repetitions; the median and p99 are
+//! reported. Before each timed repetition a buffer larger than the last-level cache is
+//! overwritten (`--no-flush` skips it), so the inputs are not served from a cache that a real
+//! pass would not have warmed. On the GPU runs are timed with events (`Backend::time_runs`).
+
+pub mod ceilings;
+pub mod kernels;
+pub mod model;
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+
+use crate::backend::Backend;
+use crate::model::config::BertConfig;
+
+/// A model size to benchmark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Size {
+    /// 2 layers, hidden 64 (smoke tests: the emulator runs it in seconds)
+    Tiny,
+    /// all-MiniLM-L6-v2 with its real weights (`admix fetch`)
+    Minilm,
+    /// bert-base's shape, random weights
+    Base,
+    /// bert-large's shape, random weights
+    Large,
+}
+
+impl Size {
+    /// The shape (MiniLM's is read from the fetched model by the caller).
+    pub fn config(self) -> Option<BertConfig> {
+        let base = BertConfig::bert_base();
+        Some(match self {
+            Size::Minilm => return None,
+            Size::Base => base,
+            Size::Large => BertConfig {
+                hidden_size: 1024,
+                num_hidden_layers: 24,
+                num_attention_heads: 16,
+                intermediate_size: 4096,
+                ..base
+            },
+            Size::Tiny => BertConfig {
+                vocab_size: 1000,
+                hidden_size: 64,
+                num_hidden_layers: 2,
+                num_attention_heads: 4,
+                intermediate_size: 128,
+                max_position_embeddings: 128,
+                ..base
+            },
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Size::Tiny => "tiny",
+            Size::Minilm => "minilm",
+            Size::Base => "bert-base",
+            Size::Large => "bert-large",
+        }
+    }
+}
+
+/// How much work each case gets.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub sizes: Vec<Size>,
+    /// forward batch sizes
+    pub batches: Vec<usize>,
+    /// tokens per sequence (all valid)
+    pub seq: usize,
+    /// batch of the kernel suite, the training step, the attack steps and AdpMixup scoring
+    pub work_batch: usize,
+    pub warmup: usize,
+    pub reps: usize,
+    /// overwrite a cache-sized buffer before each timed run
+    pub flush: bool,
+}
+
+/// One measured case.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Row {
+    pub suite: String,
+    pub model: String,
+    pub case: String,
+    pub shape: String,
+    pub reps: usize,
+    pub median_ms: f64,
+    pub p99_ms: f64,
+    pub min_ms: f64,
+    /// counted work per run, where it is defined
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flops: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<f64>,
+    /// max(FLOPs / GEMM ceiling, bytes / copy ceiling)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub floor_ms: Option<f64>,
+    /// sequences (or texts) per second
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_s: Option<f64>,
+    /// the same work by the reference library (cuBLAS) at the same shape
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference_ms: Option<f64>,
+}
+
+impl Row {
+    pub fn tflops(&self) -> Option<f64> {
+        self.flops.map(|f| f / (self.median_ms * 1e-3) / 1e12)
+    }
+    pub fn gbps(&self) -> Option<f64> {
+        self.bytes.map(|b| b / (self.median_ms * 1e-3) / 1e9)
+    }
+    /// The roofline floor as a share of the measured time (100% = at the roofline).
+    pub fn pct_of_roofline(&self) -> Option<f64> {
+        self.floor_ms.map(|f| 100.0 * f / self.median_ms)
+    }
+}
+
+/// Median, p99 and minimum of run times (nearest rank).
+pub fn stats(mut ms: Vec<f64>) -> Result<(f64, f64, f64)> {
+    if ms.is_empty() {
+        bail!("no timed runs");
+    }
+    if let Some(bad) = ms.iter().find(|t| !t.is_finite()) {
+        bail!("a run took {bad} ms");
+    }
+    ms.sort_by(f64::total_cmp);
+    let rank = |q: f64| ms[((ms.len() as f64 * q).ceil() as usize).clamp(1, ms.len()) - 1];
+    Ok((rank(0.5), rank(0.99), ms[0]))
+}
+
+/// Times `f` on `be` under `plan` (warm-up, repetitions, the cache flush before each run).
+pub struct Timer<'a, B: Backend> {
+    pub be: &'a B,
+    pub plan: &'a Plan,
+    /// overwritten before each timed run (`None`: no flush)
+    pub flush: Option<std::cell::RefCell<B::Act>>,
+}
+
+impl<'a, B: Backend> Timer<'a, B> {
+    /// A timer whose flush buffer is `flush_bytes` large (f32 elements).
+    pub fn new(be: &'a B, plan: &'a Plan, flush_bytes: usize) -> Result<Self> {
+        let flush = if plan.flush {
+            let cols = 1024;
+            Some(std::cell::RefCell::new(be.zeros(flush_bytes.div_ceil(4 * cols), cols)?))
+        } else {
+            None
+        };
+        Ok(Timer { be, plan, flush })
+    }
+
+    /// A row for `f` with the plan's warm-up and repetitions.
+    pub fn run(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<Row> {
+        self.run_reps(self.plan.warmup, self.plan.reps, f)
+    }
+
+    pub fn run_reps(&self, warmup: usize, reps: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<Row> {
+        let mut before = || -> Result<()> {
+            if let Some(buf) = &self.flush {
+                self.be.fill_zero(&mut buf.borrow_mut())?;
+            }
+            Ok(())
+        };
+        let times = self.be.time_runs(warmup, reps, &mut before, f)?;
+        let (median_ms, p99_ms, min_ms) = stats(times)?;
+        Ok(Row { reps, median_ms, p99_ms, min_ms, ..Row::default() })
+    }
+}
+
+/// The machine, for the report: CPU model and cores.
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    format!("{cpu}, {cores} cores")
+}
+
+/// Today's date (UTC), `YYYY-MM-DD`.
+pub fn today() -> String {
+    let days = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 86_400) as i64;
+    date_from_days(days)
+}
+
+/// The civil date `days` after 1970-01-01 (Howard Hinnant's algorithm).
+fn date_from_days(days: i64) -> String {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + (m <= 2) as i64;
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// The rows as a markdown table.
+pub fn table(rows: &[Row]) -> String {
+    let f = |v: Option<f64>, prec: usize| v.map_or("–".to_string(), |x| format!("{x:.prec$}"));
+    let mut s = String::from(
+        "| suite | model | case | shape | median ms | p99 ms | per s | TFLOP/s | GB/s | % roofline | reference ms |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in rows {
+        s += &format!(
+            "| {} | {} | {} | {} | {:.3} | {:.3} | {} | {} | {} | {} | {} |\n",
+            r.suite,
+            r.model,
+            r.case,
+            r.shape,
+            r.median_ms,
+            r.p99_ms,
+            f(r.per_s, 1),
+            f(r.tflops(), 3),
+            f(r.gbps(), 1),
+            r.pct_of_roofline().map_or("–".into(), |p| format!("{p:.0}%")),
+            f(r.reference_ms, 3),
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_take_nearest_ranks() {
+        let (med, p99, min) = stats((1..=200).rev().map(f64::from).collect()).unwrap();
+        assert_eq!((med, p99, min), (100.0, 198.0, 1.0));
+        assert!(stats(vec![]).is_err());
+        assert!(stats(vec![1.0, f64::NAN]).is_err());
+    }
+
+    #[test]
+    fn dates_from_days() {
+        assert_eq!(date_from_days(0), "1970-01-01");
+        assert_eq!(date_from_days(11_016), "2000-02-29");
+        assert_eq!(date_from_days(20_789), "2026-12-02");
+    }
+
+    #[test]
+    fn rates_follow_the_counts() {
+        let r =
+            Row { median_ms: 2.0, flops: Some(4e9), bytes: Some(2e6), floor_ms: Some(1.0), ..Row::default() };
+        assert!((r.tflops().unwrap() - 2.0e-3).abs() < 1e-12);
+        assert!((r.gbps().unwrap() - 1.0).abs() < 1e-12);
+        assert!((r.pct_of_roofline().unwrap() - 50.0).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,92 @@
+//! What the server and `admix score --stream` run on a batch of texts: the AdpMixup mixture of
+//! the adapters chosen at start-up (entropy β over `m ≥ 2` adapters; one adapter as it is).
+
+use anyhow::{ensure, Result};
+
+use crate::adapter::mix::BetaRule;
+use crate::adapter::{Adapter, ClassificationHead};
+use crate::backend::cpu::Cpu;
+use crate::backend::{Backend, Device};
+use crate::model::tokenizer::{TextInput, TextTokenizer};
+use crate::model::weights::Tensor;
+use crate::model::ModelDir;
+use crate::pipeline::mixture::Mixture;
+use crate::profile;
+
+/// An adapter with its head: one member of the mixture.
+pub type Member = (Adapter<Tensor>, ClassificationHead<Tensor>);
+
+/// The result for one text.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scored {
+    pub label: usize,
+    pub probs: Vec<f32>,
+    /// the weight of each adapter in this text's mix
+    pub beta: Vec<f32>,
+    /// the text was cut to the tokenizer's limit
+    pub truncated: bool,
+}
+
+/// Scores batches of texts. Implementations own their device state; the server runs one on its
+/// batching thread.
+pub trait Score: Send {
+    fn score(&self, inputs: &[TextInput]) -> Result<Vec<Scored>>;
+}
+
+/// The mixture on one backend.
+pub struct MixScorer<B: Backend> {
+    be: B,
+    tokenizer: TextTokenizer,
+    mixture: Mixture<B>,
+    max_batch: usize,
+}
+
+impl<B: Backend> MixScorer<B> {
+    pub fn new(be: B, model: ModelDir, members: &[Member], tau: f32, max_batch: usize) -> Result<Self> {
+        ensure!(max_batch > 0, "the batch size must be positive");
+        let rule = if members.len() == 1 { BetaRule::Fixed(vec![1.0]) } else { BetaRule::Entropy { tau } };
+        let refs: Vec<_> = members.iter().map(|(a, h)| (a, h)).collect();
+        let mixture = Mixture::new(&be, &model.bert()?, &refs, rule)?;
+        Ok(MixScorer { be, tokenizer: model.tokenizer, mixture, max_batch })
+    }
+}
+
+impl<B: Backend + Send> Score for MixScorer<B>
+where
+    Mixture<B>: Send,
+{
+    fn score(&self, inputs: &[TextInput]) -> Result<Vec<Scored>> {
+        // length-sorted chunks pad less
+        let mut order: Vec<usize> = (0..inputs.len()).collect();
+        order.sort_by_key(|&i| inputs[i].text.len() + inputs[i].pair.as_ref().map_or(0, String::len));
+        let mut out: Vec<Option<Scored>> = vec![None; inputs.len()];
+        for chunk in order.chunks(self.max_batch) {
+            let _range = profile::range("score batch");
+            let texts: Vec<TextInput> = chunk.iter().map(|&i| inputs[i].clone()).collect();
+            let batch = self.tokenizer.encode(&texts)?;
+            let mixed = self.mixture.run(&self.be, &batch)?;
+            for (k, &i) in chunk.iter().enumerate() {
+                let probs = mixed.probs[k].clone();
+                let label = crate::engine::argmax(&probs);
+                ensure!(probs.iter().all(|p| p.is_finite()), "the model produced a non-finite probability");
+                out[i] =
+                    Some(Scored { label, probs, beta: mixed.beta[k].clone(), truncated: batch.truncated[k] });
+            }
+        }
+        Ok(out.into_iter().map(|s| s.expect("every input was scored")).collect())
+    }
+}
+
+/// The mixture of `members` on `device`: entropy β at temperature `tau` for two or more.
+pub fn open(
+    device: Device,
+    model: ModelDir,
+    members: &[Member],
+    tau: f32,
+    max_batch: usize,
+) -> Result<Box<dyn Score>> {
+    Ok(match device.cuda_backend()? {
+        None => Box::new(MixScorer::new(Cpu, model, members, tau, max_batch)?),
+        Some(cuda) => Box::new(MixScorer::new(cuda, model, members, tau, max_batch)?),
+    })
+}

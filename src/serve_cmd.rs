@@ -1,0 +1,268 @@
+//! `admix serve` (the scoring server) and `admix loadtest` (its load generator).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde_json::json;
+
+use admix::assets;
+use admix::model::ModelDir;
+use admix::serve::batcher::BatchConfig;
+use admix::serve::scorer::Member;
+use admix::serve::{self, http, loadtest, ServeConfig};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Adapter checkpoints to mix (repeat the flag; `admix train`'s best/ or AdapterHub's
+    /// `save_adapter(..., with_head=True)`): two or more are mixed per input with entropy β, one
+    /// is served as it is
+    #[arg(long = "adapter", required = true)]
+    adapters: Vec<PathBuf>,
+    /// AdpMixup's entropy temperature: β = softmax(−H/τ)
+    #[arg(long, default_value_t = 0.1)]
+    tau: f32,
+    /// Address to listen on (port 0: any free port; the chosen one is printed)
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: String,
+    /// Most texts per scorer batch
+    #[arg(long, default_value_t = 32)]
+    max_batch: usize,
+    /// How long the oldest waiting request may wait for others to join its batch (µs)
+    #[arg(long, default_value_t = 2000)]
+    max_wait_us: u64,
+    /// Most texts waiting at once; a request beyond it is answered 503 at once
+    #[arg(long, default_value_t = 512)]
+    max_queue: usize,
+    /// Most texts in one request (413 beyond)
+    #[arg(long, default_value_t = 64)]
+    max_texts: usize,
+    /// Most characters in one text (413 beyond; texts are truncated to --max-len tokens anyway)
+    #[arg(long, default_value_t = 20_000)]
+    max_text_chars: usize,
+    /// Most bytes in a request body (413 beyond)
+    #[arg(long, default_value_t = 1 << 20)]
+    max_body_bytes: usize,
+    /// Time a client has to send a whole request once it started (408 after), ms
+    #[arg(long, default_value_t = 10_000)]
+    request_timeout_ms: u64,
+    /// Idle keep-alive connections are closed after this, ms
+    #[arg(long, default_value_t = 5_000)]
+    keep_alive_ms: u64,
+    /// Most open connections (503 beyond)
+    #[arg(long, default_value_t = 256)]
+    max_connections: usize,
+    /// On SIGINT/SIGTERM, how long to wait for requests in flight, s
+    #[arg(long, default_value_t = 30)]
+    drain_timeout_s: u64,
+    /// Model directory; default: the fetched MiniLM
+    #[arg(long, env = "ADMIX_MODEL")]
+    model: Option<PathBuf>,
+    /// Truncate inputs to this many tokens
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(3..=8192))]
+    max_len: u64,
+    /// Worker threads of the CPU backend (default: all cores)
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    threads: Option<u64>,
+    #[arg(long, value_enum, default_value = "cpu", env = "ADMIX_DEVICE")]
+    device: admix::backend::Device,
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// Loads the adapters to mix (each with its head) and checks that their labels agree. Each is a
+/// checkpoint directory, or a safetensors file in AdapterHub naming (`FILE#NAME` picks one of
+/// several adapters in it; label names are then the ids).
+pub fn load_members(specs: &[PathBuf], model: &ModelDir) -> Result<(Vec<Member>, Vec<String>)> {
+    let (layers, hidden) = (model.config.num_hidden_layers, model.config.hidden_size);
+    let mut members = Vec::new();
+    let mut labels: Option<Vec<String>> = None;
+    for spec in specs {
+        let text = spec.to_string_lossy();
+        let (path, name) = match text.rsplit_once('#') {
+            Some((p, n)) if !spec.exists() => (PathBuf::from(p), Some(n.to_string())),
+            _ => (spec.clone(), None),
+        };
+        let (adapter, head, these) = if path.is_dir() {
+            anyhow::ensure!(
+                name.is_none(),
+                "{}: `#NAME` picks an adapter in a safetensors file, not in a checkpoint directory",
+                spec.display()
+            );
+            let ck = admix::train::checkpoint::load(&path, layers, hidden)?;
+            let Some(adapter) = ck.adapter else {
+                bail!("{} holds no adapter (a full or head-only model cannot be mixed)", path.display());
+            };
+            (adapter, ck.head, ck.labels)
+        } else {
+            let file = admix::model::weights::WeightFile::open(&path)?;
+            let (a, h) = admix::adapter::load_with_head(&file, name.as_deref(), None, None, layers, hidden)?;
+            let ids = (0..h.num_labels).map(|i| i.to_string()).collect();
+            (a, h, ids)
+        };
+        match &labels {
+            None => labels = Some(these),
+            Some(l) if *l != these => {
+                bail!("{} has labels {these:?}, {} has {l:?}", spec.display(), specs[0].display())
+            }
+            Some(_) => {}
+        }
+        members.push((adapter, head));
+    }
+    Ok((members, labels.unwrap_or_default()))
+}
+
+pub fn serve(a: ServeArgs) -> Result<()> {
+    if !(a.tau > 0.0 && a.tau.is_finite()) {
+        bail!("--tau must be positive (got {})", a.tau);
+    }
+    if let Some(t) = a.threads {
+        rayon::ThreadPoolBuilder::new().num_threads(t as usize).build_global().context("thread pool")?;
+    }
+    let model_dir = a.model.clone().unwrap_or_else(assets::default_model_dir);
+    let model = ModelDir::open(&model_dir, a.max_len as usize)?;
+    let (members, labels) = load_members(&a.adapters, &model)?;
+    let adapters: Vec<String> = a.adapters.iter().map(|p| p.display().to_string()).collect();
+    let rule =
+        if members.len() == 1 { "one adapter".to_string() } else { format!("entropy β, τ = {}", a.tau) };
+    let config = ServeConfig {
+        addr: a.addr.clone(),
+        batch: BatchConfig {
+            max_batch: a.max_batch,
+            max_wait: Duration::from_micros(a.max_wait_us),
+            max_queue: a.max_queue,
+        },
+        limits: http::Limits {
+            max_head_bytes: 16 << 10,
+            max_body_bytes: a.max_body_bytes,
+            request_timeout: Duration::from_millis(a.request_timeout_ms),
+        },
+        max_texts: a.max_texts,
+        max_text_chars: a.max_text_chars,
+        max_connections: a.max_connections,
+        keep_alive: Duration::from_millis(a.keep_alive_ms),
+        drain_timeout: Duration::from_secs(a.drain_timeout_s),
+        labels: labels.clone(),
+        info: json!({
+            "model": model_dir.display().to_string(),
+            "adapters": adapters,
+            "labels": labels,
+            "mixing": rule,
+            "tau": a.tau,
+            "device": format!("{:?}", a.device).to_lowercase(),
+            "max_batch": a.max_batch,
+            "max_wait_us": a.max_wait_us,
+            "max_texts": a.max_texts,
+        }),
+    };
+    let (device, tau, max_batch) = (a.device, a.tau, a.max_batch);
+    let server =
+        serve::Server::bind(config, move || serve::scorer::open(device, model, &members, tau, max_batch))?;
+    // SAFETY: the handler only stores to an atomic (async-signal-safe).
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+    eprintln!(
+        "admix serve: listening on http://{} ({} adapter(s), {rule}; device {}; batches of ≤ {} texts, ≤ {} µs wait)",
+        server.local_addr(),
+        a.adapters.len(),
+        format!("{:?}", a.device).to_lowercase(),
+        a.max_batch,
+        a.max_wait_us
+    );
+    let metrics = server.metrics();
+    server.run(&|| STOP.load(Ordering::SeqCst))?;
+    eprintln!(
+        "admix serve: stopped after {} text(s) in {} batch(es)",
+        metrics.texts_scored.load(Ordering::Relaxed),
+        metrics.batches.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct LoadtestArgs {
+    /// The server's address
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: String,
+    /// Concurrency levels (clients, each with one keep-alive connection, requests back to back)
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
+    concurrency: Vec<usize>,
+    /// Seconds per level
+    #[arg(long, default_value_t = 10.0)]
+    duration_s: f64,
+    /// Warm-up seconds before each level (not counted)
+    #[arg(long, default_value_t = 1.0)]
+    warmup_s: f64,
+    /// Texts in each request
+    #[arg(long, default_value_t = 1)]
+    texts_per_request: usize,
+    /// Texts to send, one per line (default: the MR test split's sentences)
+    #[arg(long)]
+    texts: Option<PathBuf>,
+    /// Also write the results as JSON here
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+pub fn loadtest(a: LoadtestArgs) -> Result<()> {
+    if !(a.duration_s > 0.0 && a.duration_s.is_finite())
+        || a.warmup_s.is_nan()
+        || a.warmup_s < 0.0
+        || a.warmup_s.is_infinite()
+    {
+        bail!("--duration-s must be positive and --warmup-s not negative");
+    }
+    let texts: Vec<String> = match &a.texts {
+        Some(p) => {
+            let s = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
+            let s = String::from_utf8(s).map_err(|_| anyhow::anyhow!("{} is not UTF-8", p.display()))?;
+            s.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect()
+        }
+        None => admix::data::mr::load(&assets::mr_path())?.test.into_iter().map(|e| e.text).collect(),
+    };
+    if texts.is_empty() {
+        bail!("no texts to send");
+    }
+    let cfg = loadtest::LoadConfig {
+        addr: a.addr.clone(),
+        concurrency: a.concurrency.clone(),
+        duration: Duration::from_secs_f64(a.duration_s),
+        warmup: Duration::from_secs_f64(a.warmup_s),
+        texts_per_request: a.texts_per_request,
+        texts,
+    };
+    println!(
+        "admix loadtest: {} for {} s per level, {} text(s) per request",
+        a.addr, a.duration_s, a.texts_per_request
+    );
+    println!("| clients | ok | 503 | errors | req/s | texts/s | p50 ms | p90 ms | p99 ms | max ms |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let levels = loadtest::run(&cfg, |l| {
+        println!(
+            "| {} | {} | {} | {} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            l.concurrency,
+            l.ok,
+            l.rejected,
+            l.errors,
+            l.requests_per_s,
+            l.texts_per_s,
+            l.p50_ms,
+            l.p90_ms,
+            l.p99_ms,
+            l.max_ms
+        );
+    })?;
+    if let Some(p) = &a.json {
+        let v = json!({"addr": a.addr, "texts_per_request": a.texts_per_request, "duration_s": a.duration_s, "levels": levels});
+        admix::io::write_atomic(p, serde_json::to_string_pretty(&v)?.as_bytes())?;
+    }
+    Ok(())
+}
