@@ -180,7 +180,8 @@ fn run<B: Backend>(be: &B, a: &BenchArgs, plan: &Plan, cuda: Option<(&Cuda, Opti
             size.name(),
             plan.work_batch,
             plan.seq,
-            if admix::profile::nvtx_enabled() { "on" } else { "off (libnvToolsExt not found)" }
+            admix::profile::nvtx_library()
+                .map_or("off (no NVTX library found; see docs/profiling.md)".into(), |l| format!("on ({l})"))
         );
         return Ok(());
     }

@@ -114,6 +114,7 @@ pub fn pgd<B: Backend>(
     let h = model.bert.cfg.hidden_size;
     let mut delta = be.upload_state(batch.tokens(), h, &start(batch, h, cfg, rng))?;
     for k in 0..cfg.steps {
+        let _range = crate::profile::range("attack step: pgd");
         let out =
             model.input_gradient(be, batch, labels, Some(&delta)).with_context(|| format!("PGD step {k}"))?;
         let g = out.input_grad.context("no input gradient")?;
@@ -141,6 +142,7 @@ pub fn freelb_accumulate<B: Backend>(
     let mut delta = be.upload_state(batch.tokens(), h, &start(batch, h, cfg, rng))?;
     let mut loss = 0.0;
     for k in 0..cfg.steps {
+        let _range = crate::profile::range("attack step: pgd");
         let out = model
             .forward_backward_perturbed(be, batch, labels, plan, Some(&delta), true)
             .with_context(|| format!("FreeLB step {k}"))?;

@@ -146,6 +146,7 @@ impl<B: Backend> HotFlip<B> {
         let rows: Vec<(Vec<u32>, Vec<u32>)> =
             beams.iter().map(|b| (b.ids.clone(), vec![0; b.ids.len()])).collect();
         let batch = TokenBatch::from_rows(&rows, victim.tok.pad_id());
+        let _range = crate::profile::range("attack step: hotflip");
         let out = model.input_gradient(be, &batch, labels, None)?;
         let (_, h, grad) = be.download(&out.input_grad.context("no input gradient")?)?;
         // the positions to score: flippable, unchanged words of every beam

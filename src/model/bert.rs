@@ -9,6 +9,7 @@ use crate::adapter::mix::RowMix;
 use crate::adapter::Adapter;
 use crate::backend::{Backend, DropKey, EmbeddingWeights};
 use crate::model::tokenizer::TokenBatch;
+use crate::profile;
 
 /// One transformer layer's weights (Q, K and V fused into one `[3H, H]` projection).
 pub struct Layer<W> {
@@ -339,10 +340,13 @@ impl<W> Bert<W> {
             }
         }
         let eps = self.cfg.layer_norm_eps as f32;
+        let _range = profile::range(if keep { "encoder forward (training)" } else { "encoder forward" });
+        let emb_range = profile::range("embeddings");
         let mut x = be.embed(batch, &self.emb, eps, delta).context("embeddings")?;
         if let Some(k) = plan.and_then(|p| p.embeddings()) {
             x = be.dropout(x, k)?;
         }
+        drop(emb_range);
         observe(0, &x);
         // a classifier's inference needs only the [CLS] rows out: run on the valid tokens alone
         // (`encode_cls` observes nothing, so no caller sees a packed layer output)
@@ -355,6 +359,7 @@ impl<W> Bert<W> {
         for l in 0..self.layers.len() {
             let drops = plan.map(|p| p.layer(l)).unwrap_or_default();
             let ctx = self.layer_ctx(l, batch, adapter, cls.as_deref(), packing.as_ref(), mix);
+            let _layer = profile::range_with(|| format!("layer {l}"));
             let (out, s) = layer::forward(be, &ctx, x, &drops, keep).with_context(|| format!("layer {l}"))?;
             saved.extend(s);
             x = out;
@@ -384,8 +389,10 @@ impl<W> Bert<W> {
         let EncoderGrads { mut bert, adapter: mut adapter_grads } = grads;
         let below = want_input_grad || bert.is_some();
         let cls = tape.cls_only.then(|| cls_rows(batch));
+        let _range = profile::range("encoder backward");
         let mut dy = dlast;
         for l in (0..self.layers.len()).rev() {
+            let _layer = profile::range_with(|| format!("layer {l} backward"));
             let g = LayerGrads {
                 base: bert.as_deref_mut().map(|b| &mut b.layers[l]),
                 adapter: adapter_grads.as_deref_mut().map(|a| &mut a.layers[l]),

@@ -74,6 +74,7 @@ impl<B: Backend> Mixture<B> {
 
     /// Each member's class probabilities on the batch: `[member][sample][class]`.
     pub fn member_probs(&self, be: &B, batch: &TokenBatch) -> Result<Vec<Vec<Vec<f32>>>> {
+        let _range = crate::profile::range("mix: member passes");
         self.members
             .iter()
             .map(|(a, h)| {
@@ -98,6 +99,7 @@ impl<B: Backend> Mixture<B> {
     /// Logits `[B, labels]` with sample `b` run by the adapter and head `Σᵢ β[b][i]·θᵢ`.
     pub fn logits_mixed(&self, be: &B, batch: &TokenBatch, mix: &RowMix) -> Result<B::Act> {
         ensure!(mix.m == self.m(), "mixing weights over {} adapters for a mixture of {}", mix.m, self.m());
+        let _range = crate::profile::range("mix: mixed pass");
         let cls = self.bert.encode_cls_mixed(be, batch, &self.stacked, mix, None)?;
         self.stacked_head.forward_mixed(be, &cls, mix)
     }

@@ -158,7 +158,9 @@ fn pass<B: Backend>(
 ) -> Result<StepOutput<B::Act>> {
     ensure!(labels.len() == batch.batch, "{} labels for a batch of {}", labels.len(), batch.batch);
     // the head reads only the [CLS] rows: the last layer computes just those (after attention)
+    let _range = crate::profile::range("forward + backward");
     let (cls, tape) = bert.forward_train(be, batch, adapter, delta, plan, true)?;
+    let head_range = crate::profile::range("head + loss");
     let keys = plan.map(|p| [p.head(0), p.head(1)]).unwrap_or_default();
     let (logits, head_saved) = head.forward_train(be, &cls, batch.batch, 1, keys)?;
     drop(cls);
@@ -173,6 +175,7 @@ fn pass<B: Backend>(
         None => (None, EncoderGrads { bert: None, adapter: None }),
     };
     let dlast = head.backward(be, &head_saved, &dlogits, head_grads)?;
+    drop(head_range);
     let input_grad = bert.backward(be, batch, adapter, &tape, dlast, encoder_grads, want_input_grad)?;
     Ok(StepOutput { loss, logits, input_grad })
 }

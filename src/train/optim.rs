@@ -83,6 +83,7 @@ impl<A> AdamW<A> {
         lr: f32,
         mult: f32,
     ) -> Result<StepStats> {
+        let _range = crate::profile::range("optimizer");
         if self.m.is_empty() {
             for p in &params {
                 self.m.push(be.zeros_like(p.weight)?);
