@@ -110,9 +110,15 @@ fn plan(a: &BenchArgs) -> Result<Plan> {
     Ok(p)
 }
 
-/// The host encoder of a size: MiniLM's real weights, or random ones of the size's shape.
-fn encoder(size: Size, a: &BenchArgs, seq: usize) -> Result<(BertConfig, Bert<Tensor>)> {
-    match size.config() {
+/// A model size's encoder, checked before anything is measured: MiniLM's directory (opened, so
+/// its weights are mapped, not read), or the shape of a random one.
+enum Encoder {
+    Real(Box<ModelDir>),
+    Random(BertConfig),
+}
+
+fn encoder(size: Size, a: &BenchArgs, seq: usize) -> Result<Encoder> {
+    Ok(match size.config() {
         Some(cfg) => {
             anyhow::ensure!(
                 seq <= cfg.max_position_embeddings,
@@ -120,15 +126,22 @@ fn encoder(size: Size, a: &BenchArgs, seq: usize) -> Result<(BertConfig, Bert<Te
                 size.name(),
                 cfg.max_position_embeddings
             );
-            let b = bert::random(&cfg, 1);
-            Ok((cfg, b))
+            Encoder::Random(cfg)
         }
         None => {
             let dir = a.model.clone().unwrap_or_else(admix::assets::default_model_dir);
-            let m = ModelDir::open(&dir, seq.min(512))?;
-            let b = m.bert()?;
-            Ok((m.config.clone(), b))
+            Encoder::Real(Box::new(ModelDir::open(&dir, seq)?))
         }
+    })
+}
+
+impl Encoder {
+    /// The shape and the host weights (random ones are drawn here).
+    fn load(&self) -> Result<(BertConfig, Bert<Tensor>)> {
+        Ok(match self {
+            Encoder::Real(m) => (m.config.clone(), m.bert()?),
+            Encoder::Random(cfg) => (cfg.clone(), bert::random(cfg, 1)),
+        })
     }
 }
 
@@ -169,7 +182,7 @@ fn run<B: Backend>(be: &B, a: &BenchArgs, plan: &Plan, cuda: Option<(&Cuda, Opti
     if let Some(n) = a.profile_steps {
         anyhow::ensure!(n > 0, "--profile-steps must be positive");
         let size = plan.sizes[0];
-        let (cfg, host) = encoder(size, a, plan.seq)?;
+        let (cfg, host) = encoder(size, a, plan.seq)?.load()?;
         let capture = a.device == Device::Cuda;
         if !capture {
             eprintln!("note: no CUDA profiler capture on --device {device}; the steps run with their NVTX ranges only");
@@ -185,6 +198,8 @@ fn run<B: Backend>(be: &B, a: &BenchArgs, plan: &Plan, cuda: Option<(&Cuda, Opti
         );
         return Ok(());
     }
+    // every size is checked before anything is measured
+    let encoders = plan.sizes.iter().map(|&s| encoder(s, a, plan.seq)).collect::<Result<Vec<_>>>()?;
     let kernels_on = a.suites.contains(&Suite::Kernels);
     let small = a.quick || a.device == Device::Emu;
     let ceil: Option<Ceilings> = if kernels_on {
@@ -221,8 +236,8 @@ fn run<B: Backend>(be: &B, a: &BenchArgs, plan: &Plan, cuda: Option<(&Cuda, Opti
     };
     let has_ref = matches!(cuda, Some((_, Some(_))));
     let mut rows: Vec<Row> = Vec::new();
-    for &size in &plan.sizes {
-        let (cfg, host) = encoder(size, a, plan.seq)?;
+    for (&size, enc) in plan.sizes.iter().zip(&encoders) {
+        let (cfg, host) = enc.load()?;
         let label = size.name();
         if let Some(c) = &ceil {
             let before = rows.len();

@@ -109,7 +109,10 @@ impl Running {
 
     fn call(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
         let (status, body) = Client::new(&self.addr).call(method, path, body.as_bytes()).unwrap();
-        (status, serde_json::from_slice(&body).unwrap_or(Value::String(String::from_utf8_lossy(&body).into())))
+        (
+            status,
+            serde_json::from_slice(&body).unwrap_or(Value::String(String::from_utf8_lossy(&body).into())),
+        )
     }
 
     fn score(&self, texts: &[&str]) -> (u16, Value) {
@@ -257,7 +260,11 @@ fn bad_requests_get_a_clear_status_and_message() {
         ("{\"texts\": [{\"text\": \"a\", \"text_pair\": 2}]}", 400, "`text_pair` must be a string"),
         ("{\"texts\": []}", 422, "empty"),
         ("{\"texts\": [\"a\", \"  \"]}", 422, "texts[1] is empty"),
-        ("{\"texts\": [\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\"]}", 413, "9 texts in one request"),
+        (
+            "{\"texts\": [\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\",\"a\"]}",
+            413,
+            "9 texts in one request",
+        ),
     ];
     for (body, want, needle) in cases {
         let (status, v) = srv.call("POST", "/v1/score", body);
@@ -299,7 +306,11 @@ fn slow_and_vanishing_clients_do_not_disturb_others() {
     let slow = {
         let addr = srv.addr.clone();
         std::thread::spawn(move || {
-            raw(&addr, b"POST /v1/score HTTP/1.1\r\nContent-Length: 40\r\n\r\n{\"texts\":", Duration::from_secs(10))
+            raw(
+                &addr,
+                b"POST /v1/score HTTP/1.1\r\nContent-Length: 40\r\n\r\n{\"texts\":",
+                Duration::from_secs(10),
+            )
         })
     };
     assert_eq!(srv.score(&["fine"]).0, 200);
@@ -408,8 +419,9 @@ fn load_test_counts_answers_rejections_and_latency() {
     tight.batch = BatchConfig { max_batch: 1, max_wait: Duration::ZERO, max_queue: 1 };
     let slow = Fake { delay: Duration::from_millis(20), ..Fake::open() };
     let srv = Running::start(tight, slow);
-    let levels = loadtest::run(&loadtest::LoadConfig { addr: srv.addr.clone(), concurrency: vec![8], ..cfg }, |_| {})
-        .unwrap();
+    let levels =
+        loadtest::run(&loadtest::LoadConfig { addr: srv.addr.clone(), concurrency: vec![8], ..cfg }, |_| {})
+            .unwrap();
     assert!(levels[0].rejected > 0 && levels[0].ok > 0, "{:?}", levels[0]);
     srv.stop();
 }

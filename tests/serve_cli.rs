@@ -1,0 +1,236 @@
+//! `admix serve` and `admix score --stream` as a user runs them, on the real MiniLM with the
+//! fixture's AdapterHub adapters: one adapter's probabilities are AdapterHub's, a two-adapter
+//! mixture's β is the entropy rule on AdapterHub's member predictions and its probabilities are
+//! those of the weight-space mix with that β; SIGTERM drains and exits 0.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use admix::adapter::mix::{mix_adapters, mix_heads};
+use admix::backend::cpu::Cpu;
+use admix::engine::Engine;
+use admix::model::tokenizer::TextInput;
+use admix::model::weights::WeightFile;
+use admix::model::ModelDir;
+use admix::serve::loadtest::Client;
+use common::cli::{admix, assert_error};
+use serde_json::{json, Value};
+
+fn softmax(l: &[f64]) -> Vec<f64> {
+    let m = l.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = l.iter().map(|v| (v - m).exp()).collect();
+    let z: f64 = e.iter().sum();
+    e.iter().map(|v| v / z).collect()
+}
+
+fn entropy(p: &[f64]) -> f64 {
+    -p.iter().filter(|&&v| v > 0.0).map(|v| v * v.ln()).sum::<f64>()
+}
+
+fn adapters_file() -> String {
+    common::fixture_dir().join("adapter_weights.safetensors").to_str().unwrap().to_string()
+}
+
+/// A running `admix serve` and its address (read from its first stderr line).
+struct Serve {
+    child: Child,
+    addr: String,
+    stderr: BufReader<std::process::ChildStderr>,
+}
+
+impl Serve {
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_admix"))
+            .arg("serve")
+            .args(["--addr", "127.0.0.1:0", "--model", common::minilm_dir().to_str().unwrap()])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        stderr.read_line(&mut line).unwrap();
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no address in `{line}`"))
+            .to_string();
+        Serve { child, addr, stderr }
+    }
+
+    fn score(&self, texts: &[String]) -> Vec<Value> {
+        let body = json!({ "texts": texts }).to_string();
+        let (status, body) = Client::new(&self.addr).call("POST", "/v1/score", body.as_bytes()).unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(status, 200, "{v}");
+        v["predictions"].as_array().unwrap().clone()
+    }
+
+    /// SIGTERM, then the exit status and the rest of stderr.
+    fn terminate(mut self) -> (bool, String) {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut self.stderr, &mut rest).unwrap();
+        (status.success(), rest)
+    }
+}
+
+fn floats(v: &Value) -> Vec<f64> {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+}
+
+#[test]
+fn one_adapter_serves_adapterhub_probabilities() {
+    let (sentences, _) = common::sentences();
+    let (_, logits) = common::fixture("adapter_oracle.safetensors").f64s("logits_f64").unwrap();
+    let srv = Serve::start(&["--adapter", &format!("{}#clean", adapters_file())]);
+    let preds = srv.score(&sentences);
+    assert_eq!(preds.len(), 8);
+    for (i, p) in preds.iter().enumerate() {
+        let want = softmax(&logits[2 * i..2 * i + 2]);
+        let got = floats(&p["probs"]);
+        let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(err < 1e-5, "sentence {i}: {got:?} vs AdapterHub {want:?}");
+        assert_eq!(floats(&p["beta"]), vec![1.0]);
+        assert_eq!(p["truncated"], i == 3, "sentence 3 is the one over 128 tokens");
+    }
+    let (ok, rest) = srv.terminate();
+    assert!(ok, "{rest}");
+    assert!(rest.contains("stopped after 8 text(s)"), "{rest}");
+}
+
+#[test]
+fn two_adapters_mix_by_entropy_in_weight_space() {
+    let (sentences, _) = common::sentences();
+    let oracle = common::fixture("adapter_oracle.safetensors");
+    let (_, clean) = oracle.f64s("logits_f64").unwrap();
+    let (_, adv) = oracle.f64s("adv.logits").unwrap();
+    let file = adapters_file();
+    let tau = 0.5;
+    let srv = Serve::start(&[
+        "--adapter",
+        &format!("{file}#clean"),
+        "--adapter",
+        &format!("{file}#adv"),
+        "--tau",
+        &tau.to_string(),
+        "--max-wait-us",
+        "0",
+    ]);
+    // one request per sentence and one with all of them: batching must not change a text's answer
+    let together = srv.score(&sentences);
+    let model = ModelDir::open(&common::minilm_dir(), 128).unwrap();
+    let w = WeightFile::open(std::path::Path::new(&file)).unwrap();
+    let load = |n: &str| admix::adapter::load_with_head(&w, Some(n), None, None, 6, 384).unwrap();
+    let ((ca, ch), (aa, ah)) = (load("clean"), load("adv"));
+    for (i, s) in sentences.iter().enumerate() {
+        let alone = srv.score(std::slice::from_ref(s)).remove(0);
+        let h = [entropy(&softmax(&clean[2 * i..2 * i + 2])), entropy(&softmax(&adv[2 * i..2 * i + 2]))];
+        let want_beta = softmax(&[-h[0] / tau, -h[1] / tau]);
+        for got in [&alone, &together[i]] {
+            let beta = floats(&got["beta"]);
+            assert!((beta[0] - want_beta[0]).abs() < 1e-4, "sentence {i}: β {beta:?} vs {want_beta:?}");
+        }
+        // the probabilities of the adapter and head materialised at this β
+        let b: Vec<f32> = floats(&alone["beta"]).iter().map(|&x| x as f32).collect();
+        let engine = Engine::new(
+            Cpu,
+            ModelDir::open(&model.dir, 128).unwrap(),
+            Some(mix_adapters(&[&ca, &aa], &b).unwrap()),
+            Some(mix_heads(&[&ch, &ah], &b).unwrap()),
+        )
+        .unwrap();
+        let batch = engine.tokenize(&[TextInput::single(s.clone())]).unwrap();
+        let want = &engine.classify_batch(&batch).unwrap()[0].probs;
+        for got in [&alone, &together[i]] {
+            let p = floats(&got["probs"]);
+            assert!((p[0] - want[0] as f64).abs() < 1e-5, "sentence {i}: {p:?} vs the weight mix {want:?}");
+        }
+    }
+    let (ok, rest) = srv.terminate();
+    assert!(ok, "{rest}");
+}
+
+#[test]
+fn bad_serve_settings_are_one_error_line() {
+    let model = common::minilm_dir();
+    let m = model.to_str().unwrap();
+    let file = adapters_file();
+    assert_error(&admix(&["serve", "--model", m, "--adapter", &file], b""), "adapter");
+    assert_error(&admix(&["serve", "--model", m, "--adapter", &format!("{file}#nope")], b""), "nope");
+    assert_error(&admix(&["serve", "--model", m, "--adapter", "/no/such/dir"], b""), "/no/such/dir");
+    let clean = format!("{file}#clean");
+    assert_error(
+        &admix(&["serve", "--model", m, "--adapter", &clean, "--tau", "0"], b""),
+        "--tau must be positive",
+    );
+    assert_error(&admix(&["serve", "--model", m, "--adapter", &clean, "--max-batch", "0"], b""), "batch");
+    assert_error(
+        &admix(&["serve", "--model", m, "--adapter", &clean, "--addr", "256.0.0.1:1"], b""),
+        "cannot listen",
+    );
+    assert_error(&admix(&["serve", "--model", m, "--adapter", &clean, "--device", "cuda"], b""), "cuda");
+    assert_error(
+        &admix(&["loadtest", "--addr", "127.0.0.1:1", "--texts", &file, "--duration-s", "0"], b""),
+        "--duration-s",
+    );
+}
+
+#[test]
+fn score_stream_answers_each_line_as_score_does() {
+    let model = common::minilm_dir();
+    let m = model.to_str().unwrap();
+    let file = adapters_file();
+    let (sentences, _) = common::sentences();
+    let mut input = String::new();
+    for (i, s) in sentences.iter().take(3).enumerate() {
+        input += &format!("{}\n", json!({"text": s, "id": format!("s{i}")}));
+    }
+    input += &format!("{}\n", json!(sentences[3]));
+    input += "not json\n\n{\"text\": \"  \"}\n";
+    let out = admix(
+        &["score", "--stream", "--model", m, "--adapter", &file, "--adapter-name", "clean"],
+        input.as_bytes(),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("2 line(s) could not be scored (first: line 5: not JSON"), "{err}");
+    let rows: Vec<Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 6);
+    assert_eq!(rows[0]["id"], "s0");
+    assert_eq!(rows[3]["line"], 4);
+    assert!(rows[3].get("id").is_none());
+    assert_eq!((rows[4]["line"].as_u64(), rows[5]["line"].as_u64()), (Some(5), Some(7)));
+    assert!(rows[5]["error"].as_str().unwrap().contains("empty text"));
+    // the same texts through `admix score`
+    let plain: String = sentences.iter().take(4).map(|s| format!("{}\n", s.replace('\n', " "))).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("in.txt");
+    std::fs::write(&path, plain).unwrap();
+    let want = admix(
+        &["score", path.to_str().unwrap(), "--model", m, "--adapter", &file, "--adapter-name", "clean"],
+        b"",
+    );
+    assert!(want.status.success(), "{}", String::from_utf8_lossy(&want.stderr));
+    let want: Vec<Value> =
+        String::from_utf8(want.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for i in 0..4 {
+        assert_eq!(rows[i]["label_id"], want[i]["label_id"]);
+        let (a, b) = (floats(&rows[i]["probs"]), floats(&want[i]["probs"]));
+        assert!((a[0] - b[0]).abs() < 1e-5, "line {}: {a:?} vs {b:?}", i + 1);
+    }
+    // a clean stream exits 0
+    let ok = admix(
+        &["score", "--stream", "--model", m, "--adapter", &file, "--adapter-name", "clean"],
+        b"\"fine\"\n",
+    );
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert_error(&admix(&["score", "--stream", "in.txt", "--adapter", &file], b""), "--stream reads stdin");
+}
