@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
@@ -67,6 +67,9 @@ pub struct BenchArgs {
     /// steps) inside cuProfilerStart/Stop, for `nsys profile --capture-range=cudaProfilerApi`
     #[arg(long)]
     profile_steps: Option<usize>,
+    /// Put the medians of a peer run (benches/pytorch_bench.py --out FILE) beside the model rows
+    #[arg(long)]
+    peer: Option<PathBuf>,
     /// The MiniLM directory [default: the fetched one]
     #[arg(long, env = "ADMIX_MODEL")]
     model: Option<PathBuf>,
@@ -198,7 +201,16 @@ fn run<B: Backend>(be: &B, a: &BenchArgs, plan: &Plan, cuda: Option<(&Cuda, Opti
         );
         return Ok(());
     }
-    // every size is checked before anything is measured
+    // the peer file and every size are checked before anything is measured
+    let peer = match &a.peer {
+        Some(p) => {
+            let text = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
+            let v: serde_json::Value =
+                serde_json::from_slice(&text).with_context(|| format!("{}: not JSON", p.display()))?;
+            Some((p, v))
+        }
+        None => None,
+    };
     let encoders = plan.sizes.iter().map(|&s| encoder(s, a, plan.seq)).collect::<Result<Vec<_>>>()?;
     let kernels_on = a.suites.contains(&Suite::Kernels);
     let small = a.quick || a.device == Device::Emu;
@@ -251,6 +263,14 @@ fn run<B: Backend>(be: &B, a: &BenchArgs, plan: &Plan, cuda: Option<(&Cuda, Opti
             progress(&rows[before..]);
         }
     }
+    let mut peer_meta = serde_json::Value::Null;
+    if let Some((p, v)) = &peer {
+        let n = bench::merge_peer(&mut rows, v).with_context(|| format!("{}", p.display()))?;
+        eprintln!("peer: {n} row(s) matched from {}", p.display());
+        if let Some(o) = v.as_object() {
+            peer_meta = o.iter().filter(|(k, _)| *k != "rows").map(|(k, v)| (k.clone(), v.clone())).collect();
+        }
+    }
     let report = json!({
         "date": bench::today(),
         "machine": bench::machine(),
@@ -262,6 +282,7 @@ fn run<B: Backend>(be: &B, a: &BenchArgs, plan: &Plan, cuda: Option<(&Cuda, Opti
             "warmup": plan.warmup, "reps": plan.reps, "flush": plan.flush,
         },
         "ceilings": ceil,
+        "peer": peer_meta,
         "rows": rows,
     });
     if let Some(p) = &a.out {

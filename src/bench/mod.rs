@@ -114,6 +114,12 @@ pub struct Row {
     /// the same work by the reference library (cuBLAS) at the same shape
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reference_ms: Option<f64>,
+    /// the peer framework's median for the same case (`--peer`: benches/pytorch_bench.py), eager
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_eager_ms: Option<f64>,
+    /// … and under torch.compile
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_compiled_ms: Option<f64>,
 }
 
 impl Row {
@@ -180,6 +186,24 @@ impl<'a, B: Backend> Timer<'a, B> {
     }
 }
 
+/// Puts the peer's medians (benches/pytorch_bench.py's JSON) beside the rows of the same model
+/// and case; returns how many rows got one.
+pub fn merge_peer(rows: &mut [Row], peer: &serde_json::Value) -> Result<usize> {
+    let Some(list) = peer["rows"].as_array() else { bail!("the peer file has no `rows` array") };
+    let mut matched = 0;
+    for p in list {
+        let (Some(model), Some(case)) = (p["model"].as_str(), p["case"].as_str()) else {
+            bail!("a peer row without `model` and `case`: {p}");
+        };
+        if let Some(r) = rows.iter_mut().find(|r| r.suite == "model" && r.model == model && r.case == case) {
+            r.peer_eager_ms = p["eager_ms"].as_f64();
+            r.peer_compiled_ms = p["compile_ms"].as_f64();
+            matched += 1;
+        }
+    }
+    Ok(matched)
+}
+
 /// The machine, for the report: CPU model and cores.
 pub fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
@@ -220,11 +244,11 @@ fn date_from_days(days: i64) -> String {
 pub fn table(rows: &[Row]) -> String {
     let f = |v: Option<f64>, prec: usize| v.map_or("–".to_string(), |x| format!("{x:.prec$}"));
     let mut s = String::from(
-        "| suite | model | case | shape | median ms | p99 ms | per s | TFLOP/s | GB/s | % roofline | reference ms |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| suite | model | case | shape | median ms | p99 ms | per s | TFLOP/s | GB/s | % roofline | cuBLAS ms | PyTorch ms (eager / compile) |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         s += &format!(
-            "| {} | {} | {} | {} | {:.3} | {:.3} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {:.3} | {:.3} | {} | {} | {} | {} | {} | {} |\n",
             r.suite,
             r.model,
             r.case,
@@ -236,6 +260,10 @@ pub fn table(rows: &[Row]) -> String {
             f(r.gbps(), 1),
             r.pct_of_roofline().map_or("–".into(), |p| format!("{p:.0}%")),
             f(r.reference_ms, 3),
+            match (r.peer_eager_ms, r.peer_compiled_ms) {
+                (None, None) => "–".to_string(),
+                (e, c) => format!("{} / {}", f(e, 3), f(c, 3)),
+            },
         );
     }
     s
@@ -261,10 +289,38 @@ mod tests {
     }
 
     #[test]
+    fn peer_rows_join_on_model_and_case() {
+        let mut rows = vec![
+            Row {
+                suite: "model".into(),
+                model: "minilm".into(),
+                case: "forward batch 1".into(),
+                ..Row::default()
+            },
+            Row {
+                suite: "kernels".into(),
+                model: "minilm".into(),
+                case: "forward batch 1".into(),
+                ..Row::default()
+            },
+        ];
+        let peer = serde_json::json!({"rows": [
+            {"model": "minilm", "case": "forward batch 1", "eager_ms": 2.0, "compile_ms": 1.5},
+            {"model": "bert-base", "case": "forward batch 1", "eager_ms": 9.0},
+        ]});
+        assert_eq!(merge_peer(&mut rows, &peer).unwrap(), 1);
+        assert_eq!((rows[0].peer_eager_ms, rows[0].peer_compiled_ms), (Some(2.0), Some(1.5)));
+        assert_eq!(rows[1].peer_eager_ms, None);
+        assert!(table(&rows).contains("| 2.000 / 1.500 |"));
+        assert!(merge_peer(&mut rows, &serde_json::json!({"rows": [{"case": "x"}]})).is_err());
+        assert!(merge_peer(&mut rows, &serde_json::json!({})).is_err());
+    }
+
+    #[test]
     fn rates_follow_the_counts() {
         let r =
             Row { median_ms: 2.0, flops: Some(4e9), bytes: Some(2e6), floor_ms: Some(1.0), ..Row::default() };
-        assert!((r.tflops().unwrap() - 2.0e-3).abs() < 1e-12);
+        assert!((r.tflops().unwrap() - 2.0).abs() < 1e-12);
         assert!((r.gbps().unwrap() - 1.0).abs() < 1e-12);
         assert!((r.pct_of_roofline().unwrap() - 50.0).abs() < 1e-12);
     }
