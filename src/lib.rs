@@ -20,6 +20,7 @@ pub mod io;
 pub mod model;
 pub mod pipeline;
 pub mod profile;
+pub mod provenance;
 pub mod serve;
 pub mod train;
 

@@ -207,6 +207,9 @@ pub struct LoadtestArgs {
     /// Texts to send, one per line (default: the MR test split's sentences)
     #[arg(long)]
     texts: Option<PathBuf>,
+    /// After a 503, a client waits this long before its next request, ms
+    #[arg(long, default_value_t = 50)]
+    backoff_ms: u64,
     /// Also write the results as JSON here
     #[arg(long)]
     json: Option<PathBuf>,
@@ -238,10 +241,11 @@ pub fn loadtest(a: LoadtestArgs) -> Result<()> {
         warmup: Duration::from_secs_f64(a.warmup_s),
         texts_per_request: a.texts_per_request,
         texts,
+        backoff: Duration::from_millis(a.backoff_ms),
     };
     println!(
-        "admix loadtest: {} for {} s per level, {} text(s) per request",
-        a.addr, a.duration_s, a.texts_per_request
+        "admix loadtest: {} for {} s per level, {} text(s) per request, {} ms back-off after a 503",
+        a.addr, a.duration_s, a.texts_per_request, a.backoff_ms
     );
     println!("| clients | ok | 503 | errors | req/s | texts/s | p50 ms | p90 ms | p99 ms | max ms |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
@@ -261,7 +265,8 @@ pub fn loadtest(a: LoadtestArgs) -> Result<()> {
         );
     })?;
     if let Some(p) = &a.json {
-        let v = json!({"addr": a.addr, "texts_per_request": a.texts_per_request, "duration_s": a.duration_s, "levels": levels});
+        let v = json!({"addr": a.addr, "texts_per_request": a.texts_per_request, "duration_s": a.duration_s,
+                       "backoff_ms": a.backoff_ms, "levels": levels});
         admix::io::write_atomic(p, serde_json::to_string_pretty(&v)?.as_bytes())?;
     }
     Ok(())

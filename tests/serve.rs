@@ -400,6 +400,7 @@ fn load_test_counts_answers_rejections_and_latency() {
         warmup: Duration::ZERO,
         texts_per_request: 2,
         texts: vec!["one".into(), "three".into()],
+        backoff: Duration::from_millis(1),
     };
     let mut seen = 0;
     let levels = loadtest::run(&cfg, |_| seen += 1).unwrap();

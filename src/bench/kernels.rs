@@ -1,12 +1,13 @@
 //! The kernel suite: each op of the backend at one model's shapes (batch × seq tokens), its
-//! FLOPs and bytes counted here, against the roofline of the measured [`Ceilings`].
+//! FLOPs and bytes counted here; [`super::apply_roofline`] then sets each row's floor from the
+//! measured [`super::ceilings::Ceilings`].
 //!
 //! Bytes count each operand once (the fewest a kernel must move); activations and weights are
 //! 4 bytes on the CPU (f32) and 2 on CUDA (bf16), gradients of weights and optimizer state 4.
 
 use anyhow::Result;
 
-use super::ceilings::{values, Ceilings};
+use super::ceilings::values;
 use super::{Row, Timer};
 use crate::backend::{Activation, AdamWStep, Backend, EmbeddingWeights};
 use crate::model::config::BertConfig;
@@ -27,22 +28,14 @@ pub enum Gemm {
 /// Milliseconds of the reference library's GEMM of shape `(m, n, k)` (cuBLAS on a GPU).
 pub type Reference<'a> = &'a dyn Fn(Gemm, usize, usize, usize) -> Result<f64>;
 
-/// What a measured time is compared with: the roofline of the device's ceilings, and the
-/// reference library's GEMMs where there is one.
-pub struct Roofline<'a> {
-    pub ceilings: &'a Ceilings,
-    pub reference: Option<Reference<'a>>,
-}
-
 /// Runs the suite for a model of shape `cfg` (labelled `model`) at `batch` × `seq` tokens.
 pub fn run<B: Backend>(
     t: &Timer<B>,
     (cfg, model): (&BertConfig, &str),
     (batch, seq): (usize, usize),
-    roof: &Roofline,
+    reference: Option<Reference>,
     rows: &mut Vec<Row>,
 ) -> Result<()> {
-    let (ceil, reference) = (roof.ceilings, roof.reference);
     let be = t.be;
     let (h, ffn, heads) = (cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads);
     let r = (h / 16).max(1);
@@ -65,7 +58,6 @@ pub fn run<B: Backend>(
             row.shape = shape;
             row.flops = Some(flops);
             row.bytes = Some(bytes);
-            row.floor_ms = Some((flops / ceil.gemm_flops_per_s).max(bytes / ceil.copy_bytes_per_s) * 1e3);
             row.reference_ms = reference_ms;
             rows.push(row);
         };

@@ -85,7 +85,7 @@ pub struct Plan {
     pub work_batch: usize,
     pub warmup: usize,
     pub reps: usize,
-    /// overwrite a cache-sized buffer before each timed run
+    /// read a cache-sized buffer through before each timed run
     pub flush: bool,
 }
 
@@ -152,8 +152,8 @@ pub fn stats(mut ms: Vec<f64>) -> Result<(f64, f64, f64)> {
 pub struct Timer<'a, B: Backend> {
     pub be: &'a B,
     pub plan: &'a Plan,
-    /// overwritten before each timed run (`None`: no flush)
-    pub flush: Option<std::cell::RefCell<B::Act>>,
+    /// read through before each timed run (`None`: no flush)
+    pub flush: Option<B::Act>,
 }
 
 impl<'a, B: Backend> Timer<'a, B> {
@@ -161,7 +161,7 @@ impl<'a, B: Backend> Timer<'a, B> {
     pub fn new(be: &'a B, plan: &'a Plan, flush_bytes: usize) -> Result<Self> {
         let flush = if plan.flush {
             let cols = 1024;
-            Some(std::cell::RefCell::new(be.zeros(flush_bytes.div_ceil(4 * cols), cols)?))
+            Some(be.zeros(flush_bytes.div_ceil(4 * cols), cols)?)
         } else {
             None
         };
@@ -176,13 +176,25 @@ impl<'a, B: Backend> Timer<'a, B> {
     pub fn run_reps(&self, warmup: usize, reps: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<Row> {
         let mut before = || -> Result<()> {
             if let Some(buf) = &self.flush {
-                self.be.fill_zero(&mut buf.borrow_mut())?;
+                // a read of every element: loads allocate in the caches, where a large memset
+                // may stream past them (non-temporal stores) and evict nothing
+                self.be.sum_squares(buf)?;
             }
             Ok(())
         };
         let times = self.be.time_runs(warmup, reps, &mut before, f)?;
         let (median_ms, p99_ms, min_ms) = stats(times)?;
         Ok(Row { reps, median_ms, p99_ms, min_ms, ..Row::default() })
+    }
+}
+
+/// Sets each row's roofline floor, max(FLOPs / GEMM ceiling, bytes / bandwidth ceiling), where
+/// it has counts.
+pub fn apply_roofline(rows: &mut [Row], c: &ceilings::Ceilings) {
+    for r in rows {
+        if let (Some(f), Some(b)) = (r.flops, r.bytes) {
+            r.floor_ms = Some((f / c.gemm_flops_per_s).max(b / c.copy_bytes_per_s) * 1e3);
+        }
     }
 }
 
@@ -202,42 +214,6 @@ pub fn merge_peer(rows: &mut [Row], peer: &serde_json::Value) -> Result<usize> {
         }
     }
     Ok(matched)
-}
-
-/// The machine, for the report: CPU model and cores.
-pub fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    format!("{cpu}, {cores} cores")
-}
-
-/// Today's date (UTC), `YYYY-MM-DD`.
-pub fn today() -> String {
-    let days = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() / 86_400) as i64;
-    date_from_days(days)
-}
-
-/// The civil date `days` after 1970-01-01 (Howard Hinnant's algorithm).
-fn date_from_days(days: i64) -> String {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + (m <= 2) as i64;
-    format!("{y:04}-{m:02}-{d:02}")
 }
 
 /// The rows as a markdown table.
@@ -279,13 +255,6 @@ mod tests {
         assert_eq!((med, p99, min), (100.0, 198.0, 1.0));
         assert!(stats(vec![]).is_err());
         assert!(stats(vec![1.0, f64::NAN]).is_err());
-    }
-
-    #[test]
-    fn dates_from_days() {
-        assert_eq!(date_from_days(0), "1970-01-01");
-        assert_eq!(date_from_days(11_016), "2000-02-29");
-        assert_eq!(date_from_days(20_789), "2026-12-02");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! latency grow; a closed batcher refuses new work but finishes what it accepted.
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -109,7 +110,7 @@ impl Batcher {
             return Err(Refused::Overloaded);
         }
         q.texts += inputs.len();
-        self.shared.metrics.queued_texts.store(q.texts as u64, std::sync::atomic::Ordering::Relaxed);
+        self.shared.metrics.queued_texts.store(q.texts as u64, Ordering::Relaxed);
         q.jobs.push_back(Job { inputs, queued: Instant::now(), reply: tx });
         drop(q);
         self.shared.wake.notify_one();
@@ -164,7 +165,7 @@ fn run(s: &Shared, scorer: &dyn Score) {
             }
             q = s.wake.wait_timeout(q, deadline - now).unwrap().0;
         }
-        s.metrics.queued_texts.store(q.texts as u64, std::sync::atomic::Ordering::Relaxed);
+        s.metrics.queued_texts.store(q.texts as u64, Ordering::Relaxed);
         drop(q);
 
         let started = Instant::now();
@@ -182,11 +183,11 @@ fn run(s: &Shared, scorer: &dyn Score) {
             Ok(Err(e)) => Err(format!("{e:#}")),
             Err(_) => Err("the scorer panicked".to_string()),
         };
-        s.metrics.batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        s.metrics.batches.fetch_add(1, Ordering::Relaxed);
         s.metrics.batch_size.observe(inputs.len() as f64);
         match result {
             Ok(mut scores) => {
-                s.metrics.texts_scored.fetch_add(inputs.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                s.metrics.texts_scored.fetch_add(inputs.len() as u64, Ordering::Relaxed);
                 for j in jobs.into_iter().rev() {
                     let mine = scores.split_off(scores.len() - j.inputs.len());
                     // the client may have gone: its request still ran, nobody is told

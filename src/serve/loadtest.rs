@@ -124,6 +124,9 @@ pub struct LoadConfig {
     pub warmup: Duration,
     pub texts_per_request: usize,
     pub texts: Vec<String>,
+    /// how long a client waits after a 503 before its next request (a client that retries at
+    /// once turns an overload into a storm of refusals that takes the scorer's CPU)
+    pub backoff: Duration,
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -172,7 +175,10 @@ fn level(cfg: &LoadConfig, clients: usize, duration: Duration) -> Result<Level> 
                         let t = Instant::now();
                         match client.call("POST", "/v1/score", body.as_bytes()) {
                             Ok((200, _)) => lat.push(t.elapsed().as_secs_f64() * 1e3),
-                            Ok((503, _)) => rejected += 1,
+                            Ok((503, _)) => {
+                                rejected += 1;
+                                std::thread::sleep(cfg.backoff);
+                            }
                             _ => errors += 1,
                         }
                     }
