@@ -102,10 +102,10 @@ impl Server {
         self.shared.metrics.clone()
     }
 
-    /// Accepts connections until `stop()` is true, then shuts down gracefully: no new
-    /// connections, `/healthz` answers 503, requests already being read or scored are finished
-    /// and answered (with `Connection: close`), idle connections are closed, and the queue is
-    /// drained before the scorer stops.
+    /// Accepts connections until `stop()` is true, then shuts down gracefully: the listener
+    /// closes (new connections are refused), requests already being read or scored are finished
+    /// and answered (with `Connection: close`; a health check among them answers 503), idle
+    /// connections are closed, and the queue is drained before the scorer stops.
     pub fn run(self, stop: &(dyn Fn() -> bool + Sync)) -> Result<()> {
         self.listener.set_nonblocking(true).context("listener")?;
         let fd = self.listener.as_raw_fd();
