@@ -142,7 +142,7 @@ pub fn freelb_accumulate<B: Backend>(
     let mut delta = be.upload_state(batch.tokens(), h, &start(batch, h, cfg, rng))?;
     let mut loss = 0.0;
     for k in 0..cfg.steps {
-        let _range = crate::profile::range("attack step: pgd");
+        let _range = crate::profile::range("freelb ascent step");
         let out = model
             .forward_backward_perturbed(be, batch, labels, plan, Some(&delta), true)
             .with_context(|| format!("FreeLB step {k}"))?;
