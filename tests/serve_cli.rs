@@ -106,6 +106,22 @@ fn one_adapter_serves_adapterhub_probabilities() {
 }
 
 #[test]
+fn the_kernels_serve_on_the_emulator() {
+    // the CUDA backend's path (bf16 kernels, here on the SIMT emulator) behind the same server
+    let (sentences, _) = common::sentences();
+    let (_, logits) = common::fixture("adapter_oracle.safetensors").f64s("logits_f64").unwrap();
+    let srv = Serve::start(&["--adapter", &format!("{}#clean", adapters_file()), "--device", "emu"]);
+    let preds = srv.score(&sentences[..2]);
+    for (i, p) in preds.iter().enumerate() {
+        let want = softmax(&logits[2 * i..2 * i + 2]);
+        let got = floats(&p["probs"]);
+        assert!((got[0] - want[0]).abs() < 2e-2, "sentence {i}: {got:?} vs AdapterHub {want:?} (bf16)");
+    }
+    let (ok, rest) = srv.terminate();
+    assert!(ok, "{rest}");
+}
+
+#[test]
 fn two_adapters_mix_by_entropy_in_weight_space() {
     let (sentences, _) = common::sentences();
     let oracle = common::fixture("adapter_oracle.safetensors");
