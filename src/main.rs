@@ -116,21 +116,43 @@ struct RunArgs {
     /// Output file (JSONL); stdout by default. Written atomically.
     #[arg(short, long)]
     output: Option<PathBuf>,
-    /// Model directory (config.json, model.safetensors, tokenizer.json); default: the fetched MiniLM
-    #[arg(long, env = "ADMIX_MODEL")]
-    model: Option<PathBuf>,
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..))]
     batch_size: u64,
+    #[command(flatten)]
+    m: ModelArgs,
+}
+
+/// The model, its token limit, and where and on how many threads it runs (`embed`, `score`,
+/// `similarity`, `serve`).
+#[derive(Args)]
+pub(crate) struct ModelArgs {
+    /// Model directory (config.json, model.safetensors, tokenizer.json); default: the fetched MiniLM
+    #[arg(long, env = "ADMIX_MODEL")]
+    pub model: Option<PathBuf>,
     /// Truncate inputs (pairs: longest first) to this many tokens, special tokens included
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(3..=8192))]
-    max_len: u64,
+    pub max_len: u64,
     /// Worker threads (default: all cores)
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    threads: Option<u64>,
+    pub threads: Option<u64>,
     /// Where the model runs: cpu (f32 reference), cuda (the kernels on GPU 0), emu (the same
     /// kernels on the CPU's SIMT emulator: slow, for checking without a GPU)
     #[arg(long, value_enum, default_value = "cpu", env = "ADMIX_DEVICE")]
-    device: admix::backend::Device,
+    pub device: admix::backend::Device,
+}
+
+impl ModelArgs {
+    /// Sizes the worker pool, then opens the model directory.
+    pub fn open(&self) -> Result<ModelDir> {
+        if let Some(t) = self.threads {
+            rayon::ThreadPoolBuilder::new().num_threads(t as usize).build_global().context("thread pool")?;
+        }
+        ModelDir::open(&self.dir(), self.max_len as usize)
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.model.clone().unwrap_or_else(assets::default_model_dir)
+    }
 }
 
 #[derive(Args)]
@@ -316,28 +338,16 @@ fn prepare(
     args: &RunArgs,
     adapter_args: Option<&AdapterArgs>,
 ) -> Result<(AnyEngine, Vec<Record>, Option<Vec<String>>)> {
-    set_threads(args.threads)?;
     let inputs = read_inputs(args)?;
-    let model = ModelDir::open(&model_dir(args), args.max_len as usize)?;
+    let model = args.m.open()?;
     let (adapter, head, labels, model) = match adapter_args {
         None => (None, None, None, model),
         Some(a) => {
-            let c = load_classifier(a, model, args.max_len as usize)?;
+            let c = load_classifier(a, model, args.m.max_len as usize)?;
             (c.adapter, Some(c.head), c.labels, c.model)
         }
     };
-    Ok((AnyEngine::new(args.device, model, adapter, head)?, inputs, labels))
-}
-
-fn set_threads(threads: Option<u64>) -> Result<()> {
-    if let Some(t) = threads {
-        rayon::ThreadPoolBuilder::new().num_threads(t as usize).build_global().context("thread pool")?;
-    }
-    Ok(())
-}
-
-fn model_dir(args: &RunArgs) -> PathBuf {
-    args.model.clone().unwrap_or_else(assets::default_model_dir)
+    Ok((AnyEngine::new(args.m.device, model, adapter, head)?, inputs, labels))
 }
 
 /// A classifier from `--adapter`: a checkpoint directory (which may hold a whole model) or a
@@ -367,15 +377,14 @@ fn load_classifier(a: &AdapterArgs, model: ModelDir, max_len: usize) -> Result<C
 
 /// `admix score --stream`: stdin JSONL → stdout JSONL through the one-adapter scorer.
 fn score_stream(run: &RunArgs, a: &AdapterArgs) -> Result<()> {
-    set_threads(run.threads)?;
     if run.input != "-" {
         bail!("--stream reads stdin (got input `{}`)", run.input);
     }
     if run.output.is_some() {
         bail!("--stream writes stdout (drop --output)");
     }
-    let model = ModelDir::open(&model_dir(run), run.max_len as usize)?;
-    let c = load_classifier(a, model, run.max_len as usize)?;
+    let model = run.m.open()?;
+    let c = load_classifier(a, model, run.m.max_len as usize)?;
     let Some(adapter) = c.adapter else {
         bail!("--stream serves adapter checkpoints; {} holds a full model", a.adapter.display());
     };
@@ -384,7 +393,7 @@ fn score_stream(run: &RunArgs, a: &AdapterArgs) -> Result<()> {
         _ => label_names(a, c.head.num_labels)?,
     };
     let batch = run.batch_size as usize;
-    let scorer = admix::serve::scorer::open(run.device, c.model, &[(adapter, c.head)], 1.0, batch)?;
+    let scorer = admix::serve::scorer::open(run.m.device, c.model, &[(adapter, c.head)], 1.0, batch)?;
     let stdin = BufReader::new(std::io::stdin());
     let n = admix::serve::stream::run(&*scorer, &labels, stdin, std::io::stdout().lock(), batch)?;
     eprintln!("admix score --stream: {n} line(s) scored");

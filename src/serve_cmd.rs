@@ -57,17 +57,8 @@ pub struct ServeArgs {
     /// On SIGINT/SIGTERM, how long to wait for requests in flight, s
     #[arg(long, default_value_t = 30)]
     drain_timeout_s: u64,
-    /// Model directory; default: the fetched MiniLM
-    #[arg(long, env = "ADMIX_MODEL")]
-    model: Option<PathBuf>,
-    /// Truncate inputs to this many tokens
-    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(3..=8192))]
-    max_len: u64,
-    /// Worker threads of the CPU backend (default: all cores)
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    threads: Option<u64>,
-    #[arg(long, value_enum, default_value = "cpu", env = "ADMIX_DEVICE")]
-    device: admix::backend::Device,
+    #[command(flatten)]
+    m: crate::ModelArgs,
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -122,11 +113,8 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     if !(a.tau > 0.0 && a.tau.is_finite()) {
         bail!("--tau must be positive (got {})", a.tau);
     }
-    if let Some(t) = a.threads {
-        rayon::ThreadPoolBuilder::new().num_threads(t as usize).build_global().context("thread pool")?;
-    }
-    let model_dir = a.model.clone().unwrap_or_else(assets::default_model_dir);
-    let model = ModelDir::open(&model_dir, a.max_len as usize)?;
+    let model_dir = a.m.dir();
+    let model = a.m.open()?;
     let (members, labels) = load_members(&a.adapters, &model)?;
     let adapters: Vec<String> = a.adapters.iter().map(|p| p.display().to_string()).collect();
     let rule =
@@ -155,13 +143,13 @@ pub fn serve(a: ServeArgs) -> Result<()> {
             "labels": labels,
             "mixing": rule,
             "tau": a.tau,
-            "device": format!("{:?}", a.device).to_lowercase(),
+            "device": format!("{:?}", a.m.device).to_lowercase(),
             "max_batch": a.max_batch,
             "max_wait_us": a.max_wait_us,
             "max_texts": a.max_texts,
         }),
     };
-    let (device, tau, max_batch) = (a.device, a.tau, a.max_batch);
+    let (device, tau, max_batch) = (a.m.device, a.tau, a.max_batch);
     let server =
         serve::Server::bind(config, move || serve::scorer::open(device, model, &members, tau, max_batch))?;
     // SAFETY: the handler only stores to an atomic (async-signal-safe).
@@ -173,7 +161,7 @@ pub fn serve(a: ServeArgs) -> Result<()> {
         "admix serve: listening on http://{} ({} adapter(s), {rule}; device {}; batches of ≤ {} texts, ≤ {} µs wait)",
         server.local_addr(),
         a.adapters.len(),
-        format!("{:?}", a.device).to_lowercase(),
+        format!("{:?}", a.m.device).to_lowercase(),
         a.max_batch,
         a.max_wait_us
     );

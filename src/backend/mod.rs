@@ -160,12 +160,16 @@ pub struct TopkFlips<'a> {
 /// The most flips per site [`Backend::topk_flips`] returns (kernels/attack.cu's TOPK_MAX).
 pub const TOPK_MAX: usize = 32;
 
+/// Work to time (it queues ops), or to run untimed ahead of each timed run: see
+/// [`Backend::time_runs`].
+pub type Work<'a> = &'a mut dyn FnMut() -> Result<()>;
+
 /// [`Backend::time_runs`] by the host clock, `sync` after each run.
 pub fn host_time_runs(
     warmup: usize,
     reps: usize,
-    before: &mut dyn FnMut() -> Result<()>,
-    f: &mut dyn FnMut() -> Result<()>,
+    before: Work,
+    f: Work,
     sync: &dyn Fn() -> Result<()>,
 ) -> Result<Vec<f64>> {
     for _ in 0..warmup {
@@ -200,13 +204,7 @@ pub trait Backend {
     /// Milliseconds of each of `reps` runs of `f` (which queues work) after `warmup` untimed runs;
     /// `before` runs ahead of each run, untimed (e.g. a cache flush). Host clock around `f` and a
     /// [`Backend::synchronize`]; the GPU times with events instead.
-    fn time_runs(
-        &self,
-        warmup: usize,
-        reps: usize,
-        before: &mut dyn FnMut() -> Result<()>,
-        f: &mut dyn FnMut() -> Result<()>,
-    ) -> Result<Vec<f64>> {
+    fn time_runs(&self, warmup: usize, reps: usize, before: Work, f: Work) -> Result<Vec<f64>> {
         host_time_runs(warmup, reps, before, f, &|| self.synchronize())
     }
     /// Makes a host tensor available to the backend (zero-copy where it can).

@@ -23,7 +23,7 @@ pub mod stream;
 use std::io::BufReader;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -63,7 +63,6 @@ struct Shared {
     batcher: Batcher,
     metrics: Arc<Metrics>,
     draining: AtomicBool,
-    open: AtomicUsize,
 }
 
 /// A bound server; [`Server::run`] serves until asked to stop.
@@ -84,13 +83,7 @@ impl Server {
             TcpListener::bind(&config.addr).with_context(|| format!("cannot listen on {}", config.addr))?;
         let metrics = Arc::new(Metrics::default());
         let batcher = Batcher::start(config.batch, metrics.clone(), make)?;
-        let shared = Arc::new(Shared {
-            config,
-            batcher,
-            metrics,
-            draining: AtomicBool::new(false),
-            open: AtomicUsize::new(0),
-        });
+        let shared = Arc::new(Shared { config, batcher, metrics, draining: AtomicBool::new(false) });
         Ok(Server { listener, shared })
     }
 
@@ -131,10 +124,10 @@ impl Server {
         let s = &self.shared;
         s.draining.store(true, Ordering::SeqCst);
         let until = Instant::now() + s.config.drain_timeout;
-        while s.open.load(Ordering::SeqCst) > 0 && Instant::now() < until {
+        while s.metrics.connections.load(Ordering::SeqCst) > 0 && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(10));
         }
-        let left = s.open.load(Ordering::SeqCst);
+        let left = s.metrics.connections.load(Ordering::SeqCst);
         if left > 0 {
             eprintln!("admix serve: {left} connection(s) still open after the drain timeout");
         }
@@ -146,8 +139,8 @@ impl Server {
         let s = self.shared.clone();
         let _ = stream.set_nonblocking(false);
         let _ = stream.set_nodelay(true);
-        if s.open.fetch_add(1, Ordering::SeqCst) >= s.config.max_connections {
-            s.open.fetch_sub(1, Ordering::SeqCst);
+        // only this thread adds connections (others only close them), so a check then an add is safe
+        if s.metrics.connections.load(Ordering::SeqCst) >= s.config.max_connections as u64 {
             let mut stream = stream;
             let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
             let body = error_body("too many open connections; retry later");
@@ -155,18 +148,16 @@ impl Server {
             let _ = http::write_response(&mut stream, 503, JSON, &body, false);
             return;
         }
-        s.metrics.connections.fetch_add(1, Ordering::Relaxed);
+        s.metrics.connections.fetch_add(1, Ordering::SeqCst);
         let spawned = std::thread::Builder::new().name("admix-conn".into()).spawn({
             let s = s.clone();
             move || {
                 connection(&s, stream);
-                s.metrics.connections.fetch_sub(1, Ordering::Relaxed);
-                s.open.fetch_sub(1, Ordering::SeqCst);
+                s.metrics.connections.fetch_sub(1, Ordering::SeqCst);
             }
         });
         if spawned.is_err() {
-            s.metrics.connections.fetch_sub(1, Ordering::Relaxed);
-            s.open.fetch_sub(1, Ordering::SeqCst);
+            s.metrics.connections.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }

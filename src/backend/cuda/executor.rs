@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 use anyhow::Result;
 
+use crate::backend::Work;
+
 /// A device address (a host address on the emulator).
 pub type DevPtr = u64;
 
@@ -53,13 +55,7 @@ pub trait Executor: Send + Sync {
         Ok(())
     }
     /// See [`crate::backend::Backend::time_runs`]; the GPU overrides this with events.
-    fn time_runs(
-        &self,
-        warmup: usize,
-        reps: usize,
-        before: &mut dyn FnMut() -> Result<()>,
-        f: &mut dyn FnMut() -> Result<()>,
-    ) -> Result<Vec<f64>> {
+    fn time_runs(&self, warmup: usize, reps: usize, before: Work, f: Work) -> Result<Vec<f64>> {
         crate::backend::host_time_runs(warmup, reps, before, f, &|| self.synchronize())
     }
 }

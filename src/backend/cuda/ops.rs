@@ -10,7 +10,7 @@ use super::executor::{DevBuf, Executor};
 use super::launch;
 use super::{bf16, Cuda};
 use crate::backend::cpu::Cpu;
-use crate::backend::{Activation, Backend, DropKey, EmbeddingWeights, PgdStep, TopkFlips};
+use crate::backend::{Activation, Backend, DropKey, EmbeddingWeights, PgdStep, TopkFlips, Work};
 use crate::model::tokenizer::TokenBatch;
 use crate::model::weights::Tensor;
 
@@ -143,13 +143,7 @@ impl Backend for Cuda {
         self.exec.synchronize()
     }
 
-    fn time_runs(
-        &self,
-        warmup: usize,
-        reps: usize,
-        before: &mut dyn FnMut() -> Result<()>,
-        f: &mut dyn FnMut() -> Result<()>,
-    ) -> Result<Vec<f64>> {
+    fn time_runs(&self, warmup: usize, reps: usize, before: Work, f: Work) -> Result<Vec<f64>> {
         self.exec.time_runs(warmup, reps, before, f)
     }
 
