@@ -75,7 +75,7 @@ pub fn random_adapter_head(
     h: usize,
     layers: usize,
 ) -> (admix::adapter::Adapter<Tensor>, admix::adapter::ClassificationHead<Tensor>) {
-    use admix::adapter::{Adapter, AdapterKind, AdapterLayer, Bottleneck, ClassificationHead};
+    use admix::adapter::{Adapter, AdapterKind, AdapterLayer, Bottleneck, ClassificationHead, Dense};
     use admix::backend::Activation;
     let r = h / 16;
     let adapter = Adapter {
@@ -96,10 +96,9 @@ pub fn random_adapter_head(
     };
     let head = ClassificationHead {
         name: "bench".into(),
-        dense_w: tensor(&[h, h], 91),
-        dense_b: tensor(&[h], 92),
-        out_w: tensor(&[2, h], 93),
-        out_b: tensor(&[2], 94),
+        hidden: vec![Dense { w: tensor(&[h, h], 91), b: tensor(&[h], 92) }],
+        out: Dense { w: tensor(&[2, h], 93), b: tensor(&[2], 94) },
+        activation: Activation::Tanh,
         num_labels: 2,
     };
     (adapter, head)

@@ -90,6 +90,7 @@ pub fn mix_adapters(parts: &[&Adapter<Tensor>], beta: &[f32]) -> Result<Adapter<
 
 /// `Σᵢ βᵢ·headᵢ`.
 pub fn mix_heads(parts: &[&ClassificationHead<Tensor>], beta: &[f32]) -> Result<ClassificationHead<Tensor>> {
+    same_head_kind(parts)?;
     mix(parts, beta, dup_head, ClassificationHead::named_mut)
 }
 
@@ -107,7 +108,25 @@ pub fn stack_adapters(parts: &[&Adapter<Tensor>]) -> Result<Adapter<Tensor>> {
 
 /// The heads stacked for per-sample mixing: dense `[m·H, H]`, output `[m·labels, H]`.
 pub fn stack_heads(parts: &[&ClassificationHead<Tensor>]) -> Result<ClassificationHead<Tensor>> {
+    same_head_kind(parts)?;
     stack(parts, dup_head, ClassificationHead::named_mut)
+}
+
+fn same_head_kind(parts: &[&ClassificationHead<Tensor>]) -> Result<()> {
+    for p in parts {
+        if p.layers() != parts[0].layers() || p.activation != parts[0].activation {
+            bail!(
+                "cannot mix head `{}` ({} layers, {:?}) with `{}` ({} layers, {:?})",
+                parts[0].name,
+                parts[0].layers(),
+                parts[0].activation,
+                p.name,
+                p.layers(),
+                p.activation
+            );
+        }
+    }
+    Ok(())
 }
 
 fn same_adapter_kind(parts: &[&Adapter<Tensor>]) -> Result<()> {

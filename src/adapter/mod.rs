@@ -7,7 +7,7 @@
 
 mod head;
 pub mod mix;
-pub use head::{head_names, ClassificationHead, HeadSaved};
+pub use head::{head_names, linear_module, ClassificationHead, Dense, HeadSaved, MAX_HEAD_LAYERS};
 
 use std::collections::BTreeSet;
 

@@ -201,7 +201,7 @@ impl DropoutPlan {
     pub fn embeddings(&self) -> Option<DropKey> {
         self.key(self.hidden, 0)
     }
-    /// The head's dropout before its first (`0`) and second (`1`) linear layer.
+    /// The head's dropout before its linear layer `i` (< [`crate::adapter::MAX_HEAD_LAYERS`]).
     pub fn head(&self, i: u64) -> Option<DropKey> {
         self.key(self.hidden, 8 + i)
     }

@@ -8,7 +8,7 @@
 use anyhow::{bail, Result};
 
 use super::rng::Rng;
-use crate::adapter::{Adapter, AdapterKind, AdapterLayer, Bottleneck, ClassificationHead};
+use crate::adapter::{Adapter, AdapterKind, AdapterLayer, Bottleneck, ClassificationHead, Dense};
 use crate::backend::Activation;
 use crate::model::weights::Tensor;
 
@@ -98,12 +98,13 @@ pub fn new_adapter(
 }
 
 pub fn new_head(name: &str, hidden: usize, labels: usize, rng: &mut Rng) -> ClassificationHead<Tensor> {
+    let dense_w = normal(rng, vec![hidden, hidden], 0.02);
+    let out_w = normal(rng, vec![labels, hidden], 0.02);
     ClassificationHead {
         name: name.to_string(),
-        dense_w: normal(rng, vec![hidden, hidden], 0.02),
-        dense_b: zeros(vec![hidden]),
-        out_w: normal(rng, vec![labels, hidden], 0.02),
-        out_b: zeros(vec![labels]),
+        hidden: vec![Dense { w: dense_w, b: zeros(vec![hidden]) }],
+        out: Dense { w: out_w, b: zeros(vec![labels]) },
+        activation: Activation::Tanh,
         num_labels: labels,
     }
 }

@@ -161,7 +161,7 @@ fn pass<B: Backend>(
     let _range = crate::profile::range("forward + backward");
     let (cls, tape) = bert.forward_train(be, batch, adapter, delta, plan, true)?;
     let head_range = crate::profile::range("head + loss");
-    let keys = plan.map(|p| [p.head(0), p.head(1)]).unwrap_or_default();
+    let keys = (0..head.layers() as u64).map(|i| plan.and_then(|p| p.head(i))).collect();
     let (logits, head_saved) = head.forward_train(be, &cls, batch.batch, 1, keys)?;
     drop(cls);
     let (loss, dlogits) = be.cross_entropy(&logits, labels)?;

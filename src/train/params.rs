@@ -4,7 +4,7 @@
 //! The views are generic in the element type: `W` is a parameter on a backend, and the same
 //! structs with `W = Act` hold the gradients (and the optimizer moments).
 
-use crate::adapter::{Adapter, Bottleneck, ClassificationHead};
+use crate::adapter::{linear_module, Adapter, Bottleneck, ClassificationHead};
 use crate::backend::EmbeddingWeights;
 use crate::model::bert::{Bert, Layer};
 
@@ -32,15 +32,16 @@ impl<W> Adapter<W> {
 }
 
 impl<W> ClassificationHead<W> {
-    /// `heads.{name}.1.…`, `heads.{name}.4.…` (AdapterHub names).
+    /// `heads.{name}.1.…`, `heads.{name}.4.…`, … (AdapterHub names).
     pub fn named_mut(&mut self) -> Vec<(String, &mut W)> {
         let p = format!("heads.{}", self.name);
-        vec![
-            (format!("{p}.1.weight"), &mut self.dense_w),
-            (format!("{p}.1.bias"), &mut self.dense_b),
-            (format!("{p}.4.weight"), &mut self.out_w),
-            (format!("{p}.4.bias"), &mut self.out_b),
-        ]
+        let mut out = vec![];
+        for (i, d) in self.hidden.iter_mut().chain(std::iter::once(&mut self.out)).enumerate() {
+            let m = linear_module(i);
+            out.push((format!("{p}.{m}.weight"), &mut d.w));
+            out.push((format!("{p}.{m}.bias"), &mut d.b));
+        }
+        out
     }
 }
 
