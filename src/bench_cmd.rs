@@ -149,9 +149,7 @@ impl Encoder {
 }
 
 pub fn bench(a: BenchArgs) -> Result<()> {
-    if let Some(t) = a.threads {
-        rayon::ThreadPoolBuilder::new().num_threads(t as usize).build_global()?;
-    }
+    admix::init_threads(a.threads.map(|t| t as usize))?;
     let plan = plan(&a)?;
     match a.device.cuda_backend()? {
         None => run(&Cpu, &a, &plan, None),

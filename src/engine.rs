@@ -57,6 +57,7 @@ impl<B: Backend> Engine<B> {
         let hidden = self.encode(batch)?;
         let pooled = self.backend.mean_pool_l2(&hidden, &batch.lens, batch.seq)?;
         let (_, cols, data) = self.backend.download(&pooled)?;
+        ensure_finite(&data, "embedding")?;
         Ok(data.chunks(cols).map(|r| r.to_vec()).collect())
     }
 
@@ -66,12 +67,22 @@ impl<B: Backend> Engine<B> {
         let cls = self.bert.encode_cls(&self.backend, batch, self.adapter.as_ref(), None)?;
         let logits = head.forward(&self.backend, &cls, batch.batch, 1)?;
         let (_, cols, data) = self.backend.download(&logits)?;
+        ensure_finite(&data, "logit")?;
         Ok(data.chunks(cols).map(|r| r.to_vec()).collect())
     }
 
     pub fn classify_batch(&self, batch: &TokenBatch) -> Result<Vec<Prediction>> {
         Ok(self.logits_batch(batch)?.into_iter().map(prediction).collect())
     }
+}
+
+/// Refuses a model output that holds NaN or ±inf (weights or inputs that overflow): such a result
+/// only looks valid.
+pub fn ensure_finite(values: &[f32], what: &str) -> Result<()> {
+    if let Some(v) = values.iter().find(|v| !v.is_finite()) {
+        bail!("the model produced a non-finite {what} ({v})");
+    }
+    Ok(())
 }
 
 /// Softmax probabilities and argmax of a logit vector.

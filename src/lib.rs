@@ -24,6 +24,20 @@ pub mod provenance;
 pub mod serve;
 pub mod train;
 
+/// Sizes the worker pool: `n` threads (at least 1, at most the cores this process may use, so that
+/// a typo cannot oversubscribe the machine by orders of magnitude), or all cores by default.
+pub fn init_threads(n: Option<usize>) -> anyhow::Result<()> {
+    let Some(n) = n else { return Ok(()) };
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    if n == 0 || n > cores {
+        anyhow::bail!("--threads {n}: give 1 to {cores} (the cores available here)");
+    }
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+        .map_err(|e| anyhow::anyhow!("cannot size the thread pool: {e}"))
+}
+
 /// Keeps freed activation buffers in the process instead of returning them to the OS.
 ///
 /// A training step allocates and frees tens of large matrices; glibc serves allocations above

@@ -111,7 +111,7 @@ struct RunArgs {
     #[arg(default_value = "-")]
     input: String,
     /// Input format; guessed from the extension by default
-    #[arg(long, value_parser = ["text", "tsv", "jsonl"])]
+    #[arg(long, value_parser = ["text", "tsv", "csv", "jsonl"])]
     format: Option<String>,
     /// Output file (JSONL); stdout by default. Written atomically.
     #[arg(short, long)]
@@ -144,9 +144,7 @@ pub(crate) struct ModelArgs {
 impl ModelArgs {
     /// Sizes the worker pool, then opens the model directory.
     pub fn open(&self) -> Result<ModelDir> {
-        if let Some(t) = self.threads {
-            rayon::ThreadPoolBuilder::new().num_threads(t as usize).build_global().context("thread pool")?;
-        }
+        admix::init_threads(self.threads.map(|t| t as usize))?;
         ModelDir::open(&self.dir(), self.max_len as usize)
     }
 

@@ -143,13 +143,7 @@ pub struct EvalArgs {
 }
 
 pub fn set_threads(n: Option<usize>) -> Result<()> {
-    if let Some(t) = n {
-        if t == 0 {
-            bail!("--threads must be at least 1");
-        }
-        rayon::ThreadPoolBuilder::new().num_threads(t).build_global().context("thread pool")?;
-    }
-    Ok(())
+    admix::init_threads(n)
 }
 
 /// Training and dev examples with label names.

@@ -7,6 +7,7 @@ use admix::adapter::{self, Adapter, ClassificationHead};
 use admix::backend::cpu::Cpu;
 use admix::backend::{Activation, Backend};
 use admix::model::tokenizer::{TextInput, TokenBatch};
+use admix::model::weights::WeightFile;
 use admix::model::ModelDir;
 use common::*;
 
@@ -131,4 +132,37 @@ fn adapter_names_are_found_in_adapterhub_files() {
     assert_eq!(heads, ["adv", "clean", "mix"]);
     let e = adapter::resolve_name(&weights, None, "adapter", adapter::adapter_names(&weights)).unwrap_err();
     assert!(e.to_string().contains("several adapters (adv, clean, mix)"));
+}
+
+#[test]
+fn an_adapterhub_checkpoint_with_scaling_leave_out_and_a_three_layer_relu_head_matches_adapterhub() {
+    // variant/: seq_bn with reduction 32, scaling 2.0, leave_out [1, 4]; a 3-layer ReLU head
+    let m = model();
+    let batch = fixture_batch(&m);
+    let bert = m.bert().unwrap();
+    let ck = admix::train::checkpoint::load(&fixture_dir().join("variant"), 6, 384).unwrap();
+    assert_eq!(ck.labels, ["negative", "neutral", "positive"]);
+    assert_eq!((ck.head.layers(), ck.head.activation), (3, Activation::Relu));
+    let ad = ck.adapter.expect("the adapter");
+    // left-out layers add exactly nothing
+    for l in [1, 4] {
+        assert!(ad.layers[l].output.up_w.data().iter().all(|&v| v == 0.0));
+        assert!(ad.layers[l].output.up_b.data().iter().all(|&v| v == 0.0));
+    }
+    let hidden = bert.encode(&Cpu, &batch, Some(&ad), |_, _| {}).unwrap();
+    let got = ck.head.forward(&Cpu, &hidden, batch.batch, batch.seq).unwrap().data;
+    let (shape, want) = fixture("adapter_oracle.safetensors").f64s("variant.logits_f64").unwrap();
+    assert_eq!(shape, [8, 3]);
+    let err = max_abs(&got, &want);
+    assert!(err < 1e-5, "variant logits: max abs error {err:.2e}");
+    // the check can tell: the same weights at scaling 1 are far from AdapterHub's logits
+    let settings = admix::adapter::config::AdapterSettings {
+        leave_out: [1, 4].into_iter().collect(),
+        ..Default::default()
+    };
+    let w = WeightFile::open(&fixture_dir().join("variant/adapter.safetensors")).unwrap();
+    let unscaled = Adapter::load_configured(&w, "variant", 6, 384, &settings).unwrap();
+    let hidden = bert.encode(&Cpu, &batch, Some(&unscaled), |_, _| {}).unwrap();
+    let off = max_abs(&ck.head.forward(&Cpu, &hidden, batch.batch, batch.seq).unwrap().data, &want);
+    assert!(off > 1e-2, "scaling 1 gives {off:.2e}");
 }

@@ -5,6 +5,7 @@
 //! `...adapter_up.{weight,bias}` (and `attention.output.adapters.{name}` for the second adapter of
 //! `double_seq_bn`); heads in [`head`].
 
+pub mod config;
 mod head;
 pub mod mix;
 pub use head::{head_names, linear_module, ClassificationHead, Dense, HeadSaved, MAX_HEAD_LAYERS};
@@ -108,6 +109,18 @@ fn bottleneck(file: &WeightFile, base: &str, hidden: usize) -> Result<Option<Bot
     }))
 }
 
+/// A bottleneck that adds exactly nothing (`A(z) = 0`): the stand-in for a layer an adapter
+/// leaves out, so that every layer has the same structure (for mixing and stacking).
+fn zero_bottleneck(r: usize, hidden: usize) -> Bottleneck<Tensor> {
+    let z = |shape: Vec<usize>| Tensor::from_vec(shape.clone(), vec![0.0; shape.iter().product()]);
+    Bottleneck {
+        down_w: z(vec![r, hidden]),
+        down_b: z(vec![r]),
+        up_w: z(vec![hidden, r]),
+        up_b: z(vec![hidden]),
+    }
+}
+
 impl Adapter<Tensor> {
     /// Loads adapter `name` (AdapterHub names) for a model with `layers` layers of width `hidden`.
     /// The placement (seq_bn or double_seq_bn) follows from which modules are present.
@@ -118,26 +131,98 @@ impl Adapter<Tensor> {
         hidden: usize,
         activation: Activation,
     ) -> Result<Self> {
-        let mut out = Vec::with_capacity(layers);
+        Self::load_layers(file, name, layers, hidden, activation, &BTreeSet::new())
+    }
+
+    /// Loads adapter `name` as its AdapterHub config describes it: the placement must be the
+    /// config's, `leave_out` layers have no module (and add nothing), and `scaling` is folded into
+    /// each up projection (`s·A(z) = (s·W_up)·act(…) + s·b_up`).
+    pub fn load_configured(
+        file: &WeightFile,
+        name: &str,
+        layers: usize,
+        hidden: usize,
+        settings: &config::AdapterSettings,
+    ) -> Result<Self> {
+        let mut a = Self::load_layers(file, name, layers, hidden, settings.activation, &settings.leave_out)?;
+        if a.kind != settings.kind {
+            bail!(
+                "{}: the config describes a {:?} adapter but the weights of `{name}` are {:?}",
+                file.path().display(),
+                settings.kind,
+                a.kind
+            );
+        }
+        if settings.scaling != 1.0 {
+            let s = settings.scaling;
+            for l in &mut a.layers {
+                for b in std::iter::once(&mut l.output).chain(l.attention.as_mut()) {
+                    b.up_w.data_mut().iter_mut().for_each(|v| *v *= s);
+                    b.up_b.data_mut().iter_mut().for_each(|v| *v *= s);
+                }
+            }
+        }
+        Ok(a)
+    }
+
+    fn load_layers(
+        file: &WeightFile,
+        name: &str,
+        layers: usize,
+        hidden: usize,
+        activation: Activation,
+        leave_out: &BTreeSet<usize>,
+    ) -> Result<Self> {
+        let path = file.path().display();
+        // a module for a layer the model lacks is a mismatch, not something to ignore
+        for n in file.names().filter(|n| n.contains(&format!(".adapters.{name}."))) {
+            let layer =
+                n.split("encoder.layer.").nth(1).and_then(|r| r.split('.').next()?.parse::<usize>().ok());
+            match layer {
+                Some(l) if l < layers => {}
+                Some(l) => bail!(
+                    "{path}: adapter `{name}` has a module in layer {l}, but the model has {layers} layers"
+                ),
+                None => bail!("{path}: `{n}` is not in a layer of the encoder"),
+            }
+        }
+        let mut out: Vec<Option<AdapterLayer<Tensor>>> = Vec::with_capacity(layers);
         for l in 0..layers {
-            let output = bottleneck(file, &format!("encoder.layer.{l}.output.adapters.{name}"), hidden)?
-                .with_context(|| {
-                    format!("{}: adapter `{name}` has no module in layer {l}", file.path().display())
-                })?;
+            let output = bottleneck(file, &format!("encoder.layer.{l}.output.adapters.{name}"), hidden)?;
             let attention =
                 bottleneck(file, &format!("encoder.layer.{l}.attention.output.adapters.{name}"), hidden)?;
-            out.push(AdapterLayer { output, attention });
+            match (output, leave_out.contains(&l)) {
+                (Some(output), false) => out.push(Some(AdapterLayer { output, attention })),
+                (None, true) if attention.is_none() => out.push(None),
+                (None, false) => bail!("{path}: adapter `{name}` has no module in layer {l}"),
+                (_, true) => {
+                    bail!("{path}: adapter `{name}` has a module in layer {l}, which its config leaves out")
+                }
+            }
         }
-        let n_attn = out.iter().filter(|l| l.attention.is_some()).count();
+        let present: Vec<&AdapterLayer<Tensor>> = out.iter().flatten().collect();
+        let n_attn = present.iter().filter(|l| l.attention.is_some()).count();
         let kind = match n_attn {
             0 => AdapterKind::SeqBn,
-            n if n == layers => AdapterKind::DoubleSeqBn,
-            n => bail!(
-                "{}: adapter `{name}` has attention modules in {n} of {layers} layers",
-                file.path().display()
-            ),
+            n if n == present.len() => AdapterKind::DoubleSeqBn,
+            n => bail!("{path}: adapter `{name}` has attention modules in {n} of {} layers", present.len()),
         };
-        Ok(Adapter { name: name.to_string(), kind, activation, layers: out })
+        let r = present
+            .first()
+            .with_context(|| format!("{path}: adapter `{name}` has no module"))?
+            .output
+            .down_w
+            .shape()[0];
+        let layers = out
+            .into_iter()
+            .map(|l| {
+                l.unwrap_or_else(|| AdapterLayer {
+                    output: zero_bottleneck(r, hidden),
+                    attention: (kind == AdapterKind::DoubleSeqBn).then(|| zero_bottleneck(r, hidden)),
+                })
+            })
+            .collect();
+        Ok(Adapter { name: name.to_string(), kind, activation, layers })
     }
 
     pub fn to_backend<B: Backend>(&self, be: &B) -> Result<Adapter<B::Weight>> {

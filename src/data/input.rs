@@ -1,9 +1,10 @@
-//! Reading texts to embed or score: plain text (one per line), TSV with a header, or JSONL.
+//! Reading texts to embed or score: plain text (one per line), TSV or CSV with a header, or JSONL.
 //!
 //! Every input keeps its 1-based line number so that outputs can be joined back to inputs.
-//! Lines that are not UTF-8 are errors naming the line; empty lines are skipped and counted.
+//! Lines that are not UTF-8 are errors naming the line; empty lines and empty texts are skipped
+//! and counted. A byte-order mark is ignored, and `\n`, `\r\n` and `\r` all end a line.
 
-use std::io::BufRead;
+use std::io::Read;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -14,6 +15,7 @@ use crate::model::tokenizer::TextInput;
 pub enum Format {
     Text,
     Tsv,
+    Csv,
     Jsonl,
 }
 
@@ -23,10 +25,11 @@ impl Format {
         let ext = path.and_then(|p| p.extension()).and_then(|e| e.to_str()).unwrap_or("");
         Ok(match name.unwrap_or(ext) {
             "tsv" => Format::Tsv,
+            "csv" => Format::Csv,
             "jsonl" | "json" | "ndjson" => Format::Jsonl,
             "txt" | "text" | "" => Format::Text,
             other => match name {
-                Some(_) => bail!("unknown input format `{other}` (text, tsv or jsonl)"),
+                Some(_) => bail!("unknown input format `{other}` (text, tsv, csv or jsonl)"),
                 None => Format::Text,
             },
         })
@@ -48,15 +51,17 @@ pub struct Inputs {
 }
 
 /// Reads all inputs. `source` names the input in error messages.
-pub fn read(reader: impl BufRead, format: Format, source: &str) -> Result<Inputs> {
+pub fn read(mut reader: impl Read, format: Format, source: &str) -> Result<Inputs> {
+    let mut bytes = vec![];
+    reader.read_to_end(&mut bytes).with_context(|| format!("{source}: read error"))?;
+    if format == Format::Csv {
+        return read_csv(&bytes, source);
+    }
     let mut out = Inputs::default();
     let mut tsv_columns: Option<(usize, Option<usize>)> = None;
-    for (i, line) in reader.split(b'\n').enumerate() {
-        let n = i + 1;
-        let bytes = line.with_context(|| format!("{source}: read error"))?;
-        let text =
-            String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{source}:{n}: line is not valid UTF-8"))?;
-        let text = text.strip_suffix('\r').unwrap_or(&text);
+    for (n, line) in super::lines(&bytes) {
+        let text = std::str::from_utf8(line)
+            .map_err(|_| anyhow::anyhow!("{source}:{n}: line is not valid UTF-8"))?;
         if text.trim().is_empty() {
             out.empty_lines += 1;
             continue;
@@ -64,16 +69,11 @@ pub fn read(reader: impl BufRead, format: Format, source: &str) -> Result<Inputs
         let input = match format {
             Format::Text => TextInput::single(text),
             Format::Jsonl => parse_json(text).with_context(|| format!("{source}:{n}"))?,
+            Format::Csv => unreachable!("read above"),
             Format::Tsv => {
                 let fields: Vec<&str> = text.split('\t').collect();
                 let Some((c_text, c_pair)) = tsv_columns else {
-                    let pos = |name: &str| fields.iter().position(|f| f.trim() == name);
-                    let c_text = pos("text").with_context(|| {
-                        format!(
-                            "{source}:{n}: the TSV header must name a `text` column (optional `text_pair`)"
-                        )
-                    })?;
-                    tsv_columns = Some((c_text, pos("text_pair")));
+                    tsv_columns = Some(text_columns(fields.iter().copied(), source, n, "TSV")?);
                     continue;
                 };
                 let get = |c: usize| {
@@ -82,15 +82,61 @@ pub fn read(reader: impl BufRead, format: Format, source: &str) -> Result<Inputs
                         .map(|s| s.to_string())
                         .with_context(|| format!("{source}:{n}: missing column {}", c + 1))
                 };
-                let t = get(c_text)?;
-                if t.trim().is_empty() {
-                    out.empty_lines += 1;
-                    continue;
-                }
-                TextInput { text: t, pair: c_pair.map(get).transpose()? }
+                TextInput { text: get(c_text)?, pair: c_pair.map(get).transpose()? }
             }
         };
-        out.records.push(Record { line: n, input });
+        push(&mut out, n, input);
+    }
+    Ok(out)
+}
+
+/// Keeps an input, or counts it as empty when its text is blank.
+fn push(out: &mut Inputs, line: usize, input: TextInput) {
+    if input.text.trim().is_empty() {
+        out.empty_lines += 1;
+    } else {
+        out.records.push(Record { line, input });
+    }
+}
+
+/// The `text` (and optional `text_pair`) column of a header.
+fn text_columns<'a>(
+    header: impl Iterator<Item = &'a str> + Clone,
+    source: &str,
+    n: usize,
+    what: &str,
+) -> Result<(usize, Option<usize>)> {
+    let pos = |name: &str| header.clone().position(|f| f.trim() == name);
+    let c_text = pos("text").with_context(|| {
+        format!("{source}:{n}: the {what} header must name a `text` column (optional `text_pair`)")
+    })?;
+    Ok((c_text, pos("text_pair")))
+}
+
+/// CSV with a header (RFC 4180 quoting: fields may hold commas, quotes and newlines).
+fn read_csv(bytes: &[u8], source: &str) -> Result<Inputs> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let mut r = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(bytes);
+    let mut out = Inputs::default();
+    let mut columns = None;
+    for rec in r.byte_records() {
+        let rec = rec.map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
+        let n = rec.position().map_or(0, |p| p.line() as usize);
+        let field = |c: usize| -> Result<String> {
+            let f = rec.get(c).with_context(|| format!("{source}:{n}: missing column {}", c + 1))?;
+            String::from_utf8(f.to_vec())
+                .map_err(|_| anyhow::anyhow!("{source}:{n}: line is not valid UTF-8"))
+        };
+        if rec.iter().all(|f| f.iter().all(u8::is_ascii_whitespace)) {
+            out.empty_lines += 1;
+            continue;
+        }
+        let Some((c_text, c_pair)) = columns else {
+            let names: Vec<String> = (0..rec.len()).map(field).collect::<Result<_>>()?;
+            columns = Some(text_columns(names.iter().map(|s| s.as_str()), source, n, "CSV")?);
+            continue;
+        };
+        push(&mut out, n, TextInput { text: field(c_text)?, pair: c_pair.map(field).transpose()? });
     }
     Ok(out)
 }
@@ -125,6 +171,33 @@ mod tests {
                 Record { line: 4, input: TextInput::single("b") }
             ]
         );
+    }
+
+    #[test]
+    fn csv_with_quotes_a_bom_and_cr_line_ends() {
+        let got =
+            read(&b"\xEF\xBB\xBFid,text\r1,\"good, very\"\r2,\"\"\r3,bad\r"[..], Format::Csv, "x").unwrap();
+        assert_eq!(
+            got.records.iter().map(|r| r.input.text.as_str()).collect::<Vec<_>>(),
+            ["good, very", "bad"]
+        );
+        assert_eq!(got.empty_lines, 1);
+        let e = read(&b"id,txt\n1,a\n"[..], Format::Csv, "in.csv").unwrap_err();
+        assert!(format!("{e:#}").contains("CSV header must name a `text` column"));
+        assert_eq!(Format::resolve(None, Some(Path::new("a.csv"))).unwrap(), Format::Csv);
+    }
+
+    #[test]
+    fn bom_cr_only_lines_and_empty_jsonl_texts() {
+        let got =
+            read(&b"\xEF\xBB\xBF{\"text\":\"a\"}\r{\"text\":\"\"}\r{\"text\":\"c\"}"[..], Format::Jsonl, "x")
+                .unwrap();
+        assert_eq!(got.records.iter().map(|r| r.line).collect::<Vec<_>>(), [1, 3]);
+        assert_eq!(got.empty_lines, 1);
+        let got = read(&b"\xEF\xBB\xBFtext\tlabel\ra\t1\rb\t0"[..], Format::Tsv, "x").unwrap();
+        assert_eq!(got.records.len(), 2);
+        let got = read(&b"one\rtwo\r"[..], Format::Text, "x").unwrap();
+        assert_eq!(got.records.len(), 2);
     }
 
     #[test]

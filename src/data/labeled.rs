@@ -80,6 +80,7 @@ pub fn read(path: &Path) -> Result<Vec<RawExample>> {
 }
 
 fn read_delimited(bytes: &[u8], delimiter: u8, source: &str) -> Result<Vec<RawExample>> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let mut r = csv::ReaderBuilder::new().delimiter(delimiter).flexible(true).from_reader(bytes);
     let header = r.headers().with_context(|| format!("{source}: cannot read the header"))?.clone();
     let col = |name: &str| header.iter().position(|h| h.trim() == name);
@@ -109,8 +110,7 @@ fn read_delimited(bytes: &[u8], delimiter: u8, source: &str) -> Result<Vec<RawEx
 
 fn read_jsonl(bytes: &[u8], source: &str) -> Result<Vec<RawExample>> {
     let mut out = vec![];
-    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
-        let line_no = i + 1;
+    for (line_no, line) in super::lines(bytes) {
         let text =
             std::str::from_utf8(line).map_err(|_| anyhow::anyhow!("{source}:{line_no}: not valid UTF-8"))?;
         if text.trim().is_empty() {
@@ -128,6 +128,9 @@ fn read_jsonl(bytes: &[u8], source: &str) -> Result<Vec<RawExample>> {
             }
         };
         let text = s("text")?.with_context(|| format!("{source}:{line_no}: no `text` field"))?;
+        if text.trim().is_empty() {
+            bail!("{source}:{line_no}: empty text");
+        }
         let label = s("label")?.with_context(|| format!("{source}:{line_no}: no `label` field"))?;
         out.push(RawExample { line: line_no, text, pair: s("text_pair")?, label });
     }
@@ -163,6 +166,18 @@ mod tests {
         let ex = read(&p).unwrap();
         assert_eq!(ex[1].line, 3);
         assert_eq!(ex[0].label, "1");
+    }
+
+    #[test]
+    fn a_bom_and_cr_line_ends_are_read_and_empty_texts_refused() {
+        let (_d, p) = write("a.tsv", "\u{feff}text\tlabel\ra\t1\rb\t0\r");
+        assert_eq!(read(&p).unwrap().len(), 2);
+        let (_d, p) = write("a.csv", "\u{feff}text,label\r\na,1\r\n");
+        assert_eq!(read(&p).unwrap()[0].label, "1");
+        let (_d, p) = write("a.jsonl", "\u{feff}{\"text\":\"a\",\"label\":1}\r{\"text\":\"b\",\"label\":0}");
+        assert_eq!(read(&p).unwrap()[1].line, 2);
+        let (_d, p) = write("a.jsonl", "{\"text\":\"a\",\"label\":1}\n{\"text\":\" \",\"label\":0}\n");
+        assert_eq!(format!("{:#}", read(&p).unwrap_err()), format!("{}:2: empty text", p.display()));
     }
 
     #[test]

@@ -4,10 +4,43 @@ pub mod input;
 pub mod labeled;
 pub mod mr;
 
+/// The lines of a text file with their 1-based numbers: a UTF-8 byte-order mark at the start is
+/// dropped, and `\n`, `\r\n` and a lone `\r` (old Mac files) all end a line.
+pub fn lines(bytes: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
+    let mut rest = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let mut n = 0;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        n += 1;
+        let end = rest.iter().position(|&b| b == b'\n' || b == b'\r').unwrap_or(rest.len());
+        let line = &rest[..end];
+        let skip = match rest.get(end..end + 2) {
+            Some(b"\r\n") => 2,
+            _ if end < rest.len() => 1,
+            _ => 0,
+        };
+        rest = &rest[end + skip..];
+        Some((n, line))
+    })
+}
+
 /// A labelled example.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Example {
     pub text: String,
     pub pair: Option<String>,
     pub label: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn lines_end_at_any_newline_and_skip_a_bom() {
+        let got: Vec<(usize, &[u8])> = super::lines(b"\xEF\xBB\xBFa\r\nb\rc\n\nd").collect();
+        assert_eq!(got, [(1, &b"a"[..]), (2, b"b"), (3, b"c"), (4, b""), (5, b"d")]);
+        assert_eq!(super::lines(b"").count(), 0);
+        assert_eq!(super::lines(b"x\n").count(), 1);
+    }
 }

@@ -48,23 +48,46 @@ pub fn detect_prefix(file: &WeightFile) -> Result<&'static str> {
 }
 
 /// Loads and validates the encoder weights as f32 host tensors.
-pub fn load_host(file: &WeightFile, cfg: &BertConfig) -> Result<Bert<Tensor>> {
+/// Checks `cfg` against the weight file before anything is sized from it: the file holds exactly
+/// the config's layers and its embedding table has the config's shape.
+pub fn check_config(file: &WeightFile, cfg: &BertConfig) -> Result<()> {
     let p = detect_prefix(file)?;
-    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+    let path = file.path().display();
     // a checkpoint with more layers than the config is a mismatch, not something to ignore
     let layer_prefix = format!("{p}encoder.layer.");
+    let mut layers = 0;
     for name in file.names() {
         if let Some(rest) = name.strip_prefix(&layer_prefix) {
             let idx: usize = rest.split('.').next().and_then(|s| s.parse().ok()).unwrap_or(usize::MAX);
             if idx >= cfg.num_hidden_layers {
                 bail!(
-                    "{}: tensor `{name}` belongs to layer {idx} but config.json has {} layers",
-                    file.path().display(),
+                    "{path}: tensor `{name}` belongs to layer {idx} but config.json has {} layers",
                     cfg.num_hidden_layers
                 );
             }
+            layers = layers.max(idx + 1);
         }
     }
+    if layers != cfg.num_hidden_layers {
+        bail!("config.json has {} layers but {path} holds {layers}", cfg.num_hidden_layers);
+    }
+    let emb = format!("{p}embeddings.word_embeddings.weight");
+    let info = file.info(&emb).with_context(|| format!("{path}: tensor `{emb}` not found"))?;
+    if info.shape != [cfg.vocab_size, cfg.hidden_size] {
+        bail!(
+            "{path}: `{emb}` has shape {:?} but config.json says vocab_size {} × hidden_size {}",
+            info.shape,
+            cfg.vocab_size,
+            cfg.hidden_size
+        );
+    }
+    Ok(())
+}
+
+pub fn load_host(file: &WeightFile, cfg: &BertConfig) -> Result<Bert<Tensor>> {
+    check_config(file, cfg)?;
+    let p = detect_prefix(file)?;
+    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
     let t = |name: &str, shape: &[usize]| file.tensor(&format!("{p}{name}"), shape);
     let emb = EmbeddingWeights {
         word: t("embeddings.word_embeddings.weight", &[cfg.vocab_size, h])?,

@@ -102,6 +102,17 @@ impl BertConfig {
                 self.num_attention_heads
             );
         }
+        if !(self.layer_norm_eps > 0.0 && self.layer_norm_eps.is_finite()) {
+            bail!("layer_norm_eps {} must be a positive number", self.layer_norm_eps);
+        }
+        for (what, p) in [
+            ("hidden_dropout_prob", self.hidden_dropout_prob),
+            ("attention_probs_dropout_prob", self.attention_probs_dropout_prob),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                bail!("{what} {p} must be in [0, 1)");
+            }
+        }
         for (what, v) in [
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),

@@ -24,6 +24,12 @@ pub struct ModelDir {
 
 impl ModelDir {
     pub fn open(dir: &Path, max_len: usize) -> Result<Self> {
+        if dir.is_file() {
+            bail!(
+                "--model {} is a file; give the model's directory (config.json, model.safetensors, tokenizer.json)",
+                dir.display()
+            );
+        }
         if !dir.is_dir() {
             bail!(
                 "model directory {} does not exist (run `admix fetch` for the default model)",
@@ -39,6 +45,7 @@ impl ModelDir {
             bail!("{} does not exist (admix reads safetensors weights)", weights_path.display());
         }
         let weights = WeightFile::open(&weights_path)?;
+        bert::check_config(&weights, &config)?;
         let tokenizer = tokenizer::load_tokenizer(dir, max_len)?;
         if tokenizer.vocab_size() > config.vocab_size {
             bail!(

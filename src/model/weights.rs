@@ -165,7 +165,12 @@ impl WeightFile {
                 self.path.display()
             ),
         };
-        Ok(Tensor { shape: info.shape.clone(), storage })
+        let t = Tensor { shape: info.shape.clone(), storage };
+        // a NaN or infinite weight gives outputs that look valid (a label, a null probability)
+        if let Some(i) = t.data().iter().position(|v| !v.is_finite()) {
+            bail!("{}: tensor `{name}` holds {} at index {i}", self.path.display(), t.data()[i]);
+        }
+        Ok(t)
     }
 
     /// An integer tensor (I64 or I32) as i64 values.

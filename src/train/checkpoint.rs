@@ -125,8 +125,8 @@ pub fn write<B: Backend>(be: &B, model: &mut Model<B>, meta: &Meta, dir: &Path) 
     let head_config = json!({
         "head_type": "classification",
         "num_labels": meta.labels.len(),
-        "layers": 2,
-        "activation_function": "tanh",
+        "layers": model.head.layers(),
+        "activation_function": activation_name(model.head.activation),
         "label2id": label2id,
         "use_pooler": false,
         "bias": true,
@@ -197,29 +197,37 @@ pub fn load(dir: &Path, layers: usize, hidden: usize) -> Result<Loaded> {
         "head",
         adapter::head_names(&head_file),
     )?;
-    let head = ClassificationHead::load(&head_file, &head_name, hidden)?;
-    let mut labels = vec![String::new(); head.num_labels];
-    match head_cfg["config"]["label2id"].as_object() {
-        Some(map) if map.len() == head.num_labels => {
-            for (name, id) in map {
-                let id = id.as_u64().filter(|&i| (i as usize) < labels.len()).with_context(|| {
-                    format!("{}: label2id[{name}] is not a label id", dir.join(HEAD_CONFIG).display())
-                })?;
-                labels[id as usize] = name.clone();
-            }
-        }
-        _ => labels.iter_mut().enumerate().for_each(|(i, l)| *l = i.to_string()),
+    let head_cfg_path = dir.join(HEAD_CONFIG);
+    let hs = adapter::config::head_settings(&head_cfg["config"])
+        .with_context(|| format!("{}", head_cfg_path.display()))?;
+    let head = ClassificationHead::load_with(&head_file, &head_name, hidden, hs.layers, hs.activation)?;
+    if let Some(n) = hs.num_labels.filter(|&n| n != head.num_labels) {
+        bail!("{}: num_labels is {n} but the head has {} outputs", head_cfg_path.display(), head.num_labels);
     }
+    let labels = match hs.labels {
+        Some(l) if l.len() == head.num_labels => l,
+        Some(l) => bail!(
+            "{}: label2id names {} labels but the head has {} outputs",
+            head_cfg_path.display(),
+            l.len(),
+            head.num_labels
+        ),
+        None => (0..head.num_labels).map(|i| i.to_string()).collect(),
+    };
     let adapter = if dir.join(ADAPTER_CONFIG).exists() {
-        let cfg = read_json(&dir.join(ADAPTER_CONFIG))?;
+        let cfg_path = dir.join(ADAPTER_CONFIG);
+        let cfg = read_json(&cfg_path)?;
+        let settings = adapter::config::adapter_settings(&cfg["config"], layers)
+            .with_context(|| format!("{}", cfg_path.display()))?;
         let file = WeightFile::open(&dir.join(ADAPTER_WEIGHTS))?;
         let name =
             adapter::resolve_name(&file, cfg["name"].as_str(), "adapter", adapter::adapter_names(&file))?;
-        let act_name = cfg["config"]["non_linearity"].as_str().unwrap_or("relu");
-        let act = Activation::parse(act_name).with_context(|| {
-            format!("{}: unknown non_linearity `{act_name}`", dir.join(ADAPTER_CONFIG).display())
-        })?;
-        Some(Adapter::load(&file, &name, layers, hidden, act)?)
+        Some(Adapter::load_configured(&file, &name, layers, hidden, &settings)?)
+    } else if dir.join(ADAPTER_WEIGHTS).exists() {
+        bail!(
+            "{}: {ADAPTER_WEIGHTS} is there but {ADAPTER_CONFIG} is not (without it the adapter's settings are unknown)",
+            dir.display()
+        );
     } else {
         None
     };

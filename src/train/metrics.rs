@@ -69,6 +69,7 @@ pub fn evaluate<B: Backend>(
     for idx in eval_batches(&lens, batch_size) {
         let (batch, gold) = make_batch(data, &idx, pad_id);
         let (_, cols, logits) = be.download(&model.logits(be, &batch)?)?;
+        crate::engine::ensure_finite(&logits, "logit")?;
         for ((&i, row), &g) in idx.iter().zip(logits.chunks(cols)).zip(&gold) {
             let p = crate::engine::prediction(row.to_vec());
             pred[i] = p.label;
