@@ -8,13 +8,23 @@ use anyhow::{Context, Result};
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so a
 /// reader never sees a half-written file and a crash leaves the old file intact.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(path, |f| f.write_all(bytes))
+}
+
+/// [`write_atomic`] with the contents written by `write`; any failure (a full disk, say) names
+/// `path` and leaves no temporary file behind.
+fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().with_context(|| format!("{} is not a file path", path.display()))?;
     let tmp = dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
+        write(&mut f)
+            .and_then(|()| f.sync_all())
+            .with_context(|| format!("cannot write {}", path.display()))?;
         std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
     })();
     if result.is_err() {
@@ -52,7 +62,11 @@ pub fn replace_dir(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result
         std::fs::remove_dir_all(&tmp).with_context(|| format!("cannot remove {}", tmp.display()))?;
     }
     std::fs::create_dir_all(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    fill(&tmp)?;
+    if let Err(e) = fill(&tmp) {
+        // nothing half-written stays behind (a full disk, a failed download of a tensor)
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
     recover_dir(dir)?;
     if dir.exists() {
         std::fs::rename(dir, &old).with_context(|| format!("cannot move {}", dir.display()))?;
@@ -95,6 +109,7 @@ mod tests {
         });
         assert!(err.is_err());
         assert_eq!(std::fs::read(dir.join("w")).unwrap(), b"v1");
+        assert!(!root.path().join("last.tmp").exists(), "the failed attempt is cleaned up at once");
         // a crash between the two renames: `last` gone, `last.old` present → recovered
         std::fs::rename(&dir, root.path().join("last.old")).unwrap();
         recover_dir(&dir).unwrap();
@@ -103,5 +118,16 @@ mod tests {
         replace_dir(&dir, |d| write_atomic(&d.join("w"), b"v3")).unwrap();
         assert_eq!(std::fs::read(dir.join("w")).unwrap(), b"v3");
         assert!(!root.path().join("last.tmp").exists() && !root.path().join("last.old").exists());
+    }
+
+    #[test]
+    fn a_full_disk_names_the_file_and_leaves_no_temporary() {
+        let root = tempfile::tempdir().unwrap();
+        let path = root.path().join("model.safetensors");
+        let enospc = || Err(std::io::Error::from_raw_os_error(libc::ENOSPC));
+        let e = format!("{:#}", write_atomic_with(&path, |_| enospc()).unwrap_err());
+        assert!(e.contains(&format!("cannot write {}", path.display())), "{e}");
+        assert!(e.contains("No space left on device"), "{e}");
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0, "no temporary file left");
     }
 }

@@ -113,6 +113,21 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     if !(a.tau > 0.0 && a.tau.is_finite()) {
         bail!("--tau must be positive (got {})", a.tau);
     }
+    // a zero limit would start a server that refuses or times out every request
+    for (flag, v) in [
+        ("--max-batch", a.max_batch as u64),
+        ("--max-queue", a.max_queue as u64),
+        ("--max-texts", a.max_texts as u64),
+        ("--max-text-chars", a.max_text_chars as u64),
+        ("--max-body-bytes", a.max_body_bytes as u64),
+        ("--request-timeout-ms", a.request_timeout_ms),
+        ("--keep-alive-ms", a.keep_alive_ms),
+        ("--max-connections", a.max_connections as u64),
+    ] {
+        if v == 0 {
+            bail!("{flag} must be at least 1 (0 would refuse every request)");
+        }
+    }
     let model_dir = a.m.dir();
     let model = a.m.open()?;
     let (members, labels) = load_members(&a.adapters, &model)?;

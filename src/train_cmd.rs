@@ -90,8 +90,8 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 200)]
     save_every: usize,
     /// Stop after this many steps (smoke tests)
-    #[arg(long)]
-    max_steps: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    max_steps: Option<u64>,
     /// FreeLB adversarial training: K ascent steps on the word embeddings per batch (L2 ball per
     /// sequence; the parameter gradients of the K passes are averaged). 0 = plain training
     #[arg(long, default_value_t = 0)]
@@ -192,6 +192,18 @@ pub fn train(a: TrainArgs) -> Result<()> {
             bail!("learning rate must be positive (got {lr})");
         }
     }
+    if !(0.0..=1.0).contains(&a.warmup) {
+        bail!(
+            "--warmup is the fraction of steps spent warming up: give a number in [0, 1] (got {})",
+            a.warmup
+        );
+    }
+    if !(a.max_grad_norm >= 0.0 && a.max_grad_norm.is_finite()) {
+        bail!("--max-grad-norm must be a positive norm, or 0 for no clipping (got {})", a.max_grad_norm);
+    }
+    if !(a.weight_decay >= 0.0 && a.weight_decay.is_finite()) {
+        bail!("--weight-decay must be 0 or positive (got {})", a.weight_decay);
+    }
     if a.epochs == 0 || a.batch_size == 0 {
         bail!("--epochs and --batch-size must be at least 1");
     }
@@ -251,7 +263,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         attention_dropout,
         seed: a.seed,
         save_every: a.save_every,
-        max_steps: a.max_steps,
+        max_steps: a.max_steps.map(|m| m as usize),
         freelb: (a.freelb_steps > 0).then(|| admix::attack::embedding::Pgd {
             norm: admix::backend::Norm::L2,
             eps: a.freelb_eps,

@@ -82,8 +82,24 @@ pub fn fingerprint(cfg: &TrainConfig, data: &TrainData, full: bool) -> serde_jso
         "full": full,
         "freelb": cfg.freelb.map(|p| json!({"norm": format!("{:?}", p.norm), "eps": p.eps, "alpha": p.alpha, "steps": p.steps})),
         "train_examples": data.train.len(),
+        "data_sha256": data_digest(data),
         "labels": data.labels,
     })
+}
+
+/// A digest of the encoded training and dev examples (token ids, type ids, labels, in order): a
+/// run is resumed only on the data it started on.
+fn data_digest(data: &TrainData) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for (split, examples) in [("train", Some(&data.train)), ("dev", data.dev.as_ref())] {
+        h.update(split.as_bytes());
+        for e in examples.into_iter().flatten() {
+            h.update((e.ids.len() as u64).to_le_bytes());
+            e.ids.iter().chain(&e.type_ids).chain([&e.label]).for_each(|v| h.update(v.to_le_bytes()));
+        }
+    }
+    format!("{:x}", h.finalize())
 }
 
 /// Trains `model` in place, writing into `out`. With `resume`, continues the run in `out/last`
@@ -124,9 +140,15 @@ pub fn train<B: Backend>(
     let mut best: (usize, Option<f64>) = (0, None);
     let mut step = 0usize;
     let mut epochs = vec![];
+    // the running loss of an epoch interrupted by a save: resumed, so that its record is the same
+    let mut resumed_loss = None;
     if resume {
         let state = resumable_state(out, fp)?;
         step = state["step"].as_u64().unwrap_or(0) as usize;
+        resumed_loss = Some((
+            state["epoch_loss_sum"].as_f64().unwrap_or(0.0),
+            state["epoch_loss_steps"].as_u64().unwrap_or(0) as usize,
+        ));
         best = (state["best_epoch"].as_u64().unwrap_or(0) as usize, state["best_dev_accuracy"].as_f64());
         let (m, v) = load_moments(be, model, &out.join("last").join("optimizer.safetensors"))?;
         opt.restore(m, v, step as u64);
@@ -149,7 +171,7 @@ pub fn train<B: Backend>(
         bar.set_position((step % steps_per_epoch) as u64);
         bar.reset_eta();
         let started = Instant::now();
-        let (mut loss_sum, mut loss_n) = (0.0f64, 0usize);
+        let (mut loss_sum, mut loss_n) = resumed_loss.take().unwrap_or((0.0f64, 0usize));
         for idx in &batches[step % steps_per_epoch..] {
             if step >= total_steps {
                 break;
@@ -208,7 +230,7 @@ pub fn train<B: Backend>(
                 );
             }
             if cfg.save_every > 0 && step % cfg.save_every == 0 && step % steps_per_epoch != 0 {
-                save_last(be, model, &opt, meta, out, fp, step, best)?;
+                save_last(be, model, &opt, meta, out, fp, step, best, (loss_sum, loss_n))?;
             }
         }
         bar.finish_and_clear();
@@ -256,7 +278,8 @@ pub fn train<B: Backend>(
             })?;
         }
         append_metrics(out, &record)?;
-        save_last(be, model, &opt, meta, out, fp, step, best)?;
+        let running = if epoch_done { (0.0, 0) } else { (loss_sum, loss_n) };
+        save_last(be, model, &opt, meta, out, fp, step, best, running)?;
         epochs.push(record);
     }
     Ok(Summary { epochs, best_epoch: best.0, best_dev_accuracy: best.1 })
@@ -290,6 +313,7 @@ fn save_last<B: Backend>(
     fp: &serde_json::Value,
     step: usize,
     best: (usize, Option<f64>),
+    (loss_sum, loss_steps): (f64, usize),
 ) -> Result<()> {
     replace_dir(&out.join("last"), |dir| {
         checkpoint::write(be, model, meta, dir)?;
@@ -306,6 +330,8 @@ fn save_last<B: Backend>(
             "step": step,
             "best_epoch": best.0,
             "best_dev_accuracy": best.1,
+            "epoch_loss_sum": loss_sum,
+            "epoch_loss_steps": loss_steps,
             "fingerprint": fp,
         });
         write_atomic(&dir.join("trainer_state.json"), serde_json::to_string_pretty(&state)?.as_bytes())
@@ -328,6 +354,12 @@ pub fn can_resume(out: &Path, fp: &serde_json::Value) -> Result<bool> {
 fn resumable_state(out: &Path, fp: &serde_json::Value) -> Result<serde_json::Value> {
     let state = read_state(&out.join("last"))?;
     if state["fingerprint"] != *fp {
+        if state["fingerprint"]["data_sha256"] != fp["data_sha256"] {
+            bail!(
+                "{} holds a run on other data (the training or dev examples changed); choose another --out or pass --overwrite",
+                out.display()
+            );
+        }
         bail!("{} holds a run with other settings; choose another --out or pass --overwrite", out.display());
     }
     Ok(state)
