@@ -13,7 +13,7 @@ use crate::adapter::mix::{stack_adapters, stack_heads, BetaRule, RowMix};
 use crate::adapter::{Adapter, ClassificationHead};
 use crate::attack::victim::Classify;
 use crate::backend::Backend;
-use crate::engine::prediction;
+use crate::engine::{ensure_finite, prediction};
 use crate::model::bert::Bert;
 use crate::model::tokenizer::TokenBatch;
 use crate::model::weights::Tensor;
@@ -80,6 +80,7 @@ impl<B: Backend> Mixture<B> {
             .map(|(a, h)| {
                 let cls = self.bert.encode_cls(be, batch, Some(a), None)?;
                 let (_, cols, logits) = be.download(&h.forward(be, &cls, batch.batch, 1)?)?;
+                ensure_finite(&logits, "logit")?;
                 Ok(logits.chunks(cols).map(|l| prediction(l.to_vec()).probs).collect())
             })
             .collect()
@@ -114,6 +115,7 @@ impl<B: Backend> Mixture<B> {
     pub fn run_with(&self, be: &B, batch: &TokenBatch, beta: Vec<Vec<f32>>) -> Result<MixOutput> {
         let mix = RowMix::new(self.m(), beta.concat())?;
         let (_, cols, logits) = be.download(&self.logits_mixed(be, batch, &mix)?)?;
+        ensure_finite(&logits, "logit")?;
         Ok(MixOutput { probs: logits.chunks(cols).map(|l| prediction(l.to_vec()).probs).collect(), beta })
     }
 
