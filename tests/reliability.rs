@@ -30,6 +30,45 @@ fn variant() -> (tempfile::TempDir, PathBuf) {
     (d, ck)
 }
 
+/// The fixture's adapter `clean` (AdapterHub's seq_bn defaults and 2-layer tanh head) saved as an
+/// AdapterHub checkpoint: admix ran it before it read these configs, so a setting it ignored would
+/// go unnoticed here.
+fn plain() -> (tempfile::TempDir, PathBuf) {
+    let d = tempfile::tempdir().unwrap();
+    let ck = d.path().join("clean");
+    std::fs::create_dir_all(&ck).unwrap();
+    let info: Value =
+        serde_json::from_str(&std::fs::read_to_string(common::fixture_dir().join("sentences.json")).unwrap())
+            .unwrap();
+    let wrap = |config: &Value| {
+        json!({"config": config, "hidden_size": 384, "model_class": "BertAdapterModel",
+               "model_type": "bert", "name": "clean", "version": "adapters.1.3.0"})
+    };
+    std::fs::write(ck.join("adapter_config.json"), wrap(&info["adapter_config"]).to_string()).unwrap();
+    std::fs::write(ck.join("head_config.json"), wrap(&info["head_config"]).to_string()).unwrap();
+    let w = common::fixture("adapter_weights.safetensors");
+    let pick = |keep: &dyn Fn(&str) -> bool| -> Vec<(String, Vec<usize>, Vec<f32>)> {
+        w.names()
+            .filter(|n| keep(n))
+            .map(|n| {
+                let t = w.tensor_any_shape(n).unwrap();
+                (n.to_string(), t.shape().to_vec(), t.data().to_vec())
+            })
+            .collect()
+    };
+    tiny::write_safetensors(
+        &ck.join("adapter.safetensors"),
+        &pick(&|n| n.contains(".adapters.clean.")),
+        Dtype::F32,
+    );
+    tiny::write_safetensors(
+        &ck.join("model_head.safetensors"),
+        &pick(&|n| n.starts_with("heads.clean.")),
+        Dtype::F32,
+    );
+    (d, ck)
+}
+
 fn edit_json(path: &Path, edit: impl FnOnce(&mut Value)) {
     let mut v: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     edit(&mut v);
@@ -97,11 +136,23 @@ fn adapter_settings_admix_cannot_run_are_refused() {
         ("original_ln_before", json!(false), "`original_ln_before: false`"),
         ("leave_out", json!([1, 4, 9]), "`leave_out` names layer 9, but the model has 6 layers"),
         ("phm_layer", json!(true), "PHM"),
+        ("scaling", json!(1e300), "`scaling: 1e+300` is not a finite 32-bit number"),
     ] {
-        let (_d, ck) = variant();
+        let (_d, ck) = plain();
         edit_json(&ck.join("adapter_config.json"), |v| v["config"][key] = value.clone());
         refused(&ck, needle);
     }
+    // a finite scaling whose product with a weight overflows f32
+    let (_d, ck) = variant();
+    edit_json(&ck.join("adapter_config.json"), |v| v["config"]["scaling"] = json!(1e38));
+    edit_tensors(&ck.join("adapter.safetensors"), |ts| {
+        let up = ts
+            .iter_mut()
+            .find(|t| t.0.ends_with("layer.0.output.adapters.variant.adapter_up.weight"))
+            .unwrap();
+        up.2[0] = 10.0;
+    });
+    refused(&ck, "`scaling` 1e38 makes adapter `variant`'s weights overflow");
     // leave_out that disagrees with the weights
     let (_d, ck) = variant();
     edit_json(&ck.join("adapter_config.json"), |v| v["config"]["leave_out"] = json!([1]));
@@ -110,7 +161,7 @@ fn adapter_settings_admix_cannot_run_are_refused() {
     edit_json(&ck.join("adapter_config.json"), |v| v["config"]["leave_out"] = json!([1, 2, 4]));
     refused(&ck, "has a module in layer 2, which its config leaves out");
     // no config: the adapter is not silently dropped
-    let (_d, ck) = variant();
+    let (_d, ck) = plain();
     std::fs::remove_file(ck.join("adapter_config.json")).unwrap();
     refused(&ck, "adapter.safetensors is there but adapter_config.json is not");
 }
@@ -119,54 +170,66 @@ fn adapter_settings_admix_cannot_run_are_refused() {
 fn head_settings_admix_cannot_run_are_refused() {
     for (key, value, needle) in [
         ("activation_function", json!("softsign"), "unknown activation_function `softsign`"),
-        ("layers", json!(2), "head `variant` has tensor `heads.variant.7.bias`"),
-        ("layers", json!(4), "tensor `heads.variant.10.weight` not found"),
+        ("layers", json!(1), "head `clean` has tensor `heads.clean.4.bias`, which a 1-layer"),
+        ("layers", json!(3), "tensor `heads.clean.7.weight` not found"),
         ("use_pooler", json!(true), "pooler"),
         ("head_type", json!("tagging"), "head_type \"tagging\" is not supported"),
         ("bias", json!(false), "without bias"),
-        ("label2id", json!({"negative": 0, "neutral": 0, "positive": 2}), "gives id 0 to both"),
-        ("label2id", json!({"negative": 0, "positive": 1}), "names 2 labels but `num_labels` is 3"),
-        ("num_labels", json!(2), "names 3 labels but `num_labels` is 2"),
+        ("label2id", json!({"LABEL_0": 0, "LABEL_1": 0}), "gives id 0 to both"),
+        ("label2id", json!({"LABEL_0": 0}), "names 1 labels but `num_labels` is 2"),
+        ("num_labels", json!(3), "names 2 labels but `num_labels` is 3"),
     ] {
-        let (_d, ck) = variant();
+        let (_d, ck) = plain();
         edit_json(&ck.join("head_config.json"), |v| v["config"][key] = value.clone());
         refused(&ck, needle);
     }
     // a label2id of the wrong size is an error, not replaced by ids
-    let (_d, ck) = variant();
+    let (_d, ck) = plain();
     edit_json(&ck.join("head_config.json"), |v| {
-        v["config"]["label2id"] = json!({"negative": 0, "positive": 1});
+        v["config"]["label2id"] = json!({"LABEL_0": 0});
         v["config"]["num_labels"] = Value::Null;
     });
-    refused(&ck, "label2id names 2 labels but the head has 3 outputs");
+    refused(&ck, "label2id names 1 labels but the head has 2 outputs");
+    // a supported setting is applied, not ignored: ReLU instead of tanh changes the logits
+    let logits = |ck: &Path| -> Vec<f64> {
+        let (o, out) = score(ck, b"a fine film\n", &[]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let row: Value = serde_json::from_str(&std::fs::read_to_string(out).unwrap()).unwrap();
+        row["logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect()
+    };
+    let (_d, ck) = plain();
+    let tanh = logits(&ck);
+    edit_json(&ck.join("head_config.json"), |v| v["config"]["activation_function"] = json!("relu"));
+    let relu = logits(&ck);
+    assert!(tanh.iter().zip(&relu).any(|(a, b)| (a - b).abs() > 1e-3), "{tanh:?} vs {relu:?}");
 }
 
 #[test]
 fn an_adapter_module_for_a_layer_the_model_lacks_is_refused() {
-    let (_d, ck) = variant();
+    let (_d, ck) = plain();
     edit_tensors(&ck.join("adapter.safetensors"), |ts| {
         let t = ts.iter().find(|t| t.0.contains("layer.0.")).unwrap().clone();
         ts.push((t.0.replace("layer.0.", "layer.7."), t.1, t.2));
     });
-    refused(&ck, "adapter `variant` has a module in layer 7, but the model has 6 layers");
+    refused(&ck, "adapter `clean` has a module in layer 7, but the model has 6 layers");
 }
 
 #[test]
 fn non_finite_weights_and_outputs_are_errors() {
     for value in [f32::NAN, f32::INFINITY] {
-        let (_d, ck) = variant();
+        let (_d, ck) = plain();
         edit_tensors(&ck.join("adapter.safetensors"), |ts| ts[3].2[5] = value);
         refused(&ck, &format!("holds {value} at index 5"));
         // eval does not print an accuracy for it either
         let data = ck.parent().unwrap().join("d.tsv");
-        std::fs::write(&data, "text\tlabel\ngood\tpositive\nbad\tnegative\nmeh\tneutral\n").unwrap();
+        std::fs::write(&data, "text\tlabel\ngood\tLABEL_1\nbad\tLABEL_0\n").unwrap();
         let o = admix(&["eval", ck.to_str().unwrap(), "--data", data.to_str().unwrap()], b"");
         assert_error(&o, &format!("holds {value} at index 5"));
     }
     // finite weights whose output overflows: the logits are not printed as null
-    let (_d, ck) = variant();
+    let (_d, ck) = plain();
     edit_tensors(&ck.join("model_head.safetensors"), |ts| {
-        let out = ts.iter_mut().find(|t| t.0 == "heads.variant.7.weight").unwrap();
+        let out = ts.iter_mut().find(|t| t.0 == "heads.clean.4.weight").unwrap();
         out.2.iter_mut().for_each(|v| *v = 3e38);
     });
     refused(&ck, "the model produced a non-finite logit");
@@ -348,7 +411,7 @@ fn a_resumed_run_keeps_its_epochs_loss_and_notices_changed_data() {
 
 #[test]
 fn serve_limits_of_zero_are_refused() {
-    let (_d, ck) = variant();
+    let (_d, ck) = plain();
     for flag in ["--request-timeout-ms", "--max-body-bytes", "--max-batch", "--max-connections"] {
         let o = admix(&["serve", "--adapter", ck.to_str().unwrap(), "--addr", "127.0.0.1:0", flag, "0"], b"");
         assert_error(&o, &format!("{flag} must be at least 1"));

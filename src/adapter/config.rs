@@ -100,8 +100,8 @@ pub fn adapter_settings(cfg: &Value, layers: usize) -> Result<AdapterSettings> {
         None | Some(Value::Null) => 1.0,
         Some(Value::Number(n)) => {
             let s = n.as_f64().context("`scaling` is not a number")?;
-            if !s.is_finite() {
-                bail!("`scaling: {s}` is not finite");
+            if !(s as f32).is_finite() {
+                bail!("`scaling: {n}` is not a finite 32-bit number");
             }
             s as f32
         }

@@ -157,8 +157,15 @@ impl Adapter<Tensor> {
             let s = settings.scaling;
             for l in &mut a.layers {
                 for b in std::iter::once(&mut l.output).chain(l.attention.as_mut()) {
-                    b.up_w.data_mut().iter_mut().for_each(|v| *v *= s);
-                    b.up_b.data_mut().iter_mut().for_each(|v| *v *= s);
+                    for t in [&mut b.up_w, &mut b.up_b] {
+                        t.data_mut().iter_mut().for_each(|v| *v *= s);
+                        if t.data().iter().any(|v| !v.is_finite()) {
+                            bail!(
+                                "{}: `scaling` {s:e} makes adapter `{name}`'s weights overflow",
+                                file.path().display()
+                            );
+                        }
+                    }
                 }
             }
         }
