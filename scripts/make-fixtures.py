@@ -239,7 +239,8 @@ def compare(t, weights, enc, directory):
 
 
 def main():
-    home = os.environ.get("ADMIX_HOME") or os.path.join(os.path.expanduser("~/.cache"), "admix")
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    home = os.environ.get("ADMIX_HOME") or os.path.join(cache, "admix")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=os.path.join(home, "models", "all-MiniLM-L6-v2"))
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "minilm-oracle"))

@@ -47,7 +47,6 @@ pub fn detect_prefix(file: &WeightFile) -> Result<&'static str> {
     )
 }
 
-/// Loads and validates the encoder weights as f32 host tensors.
 /// Checks `cfg` against the weight file before anything is sized from it: the file holds exactly
 /// the config's layers and its embedding table has the config's shape.
 pub fn check_config(file: &WeightFile, cfg: &BertConfig) -> Result<()> {
@@ -84,6 +83,7 @@ pub fn check_config(file: &WeightFile, cfg: &BertConfig) -> Result<()> {
     Ok(())
 }
 
+/// Loads and validates the encoder weights as f32 host tensors.
 pub fn load_host(file: &WeightFile, cfg: &BertConfig) -> Result<Bert<Tensor>> {
     check_config(file, cfg)?;
     let p = detect_prefix(file)?;
