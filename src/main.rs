@@ -67,8 +67,8 @@ enum Command {
     Train(train_cmd::TrainArgs),
     /// Evaluate a checkpoint on a split: accuracy, loss, per-class precision/recall/F1.
     Eval(train_cmd::EvalArgs),
-    /// Attack a checkpoint on a split (pgd, fgsm, hotflip, deepwordbug, pwws): TextAttack's
-    /// outcomes and summary; --out writes results.jsonl and summary.json.
+    /// Attack a checkpoint on a split (pgd, fgsm, hotflip, deepwordbug, pwws, textfooler, textbugger):
+    /// TextAttack's outcomes and summary; --out writes results.jsonl and summary.json.
     Attack(attack_cmd::AttackArgs),
     /// AdpMixup end to end: clean and adversarial adapters, baselines, weight-space mixing (static
     /// and entropy β), transfer and adaptive robustness; writes report.md, report.json, tradeoff.png.

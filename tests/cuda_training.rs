@@ -28,6 +28,11 @@ use common::tiny;
 const GRAD_TOL: f64 = 1e-1;
 const GRAD_TOL_ALL: f64 = 3e-2;
 const WEIGHT_TOL_ALL: f64 = 1e-2;
+/// Per tensor after 3 AdamW steps: loose, since AdamW moves a tensor that starts at zero (the
+/// adapters' up-projection biases) by about ±lr per step whatever its gradient's size, so a tiny
+/// gradient whose sign bf16 flips is a full-size difference (measured worst: 1.7e-1 for
+/// double_seq_bn's `adapter_up.bias`, 2.1e-2 full fine-tuning, 6.6e-3 seq_bn).
+const WEIGHT_TOL: f64 = 2.5e-1;
 
 fn copy(a: &Adapter<Tensor>) -> Adapter<Tensor> {
     a.map(|t| Ok(t.clone())).unwrap()
@@ -115,8 +120,11 @@ fn run(adapter: Option<&Adapter<Tensor>>, full: bool, what: &str) {
         cpu.params().into_iter().map(|p| (p.name, p.weight.data().to_vec())).collect();
     let weights_e: Vec<Vec<f32>> =
         emu.params().into_iter().map(|p| cuda.weight_to_host(p.weight).unwrap().data().to_vec()).collect();
-    for ((_, c), e) in weights_c.iter().zip(&weights_e) {
-        worst_weight = worst_weight.max(rel_err(e, c).unwrap());
+    assert_eq!(weights_c.len(), weights_e.len());
+    for ((name, c), e) in weights_c.iter().zip(&weights_e) {
+        let err = rel_err(e, c).unwrap();
+        assert!(err <= WEIGHT_TOL, "{what}, {name} after 3 AdamW steps: relative error {err:.2e}");
+        worst_weight = worst_weight.max(err);
     }
     let (e_all, c_all): (Vec<f32>, Vec<f32>) =
         (weights_e.concat(), weights_c.iter().flat_map(|(_, c)| c.iter().copied()).collect());

@@ -20,8 +20,10 @@ fn embed_on_the_emulator_agrees_with_the_cpu() {
     let text = b"a gripping, beautifully acted film.\nthe plot is a mess and the jokes fall flat.\n";
     let cpu = embeddings(&admix(&["embed", "--device", "cpu"], text));
     let emu = embeddings(&admix(&["embed", "--device", "emu"], text));
-    assert_eq!(cpu.len(), 2);
+    assert_eq!((cpu.len(), emu.len()), (2, 2));
     for (c, e) in cpu.iter().zip(&emu) {
+        assert_eq!(c.len(), e.len());
+        assert!(c.len() > 1);
         let cos: f64 = c.iter().zip(e).map(|(a, b)| a * b).sum();
         assert!(cos > 0.999, "cosine between cpu and emu embeddings {cos}");
     }

@@ -1,5 +1,5 @@
-//! The AdpMixup run end to end (`admix mixup`): the mixture classifier, the stages of the
-//! pipeline, and the trade-off report.
+//! AdpMixup: the mixture classifier ([`mixture`]) and the trade-off report ([`report`]). The
+//! pipeline's cached stages are `admix mixup` itself (src/mixup_cmd.rs, in the binary).
 
 pub mod mixture;
 pub mod report;

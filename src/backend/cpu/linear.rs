@@ -9,7 +9,8 @@ use super::{Mat, ROW_CHUNK};
 use crate::backend::Activation;
 use crate::model::weights::Tensor;
 
-/// `dst[m×n] = alpha·dst + beta·(a[m×k] · b[k×n])` with explicit strides (row stride, col stride).
+/// `dst[m×n] = a[m×k] · b[k×n]`, or `dst += a·b` with `accumulate`, with explicit strides (row
+/// stride, col stride; `dst` is contiguous within a row).
 /// The GEMM is parallelised over the rayon pool unless the problem is tiny.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_strided(

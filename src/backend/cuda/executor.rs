@@ -44,7 +44,9 @@ pub trait Executor: Send + Sync {
     fn dtoh(&self, dst: &mut [u8], src: DevPtr) -> Result<()>;
     fn dtod(&self, dst: DevPtr, src: DevPtr, bytes: usize) -> Result<()>;
     fn memset(&self, dst: DevPtr, byte: u8, bytes: usize) -> Result<()>;
-    /// Launches kernel `name` and waits for it; a kernel error is an `Err` naming the kernel.
+    /// Queues kernel `name` (the emulator runs it at once; the GPU returns before it finishes,
+    /// unless launches are synchronised for debugging): an error at launch is an `Err` naming the
+    /// kernel, one while running surfaces at the next synchronising call.
     ///
     /// # Safety
     /// `args` must match the kernel's parameter list (each element points at a value of the

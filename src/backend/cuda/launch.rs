@@ -216,7 +216,7 @@ pub fn attention(
         smem: attention_smem(d),
     };
     let kernel = format!("attention_bf16_dpl{}", d.div_ceil(32));
-    // SAFETY: attention_bf16_dplN(ctx, qkv, lens, seq, heads, d, scale).
+    // SAFETY: attention_bf16_dplN(ctx, qkv, lens, seq, heads, d, scale, key, threshold, dscale).
     unsafe {
         Args::new()
             .buf(ctx)
