@@ -274,6 +274,14 @@ def main():
     save_file(oracle, os.path.join(args.out, "adapter_oracle.safetensors"))
     save_file({k: x.contiguous() for k, x in sorted(weights.items())}, os.path.join(args.out, "adapter_weights.safetensors"))
     variant.save_adapter(os.path.join(args.out, "variant"), "variant", with_head=True, use_safetensors=True)
+    for cfg in ("adapter_config.json", "head_config.json"):
+        # AdapterHub records the model's local path; name the model instead
+        path = os.path.join(args.out, "variant", cfg)
+        with open(path) as f:
+            saved = json.load(f)
+        saved["model_name"] = "all-MiniLM-L6-v2"
+        with open(path, "w") as f:
+            json.dump(saved, f, indent=2, sort_keys=True)
     info = {
         "model_safetensors_sha256": sha256(os.path.join(args.model, "model.safetensors")),
         "tokenizer_json_sha256": sha256(os.path.join(args.model, "tokenizer.json")),
