@@ -82,21 +82,18 @@ def adapter_model(model_dir, dtype):
         torch.manual_seed(seed)
         model.add_adapter(name, config="seq_bn")
         model.add_classification_head(name, num_labels=2)
-        params = dict(model.named_parameters())
-        mine = sorted(n for n in params if f".adapters.{name}." in n or n.startswith(f"heads.{name}."))
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
-            for n in mine:
-                params[n].normal_(0.0, 0.05, generator=g)
+            for n, p in sorted(trainable(model, name).items()):
+                p.normal_(0.0, 0.05, generator=g)
     model.add_adapter("mix", config="seq_bn")
     model.add_classification_head("mix", num_labels=2)
     params = dict(model.named_parameters())
     with torch.no_grad():
-        for n, p in params.items():
-            if ".adapters.mix." in n or n.startswith("heads.mix."):
-                clean = params[n.replace(".mix.", ".clean.")]
-                adv = params[n.replace(".mix.", ".adv.")]
-                p.copy_(MIX_LAMBDA * clean + (1.0 - MIX_LAMBDA) * adv)
+        for n, p in trainable(model, "mix").items():
+            clean = params[n.replace(".mix.", ".clean.")]
+            adv = params[n.replace(".mix.", ".adv.")]
+            p.copy_(MIX_LAMBDA * clean + (1.0 - MIX_LAMBDA) * adv)
     model.eval()
     return model.to(dtype)
 

@@ -143,7 +143,7 @@ pub struct AttackArgs {
 }
 
 pub fn attack(a: AttackArgs) -> Result<()> {
-    train_cmd::set_threads(a.threads)?;
+    admix::init_threads(a.threads)?;
     if a.query_budget == 0 {
         bail!("the query budget must be at least 1 (the original input is a query)");
     }

@@ -348,7 +348,7 @@ fn adversarial(records: &[AttackRecord]) -> Vec<Example> {
 }
 
 pub fn mixup(a: MixupArgs) -> Result<()> {
-    train_cmd::set_threads(a.threads)?;
+    admix::init_threads(a.threads)?;
     let _ = a.device.cuda_backend()?; // a missing GPU is an error before any work
     if !(a.tau > 0.0 && a.tau.is_finite()) || a.taus.iter().any(|t| !(*t > 0.0 && t.is_finite())) {
         bail!("every τ must be positive");

@@ -142,10 +142,6 @@ pub struct EvalArgs {
     threads: Option<usize>,
 }
 
-pub fn set_threads(n: Option<usize>) -> Result<()> {
-    admix::init_threads(n)
-}
-
 /// Training and dev examples with label names.
 fn train_examples(a: &TrainArgs) -> Result<(Vec<Example>, Option<Vec<Example>>, Vec<String>)> {
     match &a.train {
@@ -183,7 +179,7 @@ fn encode_split(model: &ModelDir, examples: &[Example], what: &str) -> Result<Ve
 }
 
 pub fn train(a: TrainArgs) -> Result<()> {
-    set_threads(a.threads)?;
+    admix::init_threads(a.threads)?;
     // the device first: a missing GPU should not cost a data load
     let cuda = a.device.cuda_backend()?;
     // settings first: a bad flag should not cost a data load
@@ -448,7 +444,7 @@ pub fn labelled_examples(data: &str, split: &str, labels: &[String]) -> Result<V
 }
 
 pub fn eval(a: EvalArgs) -> Result<()> {
-    set_threads(a.threads)?;
+    admix::init_threads(a.threads)?;
     let OpenCheckpoint { dir, model, ck } = open_checkpoint(&a.checkpoint, a.model.as_deref(), a.max_len)?;
     let examples = labelled_examples(&a.data, &a.split, &ck.labels)?;
     let data = encode_split(&model, &examples, "evaluation")?;

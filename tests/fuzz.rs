@@ -305,10 +305,7 @@ fn fuzz_model_directory() {
     let files = ["config.json", "tokenizer.json", "model.safetensors"];
     let seeds: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(seed_dir.join(f)).unwrap()).collect();
     let model = dir.path().join("model");
-    std::fs::create_dir_all(&model).unwrap();
-    for f in files {
-        std::fs::copy(seed_dir.join(f), model.join(f)).unwrap();
-    }
+    common::copy_files(&seed_dir, &model, Some(&files));
     fuzz("model directory", &seeds, |i, bytes| {
         std::fs::write(model.join(files[i]), bytes).unwrap();
         let result = (|| -> anyhow::Result<Vec<Vec<f32>>> {
@@ -334,10 +331,7 @@ fn fuzz_adapter_checkpoint() {
     let files = ["adapter_config.json", "head_config.json", "adapter.safetensors", "model_head.safetensors"];
     let seeds: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(seed_dir.join(f)).unwrap()).collect();
     let ck = dir.path().join("ck");
-    std::fs::create_dir_all(&ck).unwrap();
-    for f in files {
-        std::fs::copy(seed_dir.join(f), ck.join(f)).unwrap();
-    }
+    common::copy_files(&seed_dir, &ck, Some(&files));
     fuzz("adapter checkpoint", &seeds, |i, bytes| {
         std::fs::write(ck.join(files[i]), bytes).unwrap();
         let result = admix::train::checkpoint::load(&ck, 6, 384);

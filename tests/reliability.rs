@@ -7,26 +7,17 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use admix::model::weights::WeightFile;
 use common::cli::{admix, assert_error};
 use common::tiny;
 use safetensors::Dtype;
 use serde_json::{json, Value};
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-    }
-}
 
 /// A writable copy of the fixture's AdapterHub checkpoint `variant` (scaling 2, leave_out [1, 4],
 /// a 3-layer ReLU head over negative / neutral / positive).
 fn variant() -> (tempfile::TempDir, PathBuf) {
     let d = tempfile::tempdir().unwrap();
     let ck = d.path().join("variant");
-    copy_dir(&common::fixture_dir().join("variant"), &ck);
+    common::copy_files(&common::fixture_dir().join("variant"), &ck, None);
     (d, ck)
 }
 
@@ -46,15 +37,9 @@ fn plain() -> (tempfile::TempDir, PathBuf) {
     };
     std::fs::write(ck.join("adapter_config.json"), wrap(&info["adapter_config"]).to_string()).unwrap();
     std::fs::write(ck.join("head_config.json"), wrap(&info["head_config"]).to_string()).unwrap();
-    let w = common::fixture("adapter_weights.safetensors");
+    let all = common::read_tensors(&common::fixture_dir().join("adapter_weights.safetensors"));
     let pick = |keep: &dyn Fn(&str) -> bool| -> Vec<(String, Vec<usize>, Vec<f32>)> {
-        w.names()
-            .filter(|n| keep(n))
-            .map(|n| {
-                let t = w.tensor_any_shape(n).unwrap();
-                (n.to_string(), t.shape().to_vec(), t.data().to_vec())
-            })
-            .collect()
+        all.iter().filter(|t| keep(&t.0)).cloned().collect()
     };
     tiny::write_safetensors(
         &ck.join("adapter.safetensors"),
@@ -77,15 +62,7 @@ fn edit_json(path: &Path, edit: impl FnOnce(&mut Value)) {
 
 /// Rewrites a safetensors file with `edit` applied to its (name, shape, data) list.
 fn edit_tensors(path: &Path, edit: impl FnOnce(&mut Vec<(String, Vec<usize>, Vec<f32>)>)) {
-    let w = WeightFile::open(path).unwrap();
-    let mut ts: Vec<(String, Vec<usize>, Vec<f32>)> = w
-        .names()
-        .map(|n| {
-            let t = w.tensor_any_shape(n).unwrap();
-            (n.to_string(), t.shape().to_vec(), t.data().to_vec())
-        })
-        .collect();
-    drop(w);
+    let mut ts = common::read_tensors(path);
     edit(&mut ts);
     tiny::write_safetensors(path, &ts, Dtype::F32);
 }

@@ -252,11 +252,8 @@ fn a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint() {
     // are refused at load): tanh(0·x + 1000) = 1 in every unit, so both logits are 32 · 3e38 = inf
     // and the resumed run's first loss is NaN
     let head = env.p("run/last/model_head.safetensors");
-    let w = admix::model::weights::WeightFile::open(&head).unwrap();
-    let mut tensors = vec![];
-    for name in w.names().map(String::from).collect::<Vec<_>>() {
-        let t = w.tensor_any_shape(&name).unwrap();
-        let mut data = t.data().to_vec();
+    let mut tensors = common::read_tensors(&head);
+    for (name, _, data) in &mut tensors {
         let value = match name.rsplit_once(".clean.").map(|(_, s)| s) {
             Some("1.weight") => Some(0.0),
             Some("1.bias") => Some(1000.0),
@@ -266,9 +263,7 @@ fn a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint() {
         if let Some(value) = value {
             data.iter_mut().for_each(|v| *v = value);
         }
-        tensors.push((name, t.shape().to_vec(), data));
     }
-    drop(w);
     admix::io::write_safetensors(&head, &tensors).unwrap();
     let out = env.train("run", &["--epochs", "2"]);
     let err = String::from_utf8_lossy(&out.stderr);

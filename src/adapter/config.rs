@@ -55,6 +55,16 @@ fn require(cfg: &Value, key: &str, default: bool, want: bool, what: &str) -> Res
     Ok(())
 }
 
+/// The activation named by `key` (`default` when absent).
+fn activation(cfg: &Value, key: &str, default: &str) -> Result<Activation> {
+    let name = match cfg.get(key) {
+        None | Some(Value::Null) => default,
+        Some(Value::String(s)) => s.as_str(),
+        Some(v) => bail!("`{key}: {v}` is not a name"),
+    };
+    Activation::parse(name).with_context(|| format!("unknown {key} `{name}`"))
+}
+
 /// Reads an AdapterHub bottleneck config (the `config` object of `adapter_config.json`) for a
 /// model with `layers` layers.
 pub fn adapter_settings(cfg: &Value, layers: usize) -> Result<AdapterSettings> {
@@ -127,19 +137,8 @@ pub fn adapter_settings(cfg: &Value, layers: usize) -> Result<AdapterSettings> {
     if leave_out.len() == layers {
         bail!("`leave_out` leaves out every layer: the adapter would do nothing");
     }
-    let act_name = match cfg.get("non_linearity") {
-        None | Some(Value::Null) => {
-            if kind == AdapterKind::SeqBn {
-                "relu"
-            } else {
-                "swish"
-            }
-        }
-        Some(Value::String(s)) => s.as_str(),
-        Some(v) => bail!("`non_linearity: {v}` is not a name"),
-    };
-    let activation =
-        Activation::parse(act_name).with_context(|| format!("unknown non_linearity `{act_name}`"))?;
+    let default = if kind == AdapterKind::SeqBn { "relu" } else { "swish" };
+    let activation = activation(cfg, "non_linearity", default)?;
     Ok(AdapterSettings { activation, kind, scaling, leave_out })
 }
 
@@ -174,13 +173,7 @@ pub fn head_settings(cfg: &Value) -> Result<HeadSettings> {
             .filter(|&n| n >= 1)
             .with_context(|| format!("`layers: {v}` is not a positive count"))? as usize,
     };
-    let act_name = match cfg.get("activation_function") {
-        None | Some(Value::Null) => "tanh",
-        Some(Value::String(s)) => s.as_str(),
-        Some(v) => bail!("`activation_function: {v}` is not a name"),
-    };
-    let activation =
-        Activation::parse(act_name).with_context(|| format!("unknown activation_function `{act_name}`"))?;
+    let activation = activation(cfg, "activation_function", "tanh")?;
     let num_labels = match cfg.get("num_labels") {
         None | Some(Value::Null) => None,
         Some(v) => Some(v.as_u64().with_context(|| format!("`num_labels: {v}` is not a count"))? as usize),

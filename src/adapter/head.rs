@@ -64,8 +64,8 @@ impl ClassificationHead<Tensor> {
         let expected: BTreeSet<String> = (0..layers)
             .flat_map(|i| ["weight", "bias"].map(|k| format!("{p}.{}.{k}", linear_module(i))))
             .collect();
-        if let Some(extra) = file.names().find(|n| n.starts_with(&format!("{p}.")) && !expected.contains(*n))
-        {
+        let prefix = format!("{p}.");
+        if let Some(extra) = file.names().find(|n| n.starts_with(&prefix) && !expected.contains(*n)) {
             bail!(
                 "{}: head `{name}` has tensor `{extra}`, which a {layers}-layer classification head does not have",
                 file.path().display()

@@ -115,7 +115,7 @@ fn text_columns<'a>(
 
 /// CSV with a header (RFC 4180 quoting: fields may hold commas, quotes and newlines).
 fn read_csv(bytes: &[u8], source: &str) -> Result<Inputs> {
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let bytes = super::strip_bom(bytes);
     let mut r = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(bytes);
     let mut out = Inputs::default();
     let mut columns = None;

@@ -80,7 +80,7 @@ pub fn read(path: &Path) -> Result<Vec<RawExample>> {
 }
 
 fn read_delimited(bytes: &[u8], delimiter: u8, source: &str) -> Result<Vec<RawExample>> {
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let bytes = super::strip_bom(bytes);
     let mut r = csv::ReaderBuilder::new().delimiter(delimiter).flexible(true).from_reader(bytes);
     let header = r.headers().with_context(|| format!("{source}: cannot read the header"))?.clone();
     let col = |name: &str| header.iter().position(|h| h.trim() == name);

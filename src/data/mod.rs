@@ -4,10 +4,15 @@ pub mod input;
 pub mod labeled;
 pub mod mr;
 
+/// `bytes` without a leading UTF-8 byte-order mark.
+pub fn strip_bom(bytes: &[u8]) -> &[u8] {
+    bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes)
+}
+
 /// The lines of a text file with their 1-based numbers: a UTF-8 byte-order mark at the start is
 /// dropped, and `\n`, `\r\n` and a lone `\r` (old Mac files) all end a line.
 pub fn lines(bytes: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
-    let mut rest = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let mut rest = strip_bom(bytes);
     let mut n = 0;
     std::iter::from_fn(move || {
         if rest.is_empty() {

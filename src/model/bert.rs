@@ -83,9 +83,9 @@ pub fn check_config(file: &WeightFile, cfg: &BertConfig) -> Result<()> {
     Ok(())
 }
 
-/// Loads and validates the encoder weights as f32 host tensors.
+/// Loads and validates the encoder weights as f32 host tensors (every shape against `cfg`; the
+/// layer count was checked by [`check_config`] when the model directory was opened).
 pub fn load_host(file: &WeightFile, cfg: &BertConfig) -> Result<Bert<Tensor>> {
-    check_config(file, cfg)?;
     let p = detect_prefix(file)?;
     let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
     let t = |name: &str, shape: &[usize]| file.tensor(&format!("{p}{name}"), shape);
