@@ -11,7 +11,7 @@
 
 use admix::backend::cpu::Cpu;
 use admix::backend::{Activation, Backend, Norm, PgdStep};
-use admix::train::model::Model;
+use admix::model::classify::Model;
 
 mod common;
 use common::{batch, load_model, random, time};
@@ -41,7 +41,7 @@ fn main() {
     });
     let n = 20;
     let x = Cpu.upload(2 * n, h, &random(2 * n * h, 3, 0.05)).unwrap();
-    let zero = admix::model::weights::Tensor::from_vec(vec![word.shape()[0]], vec![0.0; word.shape()[0]]);
+    let zero = admix::weights::Tensor::from_vec(vec![word.shape()[0]], vec![0.0; word.shape()[0]]);
     time("hotflip scores 2x20 rows x 30522 vocab", 20, || {
         Cpu.linear(&x, &word, &zero, Activation::Identity, None).unwrap();
     });

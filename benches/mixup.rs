@@ -12,8 +12,8 @@
 
 use admix::adapter::mix::{BetaRule, RowMix};
 use admix::backend::cpu::Cpu;
-use admix::pipeline::mixture::Mixture;
-use admix::train::model::Model;
+use admix::model::classify::Model;
+use admix::model::mixture::Mixture;
 
 mod common;
 use common::{batch, load_model, time};

@@ -14,10 +14,10 @@ use admix::adapter::AdapterKind;
 use admix::backend::cpu::Cpu;
 use admix::backend::Activation;
 use admix::model::bert::DropoutPlan;
+use admix::model::classify::Model;
+use admix::rng::Rng;
 use admix::train::init::{new_adapter, new_head, AdapterSpec, Init};
-use admix::train::model::Model;
 use admix::train::optim::{AdamW, AdamWConfig};
-use admix::train::rng::Rng;
 
 fn main() {
     let (model, threads) = load_model("train_step");

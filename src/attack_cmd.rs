@@ -10,23 +10,24 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use admix::assets;
 use admix::attack::batching::BatchQueue;
 use admix::attack::embedding::{self, Pgd};
 use admix::attack::glove::{Glove, NeighbourCache};
 use admix::attack::hotflip::{HotFlip, HotFlipConfig};
 use admix::attack::metrics::{AttackRecord, Outcome, Summary};
 use admix::attack::search::{Constraints, Ranking, Transformation};
-use admix::attack::victim::{argmax, Classify, ModelScorer, Scorer, Victim};
+use admix::attack::victim::{ModelScorer, Scorer, Victim};
 use admix::attack::wordnet::WordNet;
 use admix::attack::{self as atk, deepwordbug, pwws, textbugger, textfooler, words};
 use admix::backend::cpu::Cpu;
 use admix::backend::cuda::Cuda;
 use admix::backend::{Backend, Device, Norm};
+use admix::data::batches::{self, Encoded};
 use admix::data::Example;
-use admix::train::batches::{self, Encoded};
-use admix::train::model::Model;
-use admix::train::rng::Rng;
-use admix::{assets, engine};
+use admix::model::classify::Model;
+use admix::model::classify::{self, argmax, Classify};
+use admix::rng::Rng;
 
 use crate::train_cmd::{self, OpenCheckpoint};
 
@@ -234,7 +235,7 @@ fn what(a: &AttackArgs) -> String {
 /// The checkpoint's classifier (encoder, adapter, head) on a backend, frozen.
 fn victim_model<B: Backend>(
     be: &B,
-    bert: &admix::model::bert::Bert<admix::model::weights::Tensor>,
+    bert: &admix::model::bert::Bert<admix::weights::Tensor>,
     ck: &admix::train::checkpoint::Loaded,
 ) -> Result<Model<B>> {
     let adapter = ck.adapter.as_ref().map(|x| x.to_backend(be)).transpose()?;
@@ -306,7 +307,7 @@ fn run<B: Backend>(
     be: &B,
     m: &Model<B>,
     model_dir: &admix::model::ModelDir,
-    word_table: &admix::model::weights::Tensor,
+    word_table: &admix::weights::Tensor,
     examples: &[Example],
     a: &AttackArgs,
     wordnet: Option<&WordNet>,
@@ -514,7 +515,7 @@ fn embedding_batch<B: Backend>(
 ) -> Result<Vec<AttackRecord>> {
     let (batch, labels) = batches::make_batch(data, idx, pad);
     let (_, cols, clean) = be.download(&m.logits(be, &batch)?)?;
-    let clean: Vec<Vec<f32>> = clean.chunks(cols).map(|l| engine::prediction(l.to_vec()).probs).collect();
+    let clean: Vec<Vec<f32>> = clean.chunks(cols).map(|l| classify::prediction(l.to_vec()).probs).collect();
     let attacked: Vec<usize> = (0..idx.len()).filter(|&k| argmax(&clean[k]) == labels[k] as usize).collect();
     let mut adv: Vec<Option<(Vec<f32>, f32)>> = vec![None; idx.len()];
     if !attacked.is_empty() {
@@ -524,7 +525,7 @@ fn embedding_batch<B: Backend>(
         let (_, h, delta) = be.download(&out.delta)?;
         let norms = embedding::norms(&delta, &ab, h, cfg.norm);
         for (j, &k) in attacked.iter().enumerate() {
-            adv[k] = Some((engine::prediction(out.logits[j].clone()).probs, norms[j]));
+            adv[k] = Some((classify::prediction(out.logits[j].clone()).probs, norms[j]));
         }
     }
     Ok(idx

@@ -14,8 +14,8 @@ use admix::bench::kernels::{self, Gemm};
 use admix::bench::{self, model, Plan, Row, Size, Timer};
 use admix::model::bert::{self, Bert};
 use admix::model::config::BertConfig;
-use admix::model::weights::Tensor;
 use admix::model::ModelDir;
+use admix::weights::Tensor;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Suite {

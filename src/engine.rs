@@ -5,11 +5,13 @@ use anyhow::{bail, Result};
 use crate::adapter::{Adapter, ClassificationHead};
 use crate::backend::cpu::Cpu;
 use crate::backend::cuda::Cuda;
+use crate::backend::TokenBatch;
 use crate::backend::{Backend, Device};
 use crate::model::bert::Bert;
-use crate::model::tokenizer::{TextInput, TextTokenizer, TokenBatch};
-use crate::model::weights::Tensor;
+use crate::model::classify::{ensure_finite, prediction, Prediction};
+use crate::model::tokenizer::{TextInput, TextTokenizer};
 use crate::model::ModelDir;
+use crate::weights::Tensor;
 
 pub struct Engine<B: Backend> {
     pub backend: B,
@@ -17,14 +19,6 @@ pub struct Engine<B: Backend> {
     pub bert: Bert<B::Weight>,
     pub adapter: Option<Adapter<B::Weight>>,
     pub head: Option<ClassificationHead<B::Weight>>,
-}
-
-/// Class probabilities and the predicted label of one input.
-#[derive(Clone, Debug)]
-pub struct Prediction {
-    pub label: usize,
-    pub logits: Vec<f32>,
-    pub probs: Vec<f32>,
 }
 
 impl<B: Backend> Engine<B> {
@@ -74,32 +68,6 @@ impl<B: Backend> Engine<B> {
     pub fn classify_batch(&self, batch: &TokenBatch) -> Result<Vec<Prediction>> {
         Ok(self.logits_batch(batch)?.into_iter().map(prediction).collect())
     }
-}
-
-/// Refuses a model output that holds NaN or ±inf (weights or inputs that overflow): such a result
-/// only looks valid.
-pub fn ensure_finite(values: &[f32], what: &str) -> Result<()> {
-    if let Some(v) = values.iter().find(|v| !v.is_finite()) {
-        bail!("the model produced a non-finite {what} ({v})");
-    }
-    Ok(())
-}
-
-/// Softmax probabilities and argmax of a logit vector.
-pub fn prediction(logits: Vec<f32>) -> Prediction {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let exps: Vec<f64> = logits.iter().map(|&l| ((l - max) as f64).exp()).collect();
-    let z: f64 = exps.iter().sum();
-    let probs: Vec<f32> = exps.iter().map(|e| (e / z) as f32).collect();
-    Prediction { label: argmax(&probs), logits, probs }
-}
-
-/// The index of the largest value (the first one on ties).
-pub fn argmax(v: &[f32]) -> usize {
-    v.iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, &p)| if p > best.1 { (i, p) } else { best })
-        .0
 }
 
 /// An engine on whichever backend `--device` chose.

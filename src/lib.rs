@@ -22,8 +22,10 @@ pub mod model;
 pub mod pipeline;
 pub mod profile;
 pub mod provenance;
+pub mod rng;
 pub mod serve;
 pub mod train;
+pub mod weights;
 
 /// Sizes the worker pool: `n` threads (at least 1, at most the cores this process may use, so that
 /// a typo cannot oversubscribe the machine by orders of magnitude), or all cores by default.

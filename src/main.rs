@@ -13,8 +13,8 @@ use admix::assets;
 use admix::backend::Activation;
 use admix::data::input::{self, Format, Record};
 use admix::engine::AnyEngine;
-use admix::model::weights::WeightFile;
 use admix::model::ModelDir;
+use admix::weights::WeightFile;
 
 mod attack_cmd;
 mod bench_cmd;
@@ -293,9 +293,8 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::GpuCheck { out, correctness_only, seeds } => {
-            let opts =
-                admix::backend::cuda::gpu_check::Options { out, correctness_only, seeds: seeds.max(1) };
-            if !admix::backend::cuda::gpu_check::run(&opts)? {
+            let opts = admix::bench::gpu_check::Options { out, correctness_only, seeds: seeds.max(1) };
+            if !admix::bench::gpu_check::run(&opts)? {
                 bail!("the GPU check found failures (see {})", opts.out.join("report.md").display());
             }
             Ok(())
@@ -351,8 +350,8 @@ fn prepare(
 /// A classifier from `--adapter`: a checkpoint directory (which may hold a whole model) or a
 /// safetensors file in AdapterHub naming.
 struct Classifier {
-    adapter: Option<Adapter<admix::model::weights::Tensor>>,
-    head: ClassificationHead<admix::model::weights::Tensor>,
+    adapter: Option<Adapter<admix::weights::Tensor>>,
+    head: ClassificationHead<admix::weights::Tensor>,
     /// the label names a checkpoint carries
     labels: Option<Vec<String>>,
     model: ModelDir,
@@ -402,7 +401,7 @@ fn load_adapter(
     a: &AdapterArgs,
     layers: usize,
     hidden: usize,
-) -> Result<(Adapter<admix::model::weights::Tensor>, ClassificationHead<admix::model::weights::Tensor>)> {
+) -> Result<(Adapter<admix::weights::Tensor>, ClassificationHead<admix::weights::Tensor>)> {
     let act = match &a.adapter_act {
         Some(s) => Some(Activation::parse(s).with_context(|| format!("unknown activation `{s}`"))?),
         None => None,
@@ -447,7 +446,7 @@ fn run_batches<T>(
     engine: &AnyEngine,
     inputs: &[Record],
     batch_size: usize,
-    f: impl Fn(&AnyEngine, &admix::model::tokenizer::TokenBatch) -> Result<Vec<T>>,
+    f: impl Fn(&AnyEngine, &admix::backend::TokenBatch) -> Result<Vec<T>>,
 ) -> Result<Vec<T>> {
     let mut order: Vec<usize> = (0..inputs.len()).collect();
     order.sort_by_key(|&i| inputs[i].input.text.len() + inputs[i].input.pair.as_ref().map_or(0, |p| p.len()));

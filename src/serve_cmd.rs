@@ -92,7 +92,7 @@ pub fn load_members(specs: &[PathBuf], model: &ModelDir) -> Result<(Vec<Member>,
             };
             (adapter, ck.head, ck.labels)
         } else {
-            let file = admix::model::weights::WeightFile::open(&path)?;
+            let file = admix::weights::WeightFile::open(&path)?;
             let (a, h) = admix::adapter::load_with_head(&file, name.as_deref(), None, None, layers, hidden)?;
             let ids = (0..h.num_labels).map(|i| i.to_string()).collect();
             (a, h, ids)

@@ -11,19 +11,19 @@ use admix::assets;
 use admix::backend::cpu::Cpu;
 use admix::backend::cuda::Cuda;
 use admix::backend::{Activation, Backend, Device};
+use admix::data::batches::{self, Encoded};
 use admix::data::labeled::{self, LabelSet};
 use admix::data::mr::{self, Split};
 use admix::data::Example;
-use admix::model::weights::Tensor;
+use admix::model::classify::Model;
 use admix::model::ModelDir;
-use admix::train::batches::{self, Encoded};
+use admix::rng::Rng;
 use admix::train::checkpoint::{self, Meta};
 use admix::train::init::{self, AdapterSpec, Init};
 use admix::train::metrics::{evaluate, Metrics};
-use admix::train::model::Model;
 use admix::train::optim::AdamWConfig;
-use admix::train::rng::Rng;
 use admix::train::trainer::{self, TrainConfig, TrainData};
+use admix::weights::Tensor;
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -477,8 +477,8 @@ pub fn eval(a: EvalArgs) -> Result<()> {
 fn eval_on<B: Backend>(
     be: B,
     model: &ModelDir,
-    adapter: Option<admix::adapter::Adapter<admix::model::weights::Tensor>>,
-    head: ClassificationHead<admix::model::weights::Tensor>,
+    adapter: Option<admix::adapter::Adapter<admix::weights::Tensor>>,
+    head: ClassificationHead<admix::weights::Tensor>,
     data: &[Encoded],
     batch_size: usize,
     pad_id: u32,

@@ -14,11 +14,12 @@ use admix::attack::victim::{ModelScorer, Victim};
 use admix::attack::wordnet::WordNet;
 use admix::attack::words::Text;
 use admix::backend::cpu::{Cpu, Mat};
+use admix::backend::TokenBatch;
 use admix::backend::{Activation, Backend, Norm, PgdStep};
-use admix::model::tokenizer::{TextInput, TokenBatch};
+use admix::model::classify::Model;
+use admix::model::tokenizer::TextInput;
 use admix::model::ModelDir;
-use admix::train::model::Model;
-use admix::train::rng::Rng;
+use admix::rng::Rng;
 use common::*;
 use safetensors::Dtype;
 
@@ -27,7 +28,7 @@ fn tiny_model() -> (tempfile::TempDir, ModelDir, Model<Cpu>) {
     let dir = tempfile::tempdir().unwrap();
     tiny::write_model(dir.path(), 5, Dtype::F32, "");
     let m = ModelDir::open(dir.path(), 64).unwrap();
-    let w = admix::model::weights::WeightFile::open(&dir.path().join("adapter.safetensors")).unwrap();
+    let w = admix::weights::WeightFile::open(&dir.path().join("adapter.safetensors")).unwrap();
     let adapter = Adapter::load(&w, "a", tiny::LAYERS, tiny::H, Activation::Relu).unwrap();
     let head = ClassificationHead::load(&w, "a", tiny::H).unwrap();
     let model = Model::new(&Cpu, m.bert().unwrap(), Some(adapter), head, false).unwrap();
@@ -306,9 +307,9 @@ fn hotflip_flips_whole_words_that_retokenize_and_reports_the_models_probabilitie
         // the reported probabilities are the model's on the text as written
         let batch = m.tokenizer.encode(&[TextInput::single(perturbed.clone())]).unwrap();
         let (_, _, logits) = Cpu.download(&model.logits(&Cpu, &batch).unwrap()).unwrap();
-        let p = admix::engine::prediction(logits).probs;
+        let p = admix::model::classify::prediction(logits).probs;
         assert!(p.iter().zip(&r.perturbed_probs).all(|(a, b)| (a - b).abs() < 1e-5));
-        assert_eq!(r.outcome == Outcome::Successful, admix::attack::victim::argmax(&p) != label);
+        assert_eq!(r.outcome == Outcome::Successful, admix::model::classify::argmax(&p) != label);
     }
     // in lockstep, several examples give what each gives alone
     let texts = [text, "a gripping, well-made thriller", "dull", "it never quite finds its footing, sadly"];

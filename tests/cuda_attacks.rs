@@ -12,11 +12,11 @@ use admix::backend::cpu::Cpu;
 use admix::backend::cuda::checks::rel_err;
 use admix::backend::cuda::Cuda;
 use admix::backend::{Activation, Backend, Norm};
+use admix::model::classify::Model;
 use admix::model::tokenizer::TextInput;
-use admix::model::weights::WeightFile;
 use admix::model::ModelDir;
-use admix::train::model::Model;
-use admix::train::rng::Rng;
+use admix::rng::Rng;
+use admix::weights::WeightFile;
 use common::tiny;
 
 /// bf16 activations through two random layers (see cuda_training.rs for what was measured there)

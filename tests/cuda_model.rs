@@ -13,13 +13,14 @@ use admix::adapter::{Adapter, AdapterKind, ClassificationHead};
 use admix::backend::cpu::Cpu;
 use admix::backend::cuda::checks::rel_err;
 use admix::backend::cuda::Cuda;
+use admix::backend::TokenBatch;
 use admix::backend::{Activation, Backend};
 use admix::model::bert::Bert;
-use admix::model::tokenizer::{TextInput, TokenBatch};
-use admix::model::weights::{Tensor, WeightFile};
+use admix::model::tokenizer::TextInput;
 use admix::model::ModelDir;
+use admix::rng::Rng;
 use admix::train::init::{self, AdapterSpec, Init};
-use admix::train::rng::Rng;
+use admix::weights::{Tensor, WeightFile};
 use common::tiny;
 
 /// Sentence embeddings and head logits of `batch` on `be`.

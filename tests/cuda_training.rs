@@ -11,13 +11,13 @@ use admix::backend::cuda::checks::rel_err;
 use admix::backend::cuda::Cuda;
 use admix::backend::{Activation, Backend};
 use admix::model::bert::DropoutPlan;
+use admix::model::classify::Model;
 use admix::model::tokenizer::TextInput;
-use admix::model::weights::{Tensor, WeightFile};
 use admix::model::ModelDir;
+use admix::rng::Rng;
 use admix::train::init::{self, AdapterSpec, Init};
-use admix::train::model::Model;
 use admix::train::optim::{AdamW, AdamWConfig};
-use admix::train::rng::Rng;
+use admix::weights::{Tensor, WeightFile};
 use common::tiny;
 
 // bf16 activations through two layers and back, on a random model whose weights (scale 0.3–0.5)

@@ -5,10 +5,11 @@ mod common;
 
 use admix::adapter::{self, Adapter, ClassificationHead};
 use admix::backend::cpu::Cpu;
+use admix::backend::TokenBatch;
 use admix::backend::{Activation, Backend};
-use admix::model::tokenizer::{TextInput, TokenBatch};
-use admix::model::weights::WeightFile;
+use admix::model::tokenizer::TextInput;
 use admix::model::ModelDir;
+use admix::weights::WeightFile;
 use common::*;
 
 fn model() -> ModelDir {

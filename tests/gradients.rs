@@ -10,14 +10,15 @@ mod common;
 
 use admix::adapter::{Adapter, AdapterKind, ClassificationHead};
 use admix::backend::cpu::Cpu;
+use admix::backend::TokenBatch;
 use admix::backend::{Activation, Backend};
 use admix::model::bert::DropoutPlan;
-use admix::model::tokenizer::{TextInput, TokenBatch};
-use admix::model::weights::{Tensor, WeightFile};
+use admix::model::classify::Model;
+use admix::model::tokenizer::TextInput;
 use admix::model::ModelDir;
+use admix::rng::Rng;
 use admix::train::init::{new_adapter, AdapterSpec, Init};
-use admix::train::model::Model;
-use admix::train::rng::Rng;
+use admix::weights::{Tensor, WeightFile};
 use common::tiny::{self, H};
 use safetensors::Dtype;
 

@@ -9,14 +9,15 @@ use admix::adapter::{Adapter, AdapterKind, ClassificationHead};
 use admix::backend::cpu::Cpu;
 use admix::backend::cuda::checks::rel_err;
 use admix::backend::cuda::Cuda;
+use admix::backend::TokenBatch;
 use admix::backend::{Activation, Backend};
 use admix::model::bert::Bert;
-use admix::model::tokenizer::{TextInput, TokenBatch};
-use admix::model::weights::{Tensor, WeightFile};
+use admix::model::mixture::Mixture;
+use admix::model::tokenizer::TextInput;
 use admix::model::ModelDir;
-use admix::pipeline::mixture::Mixture;
+use admix::rng::Rng;
 use admix::train::init::{self, AdapterSpec, Init};
-use admix::train::rng::Rng;
+use admix::weights::{Tensor, WeightFile};
 use common::*;
 
 struct Fixture {
@@ -155,7 +156,7 @@ fn per_sample_mix_in_the_emulator_matches_materialised_weights_and_the_fixture()
     let (_, want) = fixture("adapter_oracle.safetensors").f64s("mix.logits").unwrap();
     let want: Vec<f32> = rows_of(&want, &[0, 1], 2)
         .chunks(2)
-        .flat_map(|l| admix::engine::prediction(l.iter().map(|&v| v as f32).collect()).probs)
+        .flat_map(|l| admix::model::classify::prediction(l.iter().map(|&v| v as f32).collect()).probs)
         .collect();
     let e = rel_err(&got, &want).unwrap();
     assert!(e <= 3e-2, "emulator mix probabilities vs mix.logits: relative error {e:.2e}");
@@ -254,14 +255,22 @@ fn entropy_mixture_runs_each_member_then_mixes_with_its_beta() {
         plain_logits(&Cpu, &f.bert, &adv, &adv_h, &batch),
     ];
     for s in 0..3 {
-        let probs: Vec<Vec<f32>> =
-            each.iter().map(|l| admix::engine::prediction(l[s * 2..s * 2 + 2].to_vec()).probs).collect();
+        let probs: Vec<Vec<f32>> = each
+            .iter()
+            .map(|l| admix::model::classify::prediction(l[s * 2..s * 2 + 2].to_vec()).probs)
+            .collect();
         let want_beta = rule.beta(&[&probs[0], &probs[1]]);
         assert_eq!(out.beta[s], want_beta, "sample {s}");
         let a = mix_adapters(&[&clean, &adv], &want_beta).unwrap();
         let h = mix_heads(&[&clean_h, &adv_h], &want_beta).unwrap();
-        let want =
-            admix::engine::prediction(plain_logits(&Cpu, &f.bert, &a, &h, &f.batch(&[[0, 2, 4][s]]))).probs;
+        let want = admix::model::classify::prediction(plain_logits(
+            &Cpu,
+            &f.bert,
+            &a,
+            &h,
+            &f.batch(&[[0, 2, 4][s]]),
+        ))
+        .probs;
         let err = out.probs[s].iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(err < 1e-5, "sample {s}: {:?} vs {want:?}", out.probs[s]);
     }

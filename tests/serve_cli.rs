@@ -12,9 +12,9 @@ use admix::adapter::mix::{mix_adapters, mix_heads};
 use admix::backend::cpu::Cpu;
 use admix::engine::Engine;
 use admix::model::tokenizer::TextInput;
-use admix::model::weights::WeightFile;
 use admix::model::ModelDir;
 use admix::serve::loadtest::Client;
+use admix::weights::WeightFile;
 use common::cli::{admix, assert_error};
 use serde_json::{json, Value};
 

@@ -7,7 +7,8 @@ mod common;
 use admix::adapter::{Adapter, ClassificationHead};
 use admix::backend::cpu::Cpu;
 use admix::backend::Activation;
-use admix::model::tokenizer::{TextInput, TokenBatch};
+use admix::backend::TokenBatch;
+use admix::model::tokenizer::TextInput;
 use admix::model::ModelDir;
 use common::tiny::{self, H};
 use safetensors::Dtype;
@@ -21,7 +22,7 @@ fn check(
     let m = ModelDir::open(dir, max_len).unwrap();
     let batch = m.tokenizer.encode(inputs).unwrap();
     let bert = m.bert().unwrap();
-    let file = admix::model::weights::WeightFile::open(&dir.join("adapter.safetensors")).unwrap();
+    let file = admix::weights::WeightFile::open(&dir.join("adapter.safetensors")).unwrap();
     let ad = Adapter::load(&file, "a", tiny::LAYERS, H, Activation::Relu).unwrap();
     let head = ClassificationHead::load(&file, "a", H).unwrap();
     for with_adapter in [false, true] {
@@ -113,7 +114,7 @@ fn cls_only_encoding_equals_the_cls_rows_of_the_full_encoding() {
     let inputs = [TextInput::single("a short one"), TextInput::pair("and a pair", "of two texts, longer")];
     let batch = m.tokenizer.encode(&inputs).unwrap();
     let bert = m.bert().unwrap();
-    let file = admix::model::weights::WeightFile::open(&dir.path().join("adapter.safetensors")).unwrap();
+    let file = admix::weights::WeightFile::open(&dir.path().join("adapter.safetensors")).unwrap();
     let ad = Adapter::load(&file, "a", tiny::LAYERS, H, Activation::Relu).unwrap();
     let full = bert.encode(&Cpu, &batch, Some(&ad), |_, _| {}).unwrap();
     let cls = bert.encode_cls(&Cpu, &batch, Some(&ad), None).unwrap();

@@ -124,7 +124,7 @@ fn trains_checkpoints_and_reloads_to_the_same_accuracy() {
     }
     assert!(compared >= 15, "only {compared} keys compared");
     // adapter tensor names are AdapterHub's, as in the fixture's adapter file
-    let w = admix::model::weights::WeightFile::open(&env.p("run/best/adapter.safetensors")).unwrap();
+    let w = admix::weights::WeightFile::open(&env.p("run/best/adapter.safetensors")).unwrap();
     assert!(w.contains("bert.encoder.layer.1.output.adapters.clean.adapter_down.0.weight"));
     // `score` takes the checkpoint directory too
     let out = admix(
@@ -201,7 +201,7 @@ fn full_fine_tuning_writes_a_model_directory() {
     {
         assert!(env.p("full/best").join(f).exists(), "{f}");
     }
-    let w = admix::model::weights::WeightFile::open(&env.p("full/best/model.safetensors")).unwrap();
+    let w = admix::weights::WeightFile::open(&env.p("full/best/model.safetensors")).unwrap();
     assert!(w.contains("bert.encoder.layer.0.attention.self.query.weight"));
     // the saved directory is a model admix loads
     let m = eval_json(&env, &env.p("full"));

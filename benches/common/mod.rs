@@ -3,9 +3,9 @@
 
 use std::time::Instant;
 
-use admix::model::tokenizer::TokenBatch;
-use admix::model::weights::Tensor;
+use admix::backend::TokenBatch;
 use admix::model::ModelDir;
+use admix::weights::Tensor;
 
 /// Deterministic pseudo-random values in [-scale, scale).
 pub fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {

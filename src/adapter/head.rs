@@ -8,7 +8,7 @@ use anyhow::{bail, ensure, Context, Result};
 
 use super::mix::RowMix;
 use crate::backend::{Activation, Backend, DropKey};
-use crate::model::weights::{Tensor, WeightFile};
+use crate::weights::{Tensor, WeightFile};
 
 /// One linear layer `y = x·Wᵀ + b`.
 pub struct Dense<W> {

@@ -2,7 +2,7 @@
 //!
 //! Three ways to use a mix θ(β) = Σᵢ βᵢ θᵢ over every adapter and head tensor:
 //! - [`mix`]: materialise the mixed tensors once (a static β, Adapter Soup's uniform β, Model
-//!   Soup over whole encoders) and run the result as an ordinary model;
+//!   Soup over whole encoders, [`crate::model::bert::mix_encoders`]) and run the result as an ordinary model;
 //! - [`stack`]: concatenate the tensors of `m` adapters (or heads) along their output dimension,
 //!   so that one GEMM computes all `m` projections; [`RowMix`] then blends them per row with each
 //!   sample's own β ([`crate::backend::Backend::mix_rows`]), which is the exact weight-space mix
@@ -13,8 +13,7 @@
 use anyhow::{bail, ensure, Result};
 
 use super::{Adapter, ClassificationHead};
-use crate::model::bert::Bert;
-use crate::model::weights::Tensor;
+use crate::weights::Tensor;
 
 /// Structures that name their tensors in a fixed order (adapters, heads, encoders).
 pub type Named<T> = fn(&mut T) -> Vec<(String, &mut Tensor)>;
@@ -92,11 +91,6 @@ pub fn mix_adapters(parts: &[&Adapter<Tensor>], beta: &[f32]) -> Result<Adapter<
 pub fn mix_heads(parts: &[&ClassificationHead<Tensor>], beta: &[f32]) -> Result<ClassificationHead<Tensor>> {
     same_head_kind(parts)?;
     mix(parts, beta, dup_head, ClassificationHead::named_mut)
-}
-
-/// `Σᵢ βᵢ·encoderᵢ` over every encoder weight (Model Soup).
-pub fn mix_encoders(parts: &[&Bert<Tensor>], beta: &[f32]) -> Result<Bert<Tensor>> {
-    mix(parts, beta, |b| b.map(|t| Ok(t.clone())), Bert::named_mut)
 }
 
 /// The adapters stacked for per-sample mixing: every bottleneck's down projection `[m·r, H]`,

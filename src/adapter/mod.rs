@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use anyhow::{bail, Context, Result};
 
 use crate::backend::{Activation, Backend};
-use crate::model::weights::{Tensor, WeightFile};
+use crate::weights::{Tensor, WeightFile};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AdapterKind {

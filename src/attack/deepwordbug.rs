@@ -5,7 +5,7 @@
 
 use super::search::{Constraints, Ranking, Transformation};
 use super::words::Text;
-use crate::train::rng::Rng;
+use crate::rng::Rng;
 
 pub const RANKING: Ranking = Ranking::Unk;
 pub const CONSTRAINTS: Constraints = Constraints { max_edit_distance: Some(30) };

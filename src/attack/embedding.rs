@@ -7,11 +7,11 @@
 
 use anyhow::{ensure, Context, Result};
 
+use crate::backend::TokenBatch;
 use crate::backend::{Backend, Norm, PgdStep};
 use crate::model::bert::DropoutPlan;
-use crate::model::tokenizer::TokenBatch;
-use crate::train::model::Model;
-use crate::train::rng::Rng;
+use crate::model::classify::Model;
+use crate::rng::Rng;
 
 /// A projected gradient ascent on the word embeddings.
 #[derive(Clone, Copy, Debug, PartialEq)]

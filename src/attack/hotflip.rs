@@ -20,10 +20,10 @@ use super::metrics::AttackRecord;
 use super::search::State;
 use super::victim::{Goal, Victim};
 use super::words::{is_stopword, Text};
+use crate::backend::TokenBatch;
 use crate::backend::{Activation, Backend, TopkFlips, TOPK_MAX};
-use crate::model::tokenizer::TokenBatch;
-use crate::model::weights::Tensor;
-use crate::train::model::Model;
+use crate::model::classify::Model;
+use crate::weights::Tensor;
 
 #[cfg(test)]
 mod tests {

@@ -26,8 +26,9 @@ use anyhow::Result;
 
 use self::metrics::{AttackRecord, Outcome};
 use self::search::{Constraints, Ranking, State, Transformation};
-use self::victim::{argmax, Goal, Victim};
+use self::victim::{Goal, Victim};
 use self::words::Text;
+use crate::model::classify::argmax;
 
 /// Builds an example's record from the original and the final state of its attack.
 pub fn record(index: usize, original: &State, last: &State, goal: &Goal, skipped: bool) -> AttackRecord {

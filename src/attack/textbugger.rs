@@ -7,7 +7,7 @@
 use super::glove::NeighbourCache;
 use super::search::{Constraints, Ranking, Transformation};
 use super::words::Text;
-use crate::train::rng::Rng;
+use crate::rng::Rng;
 
 pub const RANKING: Ranking = Ranking::Delete;
 pub const CONSTRAINTS: Constraints = Constraints { max_edit_distance: None };

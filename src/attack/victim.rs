@@ -14,27 +14,14 @@ use anyhow::{bail, Context, Result};
 
 use super::words::Text;
 use crate::backend::Backend;
-use crate::model::tokenizer::{TextInput, TextTokenizer, TokenBatch};
-use crate::train::model::Model;
+use crate::backend::TokenBatch;
+use crate::model::classify::{argmax, Classify};
+use crate::model::tokenizer::{TextInput, TextTokenizer};
 
 /// Class probabilities of token rows (`[CLS] … [SEP]`, unpadded). `key` orders the requests of
 /// concurrent examples (their index), so that batches are formed deterministically.
 pub trait Scorer {
     fn probs(&self, key: usize, rows: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>>;
-}
-
-/// A classifier as an attack sees it: a token batch in, class probabilities out. A single model
-/// ([`Model`]), or a system of several, such as an AdpMixup mixture with per-input β
-/// ([`crate::pipeline::mixture::Mixture`]), which an adaptive attack queries as a whole.
-pub trait Classify<B: Backend> {
-    fn probs(&self, be: &B, batch: &TokenBatch) -> Result<Vec<Vec<f32>>>;
-}
-
-impl<B: Backend> Classify<B> for Model<B> {
-    fn probs(&self, be: &B, batch: &TokenBatch) -> Result<Vec<Vec<f32>>> {
-        let (_, cols, logits) = be.download(&self.logits(be, batch)?)?;
-        Ok(logits.chunks(cols).map(|l| crate::engine::prediction(l.to_vec()).probs).collect())
-    }
 }
 
 /// Scores with a classifier on a backend, `batch_size` rows per forward pass, each batch padded
@@ -147,11 +134,6 @@ impl<'s> Victim<'s> {
         }
         self.scorer.probs(self.key, rows)
     }
-}
-
-/// Index of the largest value (the first of ties).
-pub fn argmax(p: &[f32]) -> usize {
-    p.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0
 }
 
 /// One example's untargeted goal: make the model predict anything but `label`.

@@ -6,11 +6,13 @@
 
 pub mod cpu;
 pub mod cuda;
+mod tokens;
 
 use anyhow::Result;
 
-use crate::model::tokenizer::TokenBatch;
-use crate::model::weights::Tensor;
+pub use self::tokens::TokenBatch;
+use crate::rng::mix64;
+use crate::weights::Tensor;
 
 /// Where the model runs: `cpu` (the f32 reference backend), `cuda` (the kernels on a GPU) or `emu`
 /// (the same kernels on the SIMT emulator: slow, for testing without a GPU).
@@ -93,14 +95,6 @@ impl DropKey {
     pub fn scale(&self) -> f32 {
         1.0 / (1.0 - self.p)
     }
-}
-
-/// splitmix64's finaliser: a bijective 64-bit mix.
-#[inline(always)]
-pub fn mix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// One AdamW update with torch semantics (decoupled weight decay, bias-corrected moments).

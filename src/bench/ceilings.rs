@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::stats;
 use crate::backend::cuda::{cublas::Cublas, Cuda, DevBuf};
 use crate::backend::{Activation, Backend};
-use crate::model::weights::Tensor;
+use crate::weights::Tensor;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Ceilings {
@@ -39,7 +39,7 @@ impl Ceilings {
 
 /// Deterministic values in [-1, 1) (never zeros: they time differently).
 pub fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut rng = crate::train::rng::Rng::new(seed);
+    let mut rng = crate::rng::Rng::new(seed);
     (0..n).map(|_| (rng.uniform() * 2.0 - 1.0) as f32).collect()
 }
 

@@ -9,10 +9,10 @@ use anyhow::Result;
 
 use super::ceilings::values;
 use super::{Row, Timer};
+use crate::backend::TokenBatch;
 use crate::backend::{Activation, AdamWStep, Backend, EmbeddingWeights};
 use crate::model::config::BertConfig;
-use crate::model::tokenizer::TokenBatch;
-use crate::model::weights::Tensor;
+use crate::weights::Tensor;
 
 /// Which GEMM a reference timing is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -196,7 +196,7 @@ pub fn run<B: Backend>(
 
 /// A full batch of random ids (no padding).
 pub fn token_batch(batch: usize, seq: usize, vocab: usize) -> TokenBatch {
-    let mut rng = crate::train::rng::Rng::new(seq as u64 * 31 + batch as u64);
+    let mut rng = crate::rng::Rng::new(seq as u64 * 31 + batch as u64);
     let rows: Vec<(Vec<u32>, Vec<u32>)> = (0..batch)
         .map(|_| {
             (

@@ -14,6 +14,7 @@
 //! pass would not have warmed. On the GPU runs are timed with events (`Backend::time_runs`).
 
 pub mod ceilings;
+pub mod gpu_check;
 pub mod kernels;
 pub mod model;
 

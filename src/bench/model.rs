@@ -17,14 +17,14 @@ use crate::adapter::mix::BetaRule;
 use crate::adapter::{Adapter, AdapterKind, ClassificationHead};
 use crate::backend::{Activation, Backend, Norm, PgdStep, TopkFlips};
 use crate::model::bert::{Bert, DropoutPlan};
+use crate::model::classify::Model;
 use crate::model::config::BertConfig;
-use crate::model::weights::Tensor;
-use crate::pipeline::mixture::Mixture;
+use crate::model::mixture::Mixture;
 use crate::profile;
+use crate::rng::Rng;
 use crate::train::init::{self, AdapterSpec, Init};
-use crate::train::model::Model;
 use crate::train::optim::{AdamW, AdamWConfig};
-use crate::train::rng::Rng;
+use crate::weights::Tensor;
 
 /// A random seq_bn adapter (reduction 16) with a 2-label head.
 pub fn random_member(cfg: &BertConfig, seed: u64) -> Result<(Adapter<Tensor>, ClassificationHead<Tensor>)> {
@@ -47,7 +47,7 @@ fn train_step<B: Backend>(
     be: &B,
     model: &mut Model<B>,
     opt: &mut AdamW<B::Act>,
-    tb: &crate::model::tokenizer::TokenBatch,
+    tb: &crate::backend::TokenBatch,
     labels: &[u32],
     step: u64,
 ) -> Result<()> {

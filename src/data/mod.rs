@@ -1,5 +1,6 @@
-//! Data: the built-in MR dataset and user-supplied text files.
+//! Data: the built-in MR dataset, user-supplied text files, and how tokenized examples are batched.
 
+pub mod batches;
 pub mod input;
 pub mod labeled;
 pub mod mr;

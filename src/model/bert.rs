@@ -3,29 +3,13 @@
 use anyhow::{bail, Context, Result};
 
 use super::config::BertConfig;
-use super::layer::{self, LayerCtx, LayerDropout, LayerGrads, Packing};
-use super::weights::{Tensor, WeightFile};
+use super::layer::{self, Layer, LayerCtx, LayerDropout, LayerGrads, Packing};
 use crate::adapter::mix::RowMix;
 use crate::adapter::Adapter;
+use crate::backend::TokenBatch;
 use crate::backend::{Backend, DropKey, EmbeddingWeights};
-use crate::model::tokenizer::TokenBatch;
 use crate::profile;
-
-/// One transformer layer's weights (Q, K and V fused into one `[3H, H]` projection).
-pub struct Layer<W> {
-    pub qkv_w: W,
-    pub qkv_b: W,
-    pub attn_out_w: W,
-    pub attn_out_b: W,
-    pub attn_ln_g: W,
-    pub attn_ln_b: W,
-    pub ffn_in_w: W,
-    pub ffn_in_b: W,
-    pub ffn_out_w: W,
-    pub ffn_out_b: W,
-    pub out_ln_g: W,
-    pub out_ln_b: W,
-}
+use crate::weights::{Tensor, WeightFile};
 
 pub struct Bert<W> {
     pub cfg: BertConfig,
@@ -127,7 +111,7 @@ pub fn load_host(file: &WeightFile, cfg: &BertConfig) -> Result<Bert<Tensor>> {
 /// A BERT of shape `cfg` with random weights (N(0, 0.02) matrices and embeddings, LayerNorm
 /// γ = 1 + N(0, 0.02), β and biases N(0, 0.02)): for benchmarks, where only the shapes matter.
 pub fn random(cfg: &BertConfig, seed: u64) -> Bert<Tensor> {
-    let mut rng = crate::train::rng::Rng::new(seed);
+    let mut rng = crate::rng::Rng::new(seed);
     let mut t = |shape: &[usize], mean: f64| {
         let n = shape.iter().product();
         Tensor::from_vec(shape.to_vec(), (0..n).map(|_| (mean + 0.02 * rng.normal()) as f32).collect())
@@ -437,4 +421,9 @@ impl<W> Bert<W> {
             be.embed_backward(&dy, batch, &self.emb, eps, tape.delta.as_ref(), bert.map(|b| &mut b.emb))?;
         Ok(want_input_grad.then_some(d_in))
     }
+}
+
+/// `Σᵢ βᵢ·encoderᵢ` over every encoder weight (Model Soup).
+pub fn mix_encoders(parts: &[&Bert<Tensor>], beta: &[f32]) -> Result<Bert<Tensor>> {
+    crate::adapter::mix::mix(parts, beta, |b| b.map(|t| Ok(t.clone())), Bert::named_mut)
 }

@@ -6,10 +6,25 @@
 
 use anyhow::{Context, Result};
 
-use super::bert::Layer;
 use crate::adapter::mix::RowMix;
 use crate::adapter::{AdapterKind, AdapterLayer, Bottleneck};
 use crate::backend::{Activation, Backend, DropKey};
+
+/// One transformer layer's weights (Q, K and V fused into one `[3H, H]` projection).
+pub struct Layer<W> {
+    pub qkv_w: W,
+    pub qkv_b: W,
+    pub attn_out_w: W,
+    pub attn_out_b: W,
+    pub attn_ln_g: W,
+    pub attn_ln_b: W,
+    pub ffn_in_w: W,
+    pub ffn_in_b: W,
+    pub ffn_out_w: W,
+    pub ffn_out_b: W,
+    pub out_ln_g: W,
+    pub out_ln_b: W,
+}
 
 /// What a layer's forward needs besides its input.
 pub struct LayerCtx<'a, W> {

@@ -1,10 +1,11 @@
 //! The encoder: config, weights (mmap), tokenizer and the BERT orchestration.
 
 pub mod bert;
+pub mod classify;
 pub mod config;
 pub mod layer;
+pub mod mixture;
 pub mod tokenizer;
-pub mod weights;
 
 use std::path::{Path, PathBuf};
 
@@ -12,7 +13,7 @@ use anyhow::{bail, Context, Result};
 
 use self::config::BertConfig;
 use self::tokenizer::TextTokenizer;
-use self::weights::WeightFile;
+use crate::weights::WeightFile;
 
 /// A Hugging Face model directory: `config.json`, `model.safetensors`, `tokenizer.json`.
 pub struct ModelDir {
@@ -59,7 +60,7 @@ impl ModelDir {
     }
 
     /// The encoder weights as validated host tensors.
-    pub fn bert(&self) -> Result<bert::Bert<weights::Tensor>> {
+    pub fn bert(&self) -> Result<bert::Bert<crate::weights::Tensor>> {
         bert::load_host(&self.weights, &self.config).context("loading encoder weights")
     }
 }

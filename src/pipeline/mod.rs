@@ -1,5 +1,4 @@
-//! AdpMixup: the mixture classifier ([`mixture`]) and the trade-off report ([`report`]). The
-//! pipeline's cached stages are `admix mixup` itself (src/mixup_cmd.rs, in the binary).
+//! AdpMixup: the trade-off report ([`report`]). The pipeline's cached stages are `admix mixup`
+//! itself (src/mixup_cmd.rs, in the binary); the mixture classifier is [`crate::model::mixture`].
 
-pub mod mixture;
 pub mod report;

@@ -7,11 +7,11 @@ use crate::adapter::mix::BetaRule;
 use crate::adapter::{Adapter, ClassificationHead};
 use crate::backend::cpu::Cpu;
 use crate::backend::{Backend, Device};
+use crate::model::mixture::Mixture;
 use crate::model::tokenizer::{TextInput, TextTokenizer};
-use crate::model::weights::Tensor;
 use crate::model::ModelDir;
-use crate::pipeline::mixture::Mixture;
 use crate::profile;
+use crate::weights::Tensor;
 
 /// An adapter with its head: one member of the mixture.
 pub type Member = (Adapter<Tensor>, ClassificationHead<Tensor>);
@@ -67,7 +67,7 @@ where
             let mixed = self.mixture.run(&self.be, &batch)?;
             for (k, &i) in chunk.iter().enumerate() {
                 let probs = mixed.probs[k].clone();
-                let label = crate::engine::argmax(&probs);
+                let label = crate::model::classify::argmax(&probs);
                 ensure!(probs.iter().all(|p| p.is_finite()), "the model produced a non-finite probability");
                 out[i] =
                     Some(Scored { label, probs, beta: mixed.beta[k].clone(), truncated: batch.truncated[k] });

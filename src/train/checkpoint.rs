@@ -15,12 +15,12 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use super::init::Init;
-use super::model::Model;
 use super::params::QKV;
 use crate::adapter::{self, Adapter, AdapterKind, ClassificationHead};
 use crate::backend::{Activation, Backend};
 use crate::io::{write_atomic, write_safetensors};
-use crate::model::weights::{Tensor, WeightFile};
+use crate::model::classify::Model;
+use crate::weights::{Tensor, WeightFile};
 
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
 pub const ADAPTER_WEIGHTS: &str = "adapter.safetensors";

@@ -7,10 +7,10 @@
 
 use anyhow::{bail, Result};
 
-use super::rng::Rng;
 use crate::adapter::{Adapter, AdapterKind, AdapterLayer, Bottleneck, ClassificationHead, Dense};
 use crate::backend::Activation;
-use crate::model::weights::Tensor;
+use crate::rng::Rng;
+use crate::weights::Tensor;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Init {

@@ -3,9 +3,9 @@
 use anyhow::Result;
 use serde::Serialize;
 
-use super::batches::{eval_batches, make_batch, Encoded};
-use super::model::Model;
 use crate::backend::Backend;
+use crate::data::batches::{eval_batches, make_batch, Encoded};
+use crate::model::classify::Model;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ClassMetrics {
@@ -69,9 +69,9 @@ pub fn evaluate<B: Backend>(
     for idx in eval_batches(&lens, batch_size) {
         let (batch, gold) = make_batch(data, &idx, pad_id);
         let (_, cols, logits) = be.download(&model.logits(be, &batch)?)?;
-        crate::engine::ensure_finite(&logits, "logit")?;
+        crate::model::classify::ensure_finite(&logits, "logit")?;
         for ((&i, row), &g) in idx.iter().zip(logits.chunks(cols)).zip(&gold) {
-            let p = crate::engine::prediction(row.to_vec());
+            let p = crate::model::classify::prediction(row.to_vec());
             pred[i] = p.label;
             losses[i] = -(p.probs[g as usize].max(1e-30) as f64).ln();
         }

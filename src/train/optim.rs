@@ -3,8 +3,8 @@
 
 use anyhow::{bail, Result};
 
-use super::model::Param;
 use crate::backend::{AdamWStep, Backend};
+use crate::model::classify::Param;
 
 #[derive(Clone, Debug)]
 pub struct AdamWConfig {

@@ -6,7 +6,8 @@
 
 use crate::adapter::{linear_module, Adapter, Bottleneck, ClassificationHead};
 use crate::backend::EmbeddingWeights;
-use crate::model::bert::{Bert, Layer};
+use crate::model::bert::Bert;
+use crate::model::layer::Layer;
 
 fn bottleneck<'a, W>(out: &mut Vec<(String, &'a mut W)>, base: &str, b: &'a mut Bottleneck<W>) {
     out.push((format!("{base}.adapter_down.0.weight"), &mut b.down_w));

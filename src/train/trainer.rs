@@ -14,15 +14,15 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use super::batches::{epoch_batches, make_batch, Encoded};
 use super::checkpoint::{self, Meta};
 use super::metrics::{evaluate, Metrics};
-use super::model::Model;
 use super::optim::{linear_schedule, AdamW, AdamWConfig};
 use crate::backend::Backend;
+use crate::data::batches::{epoch_batches, make_batch, Encoded};
 use crate::io::{replace_dir, write_atomic, write_safetensors};
 use crate::model::bert::DropoutPlan;
-use crate::model::weights::WeightFile;
+use crate::model::classify::Model;
+use crate::weights::WeightFile;
 
 #[derive(Clone, Debug)]
 pub struct TrainConfig {
@@ -188,7 +188,7 @@ pub fn train<B: Backend>(
                 None => model.forward_backward(be, &batch, &labels, Some(plan), false).map(|o| (o.loss, 1.0)),
                 Some(pgd) => {
                     // the random start depends on the seed and the step only: resumable
-                    let mut rng = crate::train::rng::Rng::new(cfg.seed ^ 0xF4EE_1B00 ^ (step as u64) << 20);
+                    let mut rng = crate::rng::Rng::new(cfg.seed ^ 0xF4EE_1B00 ^ (step as u64) << 20);
                     crate::attack::embedding::freelb_accumulate(
                         be,
                         model,

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use admix::model::weights::WeightFile;
+use admix::weights::WeightFile;
 
 pub mod cli;
 pub mod tiny;
@@ -82,7 +82,7 @@ pub fn max_abs(a: &[f32], b: &[f64]) -> f64 {
 /// MiniLM + the fixture's seq_bn adapter `clean` and head, on the CPU, with the fixture's 8
 /// sentences as one padded batch and their labels.
 pub fn fixture_model(
-) -> (admix::train::model::Model<admix::backend::cpu::Cpu>, admix::model::tokenizer::TokenBatch, Vec<u32>) {
+) -> (admix::model::classify::Model<admix::backend::cpu::Cpu>, admix::backend::TokenBatch, Vec<u32>) {
     use admix::adapter::{Adapter, ClassificationHead};
     use admix::backend::{cpu::Cpu, Activation};
     use admix::model::tokenizer::TextInput;
@@ -95,13 +95,14 @@ pub fn fixture_model(
     let head = ClassificationHead::load(&w, "clean", 384).unwrap();
     let oracle = fixture("adapter_oracle.safetensors");
     let labels: Vec<u32> = oracle.ints("labels").unwrap().1.iter().map(|&l| l as u32).collect();
-    let model = admix::train::model::Model::new(&Cpu, m.bert().unwrap(), Some(adapter), head, false).unwrap();
+    let model =
+        admix::model::classify::Model::new(&Cpu, m.bert().unwrap(), Some(adapter), head, false).unwrap();
     (model, batch, labels)
 }
 
 /// "the movie was really good" → pos, "… awful" → neg: a toy task learnable from one word.
 pub fn toy_dataset(n: usize, seed: u64) -> String {
-    let mut rng = admix::train::rng::Rng::new(seed);
+    let mut rng = admix::rng::Rng::new(seed);
     let mut pick = |xs: &[&'static str]| xs[(rng.next_u64() % xs.len() as u64) as usize];
     let mut out = String::from("text\tlabel\n");
     for i in 0..n {

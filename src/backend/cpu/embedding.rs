@@ -6,8 +6,8 @@ use rayon::prelude::*;
 use super::layernorm::{layernorm_row, layernorm_row_backward};
 use super::{Mat, ROW_CHUNK};
 use crate::backend::EmbeddingWeights;
-use crate::model::tokenizer::TokenBatch;
-use crate::model::weights::Tensor;
+use crate::backend::TokenBatch;
+use crate::weights::Tensor;
 
 pub fn embed(batch: &TokenBatch, w: &EmbeddingWeights<Tensor>, eps: f32, delta: Option<&Mat>) -> Result<Mat> {
     let mut out = sums(batch, w, delta)?;

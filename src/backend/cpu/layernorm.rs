@@ -4,7 +4,7 @@ use anyhow::{ensure, Result};
 use rayon::prelude::*;
 
 use super::{Mat, ROW_CHUNK};
-use crate::model::weights::Tensor;
+use crate::weights::Tensor;
 
 pub fn layernorm(x: &Mat, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<Mat> {
     let n = x.cols;

@@ -7,7 +7,7 @@ use rayon::prelude::*;
 use super::activation::apply_activation;
 use super::{Mat, ROW_CHUNK};
 use crate::backend::Activation;
-use crate::model::weights::Tensor;
+use crate::weights::Tensor;
 
 /// `dst[m×n] = a[m×k] · b[k×n]`, or `dst += a·b` with `accumulate`, with explicit strides (row
 /// stride, col stride; `dst` is contiguous within a row).

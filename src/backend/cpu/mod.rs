@@ -19,8 +19,8 @@ mod pooling;
 use anyhow::{ensure, Result};
 
 use super::{Activation, AdamWStep, Backend, DropKey, EmbeddingWeights, PgdStep, TopkFlips};
-use crate::model::tokenizer::TokenBatch;
-use crate::model::weights::Tensor;
+use crate::backend::TokenBatch;
+use crate::weights::Tensor;
 
 /// An activation matrix on the host.
 #[derive(Clone, Debug, PartialEq)]

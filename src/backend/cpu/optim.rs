@@ -5,7 +5,7 @@ use rayon::prelude::*;
 
 use super::Mat;
 use crate::backend::AdamWStep;
-use crate::model::weights::Tensor;
+use crate::weights::Tensor;
 
 const CHUNK: usize = 1 << 14;
 

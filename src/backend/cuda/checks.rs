@@ -9,9 +9,9 @@ use anyhow::{ensure, Result};
 
 use super::{bf16, Cuda};
 use crate::backend::cpu::{Cpu, Mat};
+use crate::backend::TokenBatch;
 use crate::backend::{Activation, Backend, EmbeddingWeights, Norm, PgdStep, TopkFlips};
-use crate::model::tokenizer::TokenBatch;
-use crate::model::weights::Tensor;
+use crate::weights::Tensor;
 
 /// Relative error bound of bf16 paths.
 pub const BF16_TOL: f64 = 1e-2;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Result;
 
 use super::executor::{Args, DevBuf, Executor, Launch};
-use super::ops::{DType, DevTensor};
+use super::tensor::{DType, DevTensor};
 use crate::backend::{Activation, DropKey, EmbeddingWeights, Norm, PgdStep};
 
 /// `Activation` as the kernels' code (kernels/activation.cuh).

@@ -12,9 +12,9 @@ pub mod cublas;
 pub mod emu;
 pub mod executor;
 pub mod gpu;
-pub mod gpu_check;
 pub mod launch;
 pub mod ops;
+pub mod tensor;
 
 use std::sync::Arc;
 

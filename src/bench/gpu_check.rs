@@ -19,19 +19,19 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use super::cublas::Cublas;
-use super::executor::{DevBuf, Executor};
-use super::gpu::Gpu;
-use super::{bf16, checks, conformance, launch, Cuda};
 use crate::adapter::AdapterKind;
+use crate::backend::cuda::cublas::Cublas;
+use crate::backend::cuda::executor::{DevBuf, Executor};
+use crate::backend::cuda::gpu::Gpu;
+use crate::backend::cuda::{bf16, checks, conformance, launch, Cuda};
+use crate::backend::TokenBatch;
 use crate::backend::{Activation, Backend, EmbeddingWeights};
 use crate::model::bert;
+use crate::model::classify::Model;
 use crate::model::config::BertConfig;
-use crate::model::tokenizer::TokenBatch;
+use crate::rng::Rng;
 use crate::train::init::{self, AdapterSpec, Init};
-use crate::train::model::Model;
 use crate::train::optim::{AdamW, AdamWConfig};
-use crate::train::rng::Rng;
 
 pub struct Options {
     pub out: PathBuf,
@@ -67,7 +67,7 @@ pub fn run(opts: &Options) -> Result<bool> {
     let mut r = Report { md: String::new(), json: serde_json::Map::new(), failures: 0 };
     r.line(format!("# admix GPU check: {}", gpu.name()));
     r.line("");
-    r.line(super::gpu::describe().trim_end());
+    r.line(crate::backend::cuda::gpu::describe().trim_end());
     r.json.insert("device".into(), json!(gpu.name()));
 
     // 1. primitives
@@ -287,17 +287,17 @@ fn performance(gpu: &Gpu, exec: &Arc<dyn Executor>, r: &mut Report) -> Result<()
 
     let cuda = Cuda::with_executor(exec.clone(), "cuda");
     let host_emb = |rng: &mut Rng| EmbeddingWeights {
-        word: crate::model::weights::Tensor::from_vec(
+        word: crate::weights::Tensor::from_vec(
             vec![30522, h],
             (0..30522 * h).map(|_| rng.normal() as f32 * 0.02).collect(),
         ),
-        position: crate::model::weights::Tensor::from_vec(
+        position: crate::weights::Tensor::from_vec(
             vec![512, h],
             (0..512 * h).map(|_| rng.normal() as f32 * 0.02).collect(),
         ),
-        token_type: crate::model::weights::Tensor::from_vec(vec![2, h], vec![0.01; 2 * h]),
-        ln_gamma: crate::model::weights::Tensor::from_vec(vec![h], vec![1.0; h]),
-        ln_beta: crate::model::weights::Tensor::from_vec(vec![h], vec![0.0; h]),
+        token_type: crate::weights::Tensor::from_vec(vec![2, h], vec![0.01; 2 * h]),
+        ln_gamma: crate::weights::Tensor::from_vec(vec![h], vec![1.0; h]),
+        ln_beta: crate::weights::Tensor::from_vec(vec![h], vec![0.0; h]),
     };
     let he = host_emb(&mut rng);
     let we = EmbeddingWeights {

@@ -3,9 +3,10 @@
 
 use anyhow::{bail, Result};
 
-use super::rng::Rng;
+use crate::backend::TokenBatch;
 use crate::data::Example;
-use crate::model::tokenizer::{TextInput, TextTokenizer, TokenBatch};
+use crate::model::tokenizer::{TextInput, TextTokenizer};
+use crate::rng::Rng;
 
 /// One tokenized, unpadded example.
 #[derive(Clone, Debug)]

@@ -1,12 +1,14 @@
-//! A classifier under training: the encoder, an optional adapter and a head on one backend, with
-//! their gradient buffers (allocated once, zeroed each step).
+//! A classifier on a backend: [`Model`] (the encoder, an optional adapter and a head, with their
+//! gradient buffers for training and for gradient attacks), the [`Classify`] contract that attacks
+//! and evaluation query (a [`Model`], or a system such as [`super::mixture::Mixture`]), and
+//! turning logits into a [`Prediction`].
 
 use anyhow::{bail, ensure, Result};
 
 use crate::adapter::{Adapter, ClassificationHead};
 use crate::backend::Backend;
+use crate::backend::TokenBatch;
 use crate::model::bert::{Bert, DropoutPlan, EncoderGrads};
-use crate::model::tokenizer::TokenBatch;
 
 /// Gradient buffers, `None` where the weights are frozen.
 struct Grads<A> {
@@ -178,4 +180,52 @@ fn pass<B: Backend>(
     drop(head_range);
     let input_grad = bert.backward(be, batch, adapter, &tape, dlast, encoder_grads, want_input_grad)?;
     Ok(StepOutput { loss, logits, input_grad })
+}
+
+/// A classifier as attacks and evaluation see it: a token batch in, class probabilities out. A
+/// single model ([`Model`]), or a system of several, such as an AdpMixup mixture with per-input β
+/// ([`super::mixture::Mixture`]), which an adaptive attack queries as a whole.
+pub trait Classify<B: Backend> {
+    fn probs(&self, be: &B, batch: &TokenBatch) -> Result<Vec<Vec<f32>>>;
+}
+
+impl<B: Backend> Classify<B> for Model<B> {
+    fn probs(&self, be: &B, batch: &TokenBatch) -> Result<Vec<Vec<f32>>> {
+        let (_, cols, logits) = be.download(&self.logits(be, batch)?)?;
+        Ok(logits.chunks(cols).map(|l| prediction(l.to_vec()).probs).collect())
+    }
+}
+
+/// Class probabilities and the predicted label of one input.
+#[derive(Clone, Debug)]
+pub struct Prediction {
+    pub label: usize,
+    pub logits: Vec<f32>,
+    pub probs: Vec<f32>,
+}
+
+/// Refuses a model output that holds NaN or ±inf (weights or inputs that overflow): such a result
+/// only looks valid.
+pub fn ensure_finite(values: &[f32], what: &str) -> Result<()> {
+    if let Some(v) = values.iter().find(|v| !v.is_finite()) {
+        bail!("the model produced a non-finite {what} ({v})");
+    }
+    Ok(())
+}
+
+/// Softmax probabilities and argmax of a logit vector.
+pub fn prediction(logits: Vec<f32>) -> Prediction {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f64> = logits.iter().map(|&l| ((l - max) as f64).exp()).collect();
+    let z: f64 = exps.iter().sum();
+    let probs: Vec<f32> = exps.iter().map(|e| (e / z) as f32).collect();
+    Prediction { label: argmax(&probs), logits, probs }
+}
+
+/// The index of the largest value (the first one on ties).
+pub fn argmax(v: &[f32]) -> usize {
+    v.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, &p)| if p > best.1 { (i, p) } else { best })
+        .0
 }

@@ -11,12 +11,11 @@ use anyhow::{bail, ensure, Result};
 
 use crate::adapter::mix::{stack_adapters, stack_heads, BetaRule, RowMix};
 use crate::adapter::{Adapter, ClassificationHead};
-use crate::attack::victim::Classify;
 use crate::backend::Backend;
-use crate::engine::{ensure_finite, prediction};
+use crate::backend::TokenBatch;
 use crate::model::bert::Bert;
-use crate::model::tokenizer::TokenBatch;
-use crate::model::weights::Tensor;
+use crate::model::classify::{ensure_finite, prediction, Classify};
+use crate::weights::Tensor;
 
 /// An adapter with its head.
 type Member<W> = (Adapter<W>, ClassificationHead<W>);

@@ -10,7 +10,7 @@ impl Rng {
 
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        crate::backend::mix64(self.0)
+        mix64(self.0)
     }
 
     /// Uniform in [0, 1).
@@ -32,4 +32,12 @@ impl Rng {
             xs.swap(i, j);
         }
     }
+}
+
+/// splitmix64's finaliser: a bijective 64-bit mix.
+#[inline(always)]
+pub fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
