@@ -11,12 +11,13 @@ mod common;
 use common::{batch, load_model, time};
 
 use admix::adapter::AdapterKind;
+use admix::adapter::Init;
 use admix::backend::cpu::Cpu;
 use admix::backend::Activation;
 use admix::model::bert::DropoutPlan;
 use admix::model::classify::Model;
 use admix::rng::Rng;
-use admix::train::init::{new_adapter, new_head, AdapterSpec, Init};
+use admix::train::init::{new_adapter, new_head, AdapterSpec};
 use admix::train::optim::{AdamW, AdamWConfig};
 
 fn main() {

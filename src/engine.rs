@@ -1,12 +1,11 @@
-//! The inference engine: tokenizer + encoder (+ adapter + head) on one backend.
+//! The inference engine: tokenizer + encoder (+ adapter + head) on one backend, and
+//! [`run_batches`], which runs any per-batch function over many texts in length-sorted batches.
 
 use anyhow::{bail, Result};
 
 use crate::adapter::{Adapter, ClassificationHead};
-use crate::backend::cpu::Cpu;
-use crate::backend::cuda::Cuda;
+use crate::backend::Backend;
 use crate::backend::TokenBatch;
-use crate::backend::{Backend, Device};
 use crate::model::bert::Bert;
 use crate::model::classify::{ensure_finite, prediction, Prediction};
 use crate::model::tokenizer::{TextInput, TextTokenizer};
@@ -70,53 +69,35 @@ impl<B: Backend> Engine<B> {
     }
 }
 
-/// An engine on whichever backend `--device` chose.
-pub enum AnyEngine {
-    Cpu(Engine<Cpu>),
-    Cuda(Engine<Cuda>),
-}
-
-macro_rules! dispatch {
-    ($self:ident, $e:ident => $body:expr) => {
-        match $self {
-            AnyEngine::Cpu($e) => $body,
-            AnyEngine::Cuda($e) => $body,
+/// Runs `f` over `inputs` in length-sorted batches of `batch_size` (less padding) with a progress
+/// bar, and returns the results in input order with the number of inputs `tokenizer` truncated.
+pub fn run_batches<T>(
+    tokenizer: &TextTokenizer,
+    inputs: &[TextInput],
+    batch_size: usize,
+    mut f: impl FnMut(&TokenBatch) -> Result<Vec<T>>,
+) -> Result<(Vec<T>, usize)> {
+    if inputs.is_empty() {
+        bail!("no inputs");
+    }
+    let mut order: Vec<usize> = (0..inputs.len()).collect();
+    order.sort_by_key(|&i| inputs[i].text.len() + inputs[i].pair.as_ref().map_or(0, |p| p.len()));
+    let bar = indicatif::ProgressBar::new(inputs.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} texts {per_sec} eta {eta}")
+            .expect("valid template"),
+    );
+    let mut results: Vec<Option<T>> = (0..inputs.len()).map(|_| None).collect();
+    let mut truncated = 0;
+    for chunk in order.chunks(batch_size.max(1)) {
+        let texts: Vec<TextInput> = chunk.iter().map(|&i| inputs[i].clone()).collect();
+        let batch = tokenizer.encode(&texts)?;
+        truncated += batch.truncated.iter().filter(|&&t| t).count();
+        for (&i, r) in chunk.iter().zip(f(&batch)?) {
+            results[i] = Some(r);
         }
-    };
-}
-
-impl AnyEngine {
-    pub fn new(
-        device: Device,
-        model: ModelDir,
-        adapter: Option<Adapter<Tensor>>,
-        head: Option<ClassificationHead<Tensor>>,
-    ) -> Result<Self> {
-        Ok(match device.cuda_backend()? {
-            None => AnyEngine::Cpu(Engine::new(Cpu, model, adapter, head)?),
-            Some(cuda) => AnyEngine::Cuda(Engine::new(cuda, model, adapter, head)?),
-        })
+        bar.inc(chunk.len() as u64);
     }
-
-    pub fn tokenize(&self, inputs: &[TextInput]) -> Result<TokenBatch> {
-        dispatch!(self, e => e.tokenize(inputs))
-    }
-
-    pub fn embed_batch(&self, batch: &TokenBatch) -> Result<Vec<Vec<f32>>> {
-        dispatch!(self, e => e.embed_batch(batch))
-    }
-
-    pub fn classify_batch(&self, batch: &TokenBatch) -> Result<Vec<Prediction>> {
-        dispatch!(self, e => e.classify_batch(batch))
-    }
-
-    /// Labels of the classification head, if one is loaded.
-    pub fn num_labels(&self) -> Option<usize> {
-        dispatch!(self, e => e.head.as_ref().map(|h| h.num_labels))
-    }
-
-    /// Token limit of the tokenizer.
-    pub fn max_len(&self) -> usize {
-        dispatch!(self, e => e.tokenizer.max_len())
-    }
+    bar.finish_and_clear();
+    Ok((results.into_iter().map(|r| r.expect("every input was processed")).collect(), truncated))
 }

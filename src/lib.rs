@@ -15,17 +15,37 @@ pub mod assets;
 pub mod attack;
 pub mod backend;
 pub mod bench;
+pub mod classifier;
 pub mod data;
 pub mod engine;
 pub mod io;
+pub mod mixup;
 pub mod model;
-pub mod pipeline;
 pub mod profile;
 pub mod provenance;
 pub mod rng;
 pub mod serve;
 pub mod train;
 pub mod weights;
+
+/// A closed set of named values that a command line or a config file picks by name (devices,
+/// norms, attacks, benchmark sizes): the binary builds its flag parsers from [`Choice::ALL`], the
+/// library parses config files with [`Choice::parse`].
+pub trait Choice: Copy + 'static {
+    /// What the set is called in messages (`device`, `attack`, ...).
+    const WHAT: &'static str;
+    const ALL: &'static [Self];
+    fn name(self) -> &'static str;
+
+    fn parse(s: &str) -> anyhow::Result<Self> {
+        let names: Vec<&str> = Self::ALL.iter().map(|v| v.name()).collect();
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|v| v.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| anyhow::anyhow!("unknown {} `{s}` (use {})", Self::WHAT, names.join(", ")))
+    }
+}
 
 /// Sizes the worker pool: `n` threads (at least 1, at most the cores this process may use, so that
 /// a typo cannot oversubscribe the machine by orders of magnitude), or all cores by default.

@@ -141,7 +141,7 @@ fn an_adapterhub_checkpoint_with_scaling_leave_out_and_a_three_layer_relu_head_m
     let m = model();
     let batch = fixture_batch(&m);
     let bert = m.bert().unwrap();
-    let ck = admix::train::checkpoint::load(&fixture_dir().join("variant"), 6, 384).unwrap();
+    let ck = admix::classifier::checkpoint::load(&fixture_dir().join("variant"), 6, 384).unwrap();
     assert_eq!(ck.labels, ["negative", "neutral", "positive"]);
     assert_eq!((ck.head.layers(), ck.head.activation), (3, Activation::Relu));
     let ad = ck.adapter.expect("the adapter");

@@ -334,7 +334,7 @@ fn fuzz_adapter_checkpoint() {
     common::copy_files(&seed_dir, &ck, Some(&files));
     fuzz("adapter checkpoint", &seeds, |i, bytes| {
         std::fs::write(ck.join(files[i]), bytes).unwrap();
-        let result = admix::train::checkpoint::load(&ck, 6, 384);
+        let result = admix::classifier::checkpoint::load(&ck, 6, 384);
         std::fs::write(ck.join(files[i]), &seeds[i]).unwrap();
         let Ok(loaded) = result else { return Ok(false) };
         if loaded.labels.len() != loaded.head.num_labels {

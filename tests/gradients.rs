@@ -8,6 +8,7 @@
 
 mod common;
 
+use admix::adapter::Init;
 use admix::adapter::{Adapter, AdapterKind, ClassificationHead};
 use admix::backend::cpu::Cpu;
 use admix::backend::TokenBatch;
@@ -17,7 +18,7 @@ use admix::model::classify::Model;
 use admix::model::tokenizer::TextInput;
 use admix::model::ModelDir;
 use admix::rng::Rng;
-use admix::train::init::{new_adapter, AdapterSpec, Init};
+use admix::train::init::{new_adapter, AdapterSpec};
 use admix::weights::{Tensor, WeightFile};
 use common::tiny::{self, H};
 use safetensors::Dtype;

@@ -5,6 +5,7 @@
 mod common;
 
 use admix::adapter::mix::{entropy, mix_adapters, mix_heads, BetaRule, RowMix};
+use admix::adapter::Init;
 use admix::adapter::{Adapter, AdapterKind, ClassificationHead};
 use admix::backend::cpu::Cpu;
 use admix::backend::cuda::checks::rel_err;
@@ -16,7 +17,7 @@ use admix::model::mixture::Mixture;
 use admix::model::tokenizer::TextInput;
 use admix::model::ModelDir;
 use admix::rng::Rng;
-use admix::train::init::{self, AdapterSpec, Init};
+use admix::train::init::{self, AdapterSpec};
 use admix::weights::{Tensor, WeightFile};
 use common::*;
 

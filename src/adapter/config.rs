@@ -207,6 +207,26 @@ fn label_names(map: &serde_json::Map<String, Value>) -> Result<Vec<String>> {
     Ok(names.into_iter().map(|n| n.expect("n distinct ids below n cover 0..n")).collect())
 }
 
+/// How a new adapter's weights were drawn (AdapterHub's `init_weights`): `bert` (both projections
+/// N(0, 0.02)) or `mam` (zero up projection: the adapter starts as the identity).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Init {
+    Bert,
+    Mam,
+}
+
+impl crate::Choice for Init {
+    const WHAT: &'static str = "adapter init";
+    const ALL: &'static [Self] = &[Init::Bert, Init::Mam];
+    fn name(self) -> &'static str {
+        match self {
+            Init::Bert => "bert",
+            Init::Mam => "mam",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

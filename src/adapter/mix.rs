@@ -171,7 +171,8 @@ impl RowMix {
 }
 
 /// How a sample's β over the adapters is chosen.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum BetaRule {
     /// the same β for every sample
     Fixed(Vec<f32>),

@@ -16,7 +16,8 @@ use crate::weights::Tensor;
 
 /// Where the model runs: `cpu` (the f32 reference backend), `cuda` (the kernels on a GPU) or `emu`
 /// (the same kernels on the SIMT emulator: slow, for testing without a GPU).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Device {
     Cpu,
     Cuda,
@@ -24,18 +25,51 @@ pub enum Device {
 }
 
 impl Device {
-    /// The CUDA backend for `cuda` / `emu` (`None` for `cpu`); a clear error without a GPU.
-    pub fn cuda_backend(self) -> anyhow::Result<Option<cuda::Cuda>> {
+    /// The backend on this device; a clear error where there is no GPU (or no kernels were built).
+    /// The one place a device becomes a backend: code generic over [`Backend`] runs on the result
+    /// through [`with_backend!`](crate::with_backend).
+    pub fn open(self) -> anyhow::Result<AnyBackend> {
         Ok(match self {
-            Device::Cpu => None,
-            Device::Cuda => Some(cuda::Cuda::gpu(0)?),
-            Device::Emu => Some(cuda::Cuda::emulator()?),
+            Device::Cpu => AnyBackend::Cpu(cpu::Cpu),
+            Device::Cuda => AnyBackend::Cuda(cuda::Cuda::gpu(0)?),
+            Device::Emu => AnyBackend::Cuda(cuda::Cuda::emulator()?),
         })
     }
 }
 
+/// A backend of either kind, as [`Device::open`] made it.
+pub enum AnyBackend {
+    Cpu(cpu::Cpu),
+    Cuda(cuda::Cuda),
+}
+
+/// Runs `$body` with `$be` bound to the backend inside an [`AnyBackend`] (the body is compiled once
+/// per backend type): `with_backend!(device.open()?, be => run(&be, ...))`.
+#[macro_export]
+macro_rules! with_backend {
+    ($any:expr, $be:ident => $body:expr) => {
+        match $any {
+            $crate::backend::AnyBackend::Cpu($be) => $body,
+            $crate::backend::AnyBackend::Cuda($be) => $body,
+        }
+    };
+}
+
+impl crate::Choice for Device {
+    const WHAT: &'static str = "device";
+    const ALL: &'static [Self] = &[Device::Cpu, Device::Cuda, Device::Emu];
+    fn name(self) -> &'static str {
+        match self {
+            Device::Cpu => "cpu",
+            Device::Cuda => "cuda",
+            Device::Emu => "emu",
+        }
+    }
+}
+
 /// Element-wise function applied in a linear layer's epilogue.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Activation {
     Identity,
     /// exact erf GELU, as BERT's `gelu`
@@ -112,12 +146,23 @@ pub struct AdamWStep {
 }
 
 /// The ball of an embedding-space attack's perturbation, per sequence over its valid rows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Norm {
     /// `‖δ‖₂ = sqrt(Σ δ²)`
     L2,
     /// `‖δ‖∞ = max |δ|`
     Linf,
+}
+
+impl crate::Choice for Norm {
+    const WHAT: &'static str = "norm";
+    const ALL: &'static [Self] = &[Norm::L2, Norm::Linf];
+    fn name(self) -> &'static str {
+        match self {
+            Norm::L2 => "l2",
+            Norm::Linf => "linf",
+        }
+    }
 }
 
 /// One projected ascent step on the word-row perturbation δ (docs/attacks.md): L∞:

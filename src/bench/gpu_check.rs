@@ -20,6 +20,7 @@ use anyhow::{Context, Result};
 use serde_json::json;
 
 use crate::adapter::AdapterKind;
+use crate::adapter::Init;
 use crate::backend::cuda::cublas::Cublas;
 use crate::backend::cuda::executor::{DevBuf, Executor};
 use crate::backend::cuda::gpu::Gpu;
@@ -30,7 +31,7 @@ use crate::model::bert;
 use crate::model::classify::Model;
 use crate::model::config::BertConfig;
 use crate::rng::Rng;
-use crate::train::init::{self, AdapterSpec, Init};
+use crate::train::init::{self, AdapterSpec};
 use crate::train::optim::{AdamW, AdamWConfig};
 
 pub struct Options {

@@ -17,6 +17,7 @@ pub mod ceilings;
 pub mod gpu_check;
 pub mod kernels;
 pub mod model;
+pub mod run;
 
 use anyhow::{bail, Result};
 use serde::Serialize;
@@ -25,7 +26,7 @@ use crate::backend::Backend;
 use crate::model::config::BertConfig;
 
 /// A model size to benchmark.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Size {
     /// 2 layers, hidden 64 (smoke tests: the emulator runs it in seconds)
@@ -36,6 +37,19 @@ pub enum Size {
     Base,
     /// bert-large's shape, random weights
     Large,
+}
+
+impl crate::Choice for Size {
+    const WHAT: &'static str = "model size";
+    const ALL: &'static [Self] = &[Size::Tiny, Size::Minilm, Size::Base, Size::Large];
+    fn name(self) -> &'static str {
+        match self {
+            Size::Tiny => "tiny",
+            Size::Minilm => "minilm",
+            Size::Base => "base",
+            Size::Large => "large",
+        }
+    }
 }
 
 impl Size {

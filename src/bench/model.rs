@@ -14,6 +14,7 @@ use anyhow::{Context, Result};
 use super::kernels::token_batch;
 use super::{Plan, Row, Timer};
 use crate::adapter::mix::BetaRule;
+use crate::adapter::Init;
 use crate::adapter::{Adapter, AdapterKind, ClassificationHead};
 use crate::backend::{Activation, Backend, Norm, PgdStep, TopkFlips};
 use crate::model::bert::{Bert, DropoutPlan};
@@ -22,7 +23,7 @@ use crate::model::config::BertConfig;
 use crate::model::mixture::Mixture;
 use crate::profile;
 use crate::rng::Rng;
-use crate::train::init::{self, AdapterSpec, Init};
+use crate::train::init::{self, AdapterSpec};
 use crate::train::optim::{AdamW, AdamWConfig};
 use crate::weights::Tensor;
 

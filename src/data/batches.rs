@@ -3,6 +3,8 @@
 
 use anyhow::{bail, Result};
 
+use crate::model::ModelDir;
+
 use crate::backend::TokenBatch;
 use crate::data::Example;
 use crate::model::tokenizer::{TextInput, TextTokenizer};
@@ -62,6 +64,21 @@ pub fn eval_batches(lens: &[usize], batch_size: usize) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..lens.len()).collect();
     order.sort_by_key(|&i| lens[i]);
     order.chunks(batch_size).map(|c| c.to_vec()).collect()
+}
+
+/// Tokenizes a split (an empty one is an error) and notes how many examples were truncated.
+pub fn encode_split(model: &ModelDir, examples: &[Example], what: &str) -> Result<Vec<Encoded>> {
+    if examples.is_empty() {
+        bail!("the {what} split is empty");
+    }
+    let (enc, truncated) = encode(&model.tokenizer, examples)?;
+    if truncated > 0 {
+        eprintln!(
+            "note: {truncated} {what} example(s) longer than {} tokens were truncated",
+            model.tokenizer.max_len()
+        );
+    }
+    Ok(enc)
 }
 
 #[cfg(test)]

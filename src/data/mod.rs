@@ -5,6 +5,31 @@ pub mod input;
 pub mod labeled;
 pub mod mr;
 
+/// The examples of `data` (`mr` and a split, or a labelled file) for a head with `labels`.
+pub fn labelled_examples(data: &str, split: &str, labels: &[String]) -> anyhow::Result<Vec<Example>> {
+    Ok(match data {
+        "mr" => {
+            if labels.len() != 2 {
+                anyhow::bail!("the checkpoint's head has {} labels; MR has 2", labels.len());
+            }
+            mr::load(&crate::assets::mr_path())?.get(mr::Split::parse(split)?).to_vec()
+        }
+        path => {
+            let set = labeled::LabelSet { names: labels.to_vec() };
+            set.encode(labeled::read(std::path::Path::new(path))?, path)?
+        }
+    })
+}
+
+/// How a data source is named in messages: `MR test`, or the file.
+pub fn describe(data: &str, split: &str) -> String {
+    if data == "mr" {
+        format!("MR {split}")
+    } else {
+        data.to_string()
+    }
+}
+
 /// `bytes` without a leading UTF-8 byte-order mark.
 pub fn strip_bom(bytes: &[u8]) -> &[u8] {
     bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes)

@@ -192,6 +192,7 @@ pub trait Classify<B: Backend> {
 impl<B: Backend> Classify<B> for Model<B> {
     fn probs(&self, be: &B, batch: &TokenBatch) -> Result<Vec<Vec<f32>>> {
         let (_, cols, logits) = be.download(&self.logits(be, batch)?)?;
+        ensure_finite(&logits, "logit")?;
         Ok(logits.chunks(cols).map(|l| prediction(l.to_vec()).probs).collect())
     }
 }

@@ -5,6 +5,7 @@ pub mod classify;
 pub mod config;
 pub mod layer;
 pub mod mixture;
+pub mod params;
 pub mod tokenizer;
 
 use std::path::{Path, PathBuf};

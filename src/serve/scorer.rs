@@ -1,20 +1,14 @@
 //! What the server and `admix score --stream` run on a batch of texts: the AdpMixup mixture of
 //! the adapters chosen at start-up (entropy β over `m ≥ 2` adapters; one adapter as it is).
 
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Result};
 
 use crate::adapter::mix::BetaRule;
-use crate::adapter::{Adapter, ClassificationHead};
-use crate::backend::cpu::Cpu;
 use crate::backend::{Backend, Device};
+use crate::classifier::Loaded;
 use crate::model::mixture::Mixture;
 use crate::model::tokenizer::{TextInput, TextTokenizer};
-use crate::model::ModelDir;
 use crate::profile;
-use crate::weights::Tensor;
-
-/// An adapter with its head: one member of the mixture.
-pub type Member = (Adapter<Tensor>, ClassificationHead<Tensor>);
 
 /// The result for one text.
 #[derive(Clone, Debug, PartialEq)]
@@ -42,12 +36,19 @@ pub struct MixScorer<B: Backend> {
 }
 
 impl<B: Backend> MixScorer<B> {
-    pub fn new(be: B, model: ModelDir, members: &[Member], tau: f32, max_batch: usize) -> Result<Self> {
+    /// The loaded adapters mixed by their rule (one adapter: β = 1).
+    pub fn new(be: B, loaded: Loaded, max_batch: usize) -> Result<Self> {
         ensure!(max_batch > 0, "the batch size must be positive");
-        let rule = if members.len() == 1 { BetaRule::Fixed(vec![1.0]) } else { BetaRule::Entropy { tau } };
-        let refs: Vec<_> = members.iter().map(|(a, h)| (a, h)).collect();
-        let mixture = Mixture::new(&be, &model.bert()?, &refs, rule)?;
-        Ok(MixScorer { be, tokenizer: model.tokenizer, mixture, max_batch })
+        let rule = if loaded.members.len() == 1 { BetaRule::Fixed(vec![1.0]) } else { loaded.mixing.clone() };
+        let mut refs = Vec::new();
+        for (m, name) in loaded.members.iter().zip(&loaded.names) {
+            let Some(adapter) = &m.adapter else {
+                bail!("{name} holds a full or head-only model: the scorer serves adapters");
+            };
+            refs.push((adapter, &m.head));
+        }
+        let mixture = Mixture::new(&be, &loaded.model.bert()?, &refs, rule)?;
+        Ok(MixScorer { be, tokenizer: loaded.model.tokenizer, mixture, max_batch })
     }
 }
 
@@ -77,16 +78,7 @@ where
     }
 }
 
-/// The mixture of `members` on `device`: entropy β at temperature `tau` for two or more.
-pub fn open(
-    device: Device,
-    model: ModelDir,
-    members: &[Member],
-    tau: f32,
-    max_batch: usize,
-) -> Result<Box<dyn Score>> {
-    Ok(match device.cuda_backend()? {
-        None => Box::new(MixScorer::new(Cpu, model, members, tau, max_batch)?),
-        Some(cuda) => Box::new(MixScorer::new(cuda, model, members, tau, max_batch)?),
-    })
+/// The loaded classifier's scorer on `device`.
+pub fn open(device: Device, loaded: Loaded, max_batch: usize) -> Result<Box<dyn Score>> {
+    crate::with_backend!(device.open()?, be => Ok(Box::new(MixScorer::new(be, loaded, max_batch)?) as Box<dyn Score>))
 }

@@ -7,32 +7,10 @@
 
 use anyhow::{bail, Result};
 
-use crate::adapter::{Adapter, AdapterKind, AdapterLayer, Bottleneck, ClassificationHead, Dense};
+use crate::adapter::{Adapter, AdapterKind, AdapterLayer, Bottleneck, ClassificationHead, Dense, Init};
 use crate::backend::Activation;
 use crate::rng::Rng;
 use crate::weights::Tensor;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Init {
-    Bert,
-    Mam,
-}
-
-impl Init {
-    pub fn parse(s: &str) -> Result<Self> {
-        Ok(match s {
-            "bert" => Init::Bert,
-            "mam" => Init::Mam,
-            _ => bail!("unknown adapter init `{s}` (bert or mam)"),
-        })
-    }
-    pub fn name(self) -> &'static str {
-        match self {
-            Init::Bert => "bert",
-            Init::Mam => "mam",
-        }
-    }
-}
 
 /// The shape and initialisation of a new adapter.
 #[derive(Clone, Copy, Debug)]

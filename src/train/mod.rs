@@ -1,9 +1,8 @@
-//! Training a [`crate::model::classify::Model`] on a backend: named parameters ([`params`]), AdamW and the schedule ([`optim`]), initialisation ([`init`]), checkpoints in
-//! AdapterHub's format ([`checkpoint`]), evaluation ([`metrics`]) and the loop ([`trainer`]).
+//! Training a [`crate::model::classify::Model`] on a backend: AdamW and the schedule ([`optim`]),
+//! initialisation ([`init`]) and the loop ([`trainer`]); checkpoints and evaluation are
+//! [`crate::classifier`]'s.
 
-pub mod checkpoint;
 pub mod init;
-pub mod metrics;
+pub mod job;
 pub mod optim;
-pub mod params;
 pub mod trainer;

@@ -14,10 +14,10 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use super::checkpoint::{self, Meta};
-use super::metrics::{evaluate, Metrics};
 use super::optim::{linear_schedule, AdamW, AdamWConfig};
 use crate::backend::Backend;
+use crate::classifier::checkpoint::{self, Meta};
+use crate::classifier::metrics::{evaluate, Metrics};
 use crate::data::batches::{epoch_batches, make_batch, Encoded};
 use crate::io::{replace_dir, write_atomic, write_safetensors};
 use crate::model::bert::DropoutPlan;

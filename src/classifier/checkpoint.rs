@@ -14,12 +14,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
-use super::init::Init;
-use super::params::QKV;
+use crate::adapter::Init;
 use crate::adapter::{self, Adapter, AdapterKind, ClassificationHead};
 use crate::backend::{Activation, Backend};
 use crate::io::{write_atomic, write_safetensors};
 use crate::model::classify::Model;
+use crate::model::params::QKV;
 use crate::weights::{Tensor, WeightFile};
 
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";

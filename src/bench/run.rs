@@ -1,84 +1,73 @@
-//! `admix bench`: the benchmark binary (src/bench has the suites).
+//! `admix bench` as a library call: a typed [`BenchConfig`] in, the report (JSON and table) out.
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, ValueEnum};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use admix::backend::cpu::Cpu;
-use admix::backend::cuda::{cublas::Cublas, Cuda, DevBuf};
-use admix::backend::{Backend, Device};
-use admix::bench::ceilings::{self, Ceilings};
-use admix::bench::kernels::{self, Gemm};
-use admix::bench::{self, model, Plan, Row, Size, Timer};
-use admix::model::bert::{self, Bert};
-use admix::model::config::BertConfig;
-use admix::model::ModelDir;
-use admix::weights::Tensor;
+use crate::backend::cuda::{cublas::Cublas, Cuda, DevBuf};
+use crate::backend::{AnyBackend, Backend, Device};
+use crate::bench::ceilings::{self, Ceilings};
+use crate::bench::kernels::{self, Gemm};
+use crate::bench::{self, model, Plan, Row, Size, Timer};
+use crate::model::bert::{self, Bert};
+use crate::model::config::BertConfig;
+use crate::model::ModelDir;
+use crate::weights::Tensor;
+use crate::Choice;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Suite {
     Kernels,
     Model,
 }
 
-#[derive(Args)]
-pub struct BenchArgs {
-    /// Where to run: cpu (f32 reference), cuda (the kernels on GPU 0), emu (the kernels on the
-    /// SIMT emulator: checks that the suites run; its times say nothing about a GPU)
-    #[arg(long, value_enum, default_value = "cpu", env = "ADMIX_DEVICE")]
-    device: Device,
-    /// Suites to run
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "kernels,model")]
-    suites: Vec<Suite>,
-    /// Model sizes [default: minilm on cpu; minilm,base,large on cuda; tiny on emu and with --quick]
-    #[arg(long, value_enum, value_delimiter = ',')]
-    models: Option<Vec<Size>>,
-    /// Forward batch sizes [default: 1,8,32 on cpu; 1,8,32,128 on cuda; 1,4 on emu and with --quick]
-    #[arg(long, value_delimiter = ',')]
-    batches: Option<Vec<usize>>,
-    /// Tokens per sequence [default: 128; 16 on emu and with --quick]
-    #[arg(long)]
-    seq: Option<usize>,
-    /// Batch of the kernel suite, training step, attack steps and AdpMixup scoring [default: 32; 4
-    /// on emu and with --quick]
-    #[arg(long)]
-    work_batch: Option<usize>,
-    /// Untimed runs before each case [default: 3; 1 with --quick]
-    #[arg(long)]
-    warmup: Option<usize>,
-    /// Timed runs per case [default: 50 on cuda, 10 on cpu; 3 on emu and with --quick]
-    #[arg(long)]
-    reps: Option<usize>,
-    /// CI-sized: the tiny model, small batches, 3 repetitions (a smoke test, not a measurement)
-    #[arg(long)]
-    quick: bool,
-    /// Do not read a cache-sized buffer through before each timed run
-    #[arg(long)]
-    no_flush: bool,
-    /// Print the results as JSON on stdout instead of the table
-    #[arg(long)]
-    json: bool,
-    /// Also write the results as JSON to this file
-    #[arg(long)]
-    out: Option<PathBuf>,
-    /// Instead of the suites: run N adapter training steps of the first model (after two warm-up
-    /// steps) inside cuProfilerStart/Stop, for `nsys profile --capture-range=cudaProfilerApi`
-    #[arg(long)]
-    profile_steps: Option<usize>,
-    /// Put the medians of a peer run (benches/pytorch_bench.py --out FILE) beside the model rows
-    #[arg(long)]
-    peer: Option<PathBuf>,
-    /// The MiniLM directory [default: the fetched one]
-    #[arg(long, env = "ADMIX_MODEL")]
-    model: Option<PathBuf>,
-    /// CPU threads [default: all cores]
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    threads: Option<u64>,
+impl crate::Choice for Suite {
+    const WHAT: &'static str = "suite";
+    const ALL: &'static [Self] = &[Suite::Kernels, Suite::Model];
+    fn name(self) -> &'static str {
+        match self {
+            Suite::Kernels => "kernels",
+            Suite::Model => "model",
+        }
+    }
 }
 
-fn plan(a: &BenchArgs) -> Result<Plan> {
+/// What `admix bench` runs (its flags, typed; `None` = the device's default).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BenchConfig {
+    pub device: Device,
+    pub suites: Vec<Suite>,
+    pub models: Option<Vec<Size>>,
+    pub batches: Option<Vec<usize>>,
+    pub seq: Option<usize>,
+    pub work_batch: Option<usize>,
+    pub warmup: Option<usize>,
+    pub reps: Option<usize>,
+    /// CI-sized: the tiny model, small batches, 3 repetitions
+    pub quick: bool,
+    pub no_flush: bool,
+    /// also write the results as JSON here
+    pub out: Option<PathBuf>,
+    /// instead of the suites: N adapter training steps inside the profiler's capture range
+    pub profile_steps: Option<usize>,
+    /// a peer run's medians to put beside the model rows
+    pub peer: Option<PathBuf>,
+    /// the MiniLM directory (default: the fetched one)
+    pub model: Option<PathBuf>,
+}
+
+/// What a bench run produced.
+pub enum BenchOutcome {
+    /// `profile_steps`: one line saying what ran
+    Profiled(String),
+    /// the suites: the JSON report, a heading and the table
+    Report { json: serde_json::Value, heading: String, table: String },
+}
+
+fn plan(a: &BenchConfig) -> Result<Plan> {
     let small = a.quick || a.device == Device::Emu;
     let gpu = a.device == Device::Cuda;
     let p = Plan {
@@ -120,7 +109,7 @@ enum Encoder {
     Random(BertConfig),
 }
 
-fn encoder(size: Size, a: &BenchArgs, seq: usize) -> Result<Encoder> {
+fn encoder(size: Size, a: &BenchConfig, seq: usize) -> Result<Encoder> {
     Ok(match size.config() {
         Some(cfg) => {
             anyhow::ensure!(
@@ -132,7 +121,7 @@ fn encoder(size: Size, a: &BenchArgs, seq: usize) -> Result<Encoder> {
             Encoder::Random(cfg)
         }
         None => {
-            let dir = a.model.clone().unwrap_or_else(admix::assets::default_model_dir);
+            let dir = a.model.clone().unwrap_or_else(crate::assets::default_model_dir);
             Encoder::Real(Box::new(ModelDir::open(&dir, seq)?))
         }
     })
@@ -148,14 +137,15 @@ impl Encoder {
     }
 }
 
-pub fn bench(a: BenchArgs) -> Result<()> {
-    admix::init_threads(a.threads.map(|t| t as usize))?;
-    let plan = plan(&a)?;
-    match a.device.cuda_backend()? {
-        None => run(&Cpu, &a, &plan, None),
-        Some(cuda) => {
+/// Runs the suites (or the profiled steps) that `a` asks for.
+pub fn run(a: &BenchConfig) -> Result<BenchOutcome> {
+    let plan = plan(a)?;
+    match a.device.open()? {
+        AnyBackend::Cpu(cpu) => run_on(&cpu, a, &plan, None),
+        AnyBackend::Cuda(cuda) => {
+            // cuBLAS beside the kernels, on a GPU
             let cublas = if a.device == Device::Cuda { Cublas::open().ok() } else { None };
-            run(&cuda, &a, &plan, Some((&cuda, cublas.as_ref())))
+            run_on(&cuda, a, &plan, Some((&cuda, cublas.as_ref())))
         }
     }
 }
@@ -165,7 +155,7 @@ fn cublas_ms(cuda: &Cuda, c: &Cublas, which: Gemm, m: usize, n: usize, k: usize)
     let exec = cuda.executor();
     let rand = |len: usize, seed: u64| -> Result<DevBuf> {
         let bits: Vec<u16> =
-            ceilings::values(len, seed).iter().map(|&v| admix::backend::cuda::bf16::from_f32(v)).collect();
+            ceilings::values(len, seed).iter().map(|&v| crate::backend::cuda::bf16::from_f32(v)).collect();
         DevBuf::from_slice(exec, &bits)
     };
     let (x, w, dy) = (rand(m * k, 1)?, rand(n * k, 2)?, rand(m * n, 3)?);
@@ -178,8 +168,13 @@ fn cublas_ms(cuda: &Cuda, c: &Cublas, which: Gemm, m: usize, n: usize, k: usize)
     Ok(bench::stats(times)?.0)
 }
 
-fn run<B: Backend>(be: &B, a: &BenchArgs, plan: &Plan, cuda: Option<(&Cuda, Option<&Cublas>)>) -> Result<()> {
-    let device = format!("{:?}", a.device).to_lowercase();
+fn run_on<B: Backend>(
+    be: &B,
+    a: &BenchConfig,
+    plan: &Plan,
+    cuda: Option<(&Cuda, Option<&Cublas>)>,
+) -> Result<BenchOutcome> {
+    let device = a.device.name();
     if let Some(n) = a.profile_steps {
         anyhow::ensure!(n > 0, "--profile-steps must be positive");
         let size = plan.sizes[0];
@@ -189,15 +184,14 @@ fn run<B: Backend>(be: &B, a: &BenchArgs, plan: &Plan, cuda: Option<(&Cuda, Opti
             eprintln!("note: no CUDA profiler capture on --device {device}; the steps run with their NVTX ranges only");
         }
         let ms = model::profile_steps(be, &cfg, &host, plan, n, capture)?;
-        println!(
+        return Ok(BenchOutcome::Profiled(format!(
             "profiled {n} adapter training step(s) of {} (batch {} × {}): {ms:.1} ms in all; NVTX ranges {}",
             size.name(),
             plan.work_batch,
             plan.seq,
-            admix::profile::nvtx_library()
+            crate::profile::nvtx_library()
                 .map_or("off (no NVTX library found; see docs/profiling.md)".into(), |l| format!("on ({l})"))
-        );
-        return Ok(());
+        )));
     }
     // the peer file and every size are checked before anything is measured
     let peer = match &a.peer {
@@ -278,8 +272,8 @@ fn run<B: Backend>(be: &B, a: &BenchArgs, plan: &Plan, cuda: Option<(&Cuda, Opti
         }
     }
     let report = json!({
-        "date": admix::provenance::today(),
-        "machine": admix::provenance::machine(),
+        "date": crate::provenance::today(),
+        "machine": crate::provenance::machine(),
         "device": device,
         "backend": be.name(),
         "gpu": cuda.map(|(c, _)| c.executor().describe()),
@@ -292,24 +286,16 @@ fn run<B: Backend>(be: &B, a: &BenchArgs, plan: &Plan, cuda: Option<(&Cuda, Opti
         "rows": rows,
     });
     if let Some(p) = &a.out {
-        admix::io::write_atomic(p, serde_json::to_string_pretty(&report)?.as_bytes())?;
+        crate::io::write_atomic(p, serde_json::to_string_pretty(&report)?.as_bytes())?;
     }
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    if a.json {
-        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
-    } else {
-        writeln!(
-            out,
-            "admix bench on {device} ({}), {}: {} warm-up + {} timed runs per case, median and p99\n",
-            be.name(),
-            admix::provenance::machine(),
-            plan.warmup,
-            plan.reps
-        )?;
-        write!(out, "{}", bench::table(&rows))?;
-    }
-    Ok(())
+    let heading = format!(
+        "admix bench on {device} ({}), {}: {} warm-up + {} timed runs per case, median and p99\n",
+        be.name(),
+        crate::provenance::machine(),
+        plan.warmup,
+        plan.reps
+    );
+    Ok(BenchOutcome::Report { json: report, heading, table: bench::table(&rows) })
 }
 
 fn progress(rows: &[Row]) {

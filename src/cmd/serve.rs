@@ -9,21 +9,18 @@ use clap::Args;
 use serde_json::json;
 
 use admix::assets;
-use admix::model::ModelDir;
+use admix::classifier;
 use admix::serve::batcher::BatchConfig;
-use admix::serve::scorer::Member;
 use admix::serve::{self, http, loadtest, ServeConfig};
+use admix::Choice;
+
+use super::{ClassifierArgs, MaxLen, Runtime};
 
 #[derive(Args)]
 pub struct ServeArgs {
-    /// Adapter checkpoints to mix (repeat the flag; `admix train`'s best/ or AdapterHub's
-    /// `save_adapter(..., with_head=True)`): two or more are mixed per input with entropy β, one
-    /// is served as it is
-    #[arg(long = "adapter", required = true)]
-    adapters: Vec<PathBuf>,
-    /// AdpMixup's entropy temperature: β = softmax(−H/τ)
-    #[arg(long, default_value_t = 0.1)]
-    tau: f32,
+    /// The adapters served: one as it is, two or more as the AdpMixup mixture
+    #[command(flatten)]
+    clf: ClassifierArgs,
     /// Address to listen on (port 0: any free port; the chosen one is printed)
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: String,
@@ -58,7 +55,9 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 30)]
     drain_timeout_s: u64,
     #[command(flatten)]
-    m: crate::ModelArgs,
+    max_len: MaxLen,
+    #[command(flatten)]
+    rt: Runtime,
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -67,52 +66,8 @@ extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
 }
 
-/// Loads the adapters to mix (each with its head) and checks that their labels agree. Each is a
-/// checkpoint directory, or a safetensors file in AdapterHub naming (`FILE#NAME` picks one of
-/// several adapters in it; label names are then the ids).
-pub fn load_members(specs: &[PathBuf], model: &ModelDir) -> Result<(Vec<Member>, Vec<String>)> {
-    let (layers, hidden) = (model.config.num_hidden_layers, model.config.hidden_size);
-    let mut members = Vec::new();
-    let mut labels: Option<Vec<String>> = None;
-    for spec in specs {
-        let text = spec.to_string_lossy();
-        let (path, name) = match text.rsplit_once('#') {
-            Some((p, n)) if !spec.exists() => (PathBuf::from(p), Some(n.to_string())),
-            _ => (spec.clone(), None),
-        };
-        let (adapter, head, these) = if path.is_dir() {
-            anyhow::ensure!(
-                name.is_none(),
-                "{}: `#NAME` picks an adapter in a safetensors file, not in a checkpoint directory",
-                spec.display()
-            );
-            let ck = admix::train::checkpoint::load(&path, layers, hidden)?;
-            let Some(adapter) = ck.adapter else {
-                bail!("{} holds no adapter (a full or head-only model cannot be mixed)", path.display());
-            };
-            (adapter, ck.head, ck.labels)
-        } else {
-            let file = admix::weights::WeightFile::open(&path)?;
-            let (a, h) = admix::adapter::load_with_head(&file, name.as_deref(), None, None, layers, hidden)?;
-            let ids = (0..h.num_labels).map(|i| i.to_string()).collect();
-            (a, h, ids)
-        };
-        match &labels {
-            None => labels = Some(these),
-            Some(l) if *l != these => {
-                bail!("{} has labels {these:?}, {} has {l:?}", spec.display(), specs[0].display())
-            }
-            Some(_) => {}
-        }
-        members.push((adapter, head));
-    }
-    Ok((members, labels.unwrap_or_default()))
-}
-
 pub fn serve(a: ServeArgs) -> Result<()> {
-    if !(a.tau > 0.0 && a.tau.is_finite()) {
-        bail!("--tau must be positive (got {})", a.tau);
-    }
+    let spec = a.clf.spec(None)?;
     // a zero limit would start a server that refuses or times out every request
     for (flag, v) in [
         ("--max-batch", a.max_batch as u64),
@@ -128,12 +83,16 @@ pub fn serve(a: ServeArgs) -> Result<()> {
             bail!("{flag} must be at least 1 (0 would refuse every request)");
         }
     }
-    let model_dir = a.m.dir();
-    let model = a.m.open()?;
-    let (members, labels) = load_members(&a.adapters, &model)?;
-    let adapters: Vec<String> = a.adapters.iter().map(|p| p.display().to_string()).collect();
-    let rule =
-        if members.len() == 1 { "one adapter".to_string() } else { format!("entropy β, τ = {}", a.tau) };
+    a.rt.init()?;
+    let model_dir = a.rt.model_dir();
+    let loaded = classifier::load(&spec, a.rt.model.as_deref(), a.max_len.get())?;
+    let labels = loaded.labels.clone();
+    let adapters = loaded.names.clone();
+    let rule = match &loaded.mixing {
+        _ if loaded.members.len() == 1 => "one adapter".to_string(),
+        admix::adapter::mix::BetaRule::Fixed(beta) => format!("static β = {beta:?}"),
+        _ => format!("entropy β, τ = {}", a.clf.tau),
+    };
     let config = ServeConfig {
         addr: a.addr.clone(),
         batch: BatchConfig {
@@ -157,16 +116,15 @@ pub fn serve(a: ServeArgs) -> Result<()> {
             "adapters": adapters,
             "labels": labels,
             "mixing": rule,
-            "tau": a.tau,
-            "device": format!("{:?}", a.m.device).to_lowercase(),
+            "tau": a.clf.tau,
+            "device": a.rt.device.name(),
             "max_batch": a.max_batch,
             "max_wait_us": a.max_wait_us,
             "max_texts": a.max_texts,
         }),
     };
-    let (device, tau, max_batch) = (a.m.device, a.tau, a.max_batch);
-    let server =
-        serve::Server::bind(config, move || serve::scorer::open(device, model, &members, tau, max_batch))?;
+    let (device, max_batch) = (a.rt.device, a.max_batch);
+    let server = serve::Server::bind(config, move || serve::scorer::open(device, loaded, max_batch))?;
     // SAFETY: the handler only stores to an atomic (async-signal-safe).
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
@@ -175,8 +133,8 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     eprintln!(
         "admix serve: listening on http://{} ({} adapter(s), {rule}; device {}; batches of ≤ {} texts, ≤ {} µs wait)",
         server.local_addr(),
-        a.adapters.len(),
-        format!("{:?}", a.m.device).to_lowercase(),
+        adapters.len(),
+        a.rt.device.name(),
         a.max_batch,
         a.max_wait_us
     );

@@ -1,37 +1,34 @@
-//! `admix attack`: run one attack on a split against a checkpoint, TextAttack-style output.
+//! Running an attack over many examples: the gradient attacks batch by batch, the black-box
+//! recipes on many worker threads whose queries share forward batches ([`BatchQueue`]), with a
+//! progress bar of the outcomes so far. [`AttackConfig`] says which attack and how.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
-use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
-use clap::{Args, ValueEnum};
+use anyhow::{bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
 
-use admix::assets;
-use admix::attack::batching::BatchQueue;
-use admix::attack::embedding::{self, Pgd};
-use admix::attack::glove::{Glove, NeighbourCache};
-use admix::attack::hotflip::{HotFlip, HotFlipConfig};
-use admix::attack::metrics::{AttackRecord, Outcome, Summary};
-use admix::attack::search::{Constraints, Ranking, Transformation};
-use admix::attack::victim::{ModelScorer, Scorer, Victim};
-use admix::attack::wordnet::WordNet;
-use admix::attack::{self as atk, deepwordbug, pwws, textbugger, textfooler, words};
-use admix::backend::cpu::Cpu;
-use admix::backend::cuda::Cuda;
-use admix::backend::{Backend, Device, Norm};
-use admix::data::batches::{self, Encoded};
-use admix::data::Example;
-use admix::model::classify::Model;
-use admix::model::classify::{self, argmax, Classify};
-use admix::rng::Rng;
+use super::batching::BatchQueue;
+use super::embedding::{self, Pgd};
+use super::glove::{Glove, NeighbourCache};
+use super::hotflip::{HotFlip, HotFlipConfig};
+use super::metrics::{AttackRecord, Outcome};
+use super::search::{Constraints, Ranking, Transformation};
+use super::victim::{ModelScorer, Scorer, Victim};
+use super::wordnet::WordNet;
+use super::{deepwordbug, pwws, textbugger, textfooler, words};
+use crate::backend::{Backend, Norm};
+use crate::data::batches::{self, Encoded};
+use crate::data::Example;
+use crate::model::classify::{self, argmax, Classify, Model};
+use crate::model::tokenizer::TextTokenizer;
+use crate::rng::Rng;
+use crate::weights::Tensor;
 
-use crate::train_cmd::{self, OpenCheckpoint};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum AttackKind {
     Pgd,
     Fgsm,
@@ -57,149 +54,96 @@ impl AttackKind {
     }
 }
 
-#[derive(Args)]
-pub struct AttackArgs {
-    /// The attack
-    #[arg(long, value_enum)]
-    attack: AttackKind,
-    /// The victim: a checkpoint directory (adapter + head; a run directory means its best/)
-    #[arg(long)]
-    adapter: PathBuf,
-    /// Base model directory; default: the fetched MiniLM
-    #[arg(long, env = "ADMIX_MODEL")]
-    model: Option<PathBuf>,
-    /// `mr`, or a labelled .tsv/.csv/.jsonl file
-    #[arg(long, default_value = "mr")]
-    data: String,
-    /// MR split: train, dev or test
-    #[arg(long, default_value = "test")]
-    split: String,
-    /// Attack the first N examples (default: all)
-    #[arg(short = 'n', long)]
-    num_examples: Option<usize>,
-    /// Output directory: results.jsonl (one line per example) and summary.json
-    #[arg(long)]
-    out: Option<PathBuf>,
-    /// Most model queries per example, the original included (text attacks)
-    #[arg(long, default_value_t = 2000)]
-    query_budget: u64,
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
-    /// Most candidates (or, for pgd/fgsm, sequences) per forward batch
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..))]
-    batch_size: u64,
-    /// Text attacks: examples attacked at once (their queries share forward batches; HotFlip runs
-    /// them in lockstep)
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
-    workers: u64,
-    /// Text attacks: most tokens per forward batch
-    #[arg(long, default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..))]
-    max_batch_tokens: u64,
-    /// Default: the max length the checkpoint was trained with (admix.json), else 128
-    #[arg(long)]
-    max_len: Option<usize>,
-    /// pgd/fgsm: the ball's norm
-    #[arg(long, value_enum, default_value = "l2")]
-    norm: Norm,
-    /// pgd/fgsm: ball radius ε (per sequence)
-    #[arg(long, default_value_t = 1.0)]
-    eps: f32,
-    /// pgd: step size α (default ε/4)
-    #[arg(long)]
-    alpha: Option<f32>,
-    /// pgd: ascent steps
-    #[arg(long, default_value_t = 10)]
-    steps: usize,
-    /// pgd: start from a random point of the ball
-    #[arg(long)]
-    random_start: bool,
-    /// hotflip: most words changed, as a fraction of the words
-    #[arg(long, default_value_t = 0.2)]
-    max_word_frac: f32,
-    /// hotflip: least embedding cosine between a new token and the one it replaces
-    #[arg(long, default_value_t = 0.2)]
-    min_cos: f32,
-    /// hotflip: beam width (1 = greedy)
-    #[arg(long, default_value_t = 1)]
-    beam: usize,
-    /// hotflip: flips confirmed by forward passes per beam and step
-    #[arg(long, default_value_t = 8)]
-    top_k: usize,
-    /// pwws, textfooler: the WordNet 3.0 database directory; default: the fetched one
-    #[arg(long)]
-    wordnet: Option<PathBuf>,
-    /// textfooler, textbugger: the GloVe 6B 50d directory; default: the fetched one
-    #[arg(long)]
-    glove: Option<PathBuf>,
-    /// Where the model runs: cpu, cuda (GPU 0) or emu (the kernels on the CPU's SIMT emulator)
-    #[arg(long, value_enum, default_value = "cpu", env = "ADMIX_DEVICE")]
-    device: Device,
-    /// cpu: score with bf16 GEMMs (AVX512-BF16 CPUs; bf16 inputs, f32 accumulation, as on the GPU)
-    /// instead of the f32 reference
-    #[arg(long)]
-    cpu_bf16: bool,
-    /// Worker threads (default: all cores)
-    #[arg(long)]
-    threads: Option<usize>,
+impl crate::Choice for AttackKind {
+    const WHAT: &'static str = "attack";
+    const ALL: &'static [Self] = &[
+        AttackKind::Pgd,
+        AttackKind::Fgsm,
+        AttackKind::Hotflip,
+        AttackKind::Deepwordbug,
+        AttackKind::Pwws,
+        AttackKind::Textfooler,
+        AttackKind::Textbugger,
+    ];
+    fn name(self) -> &'static str {
+        match self {
+            AttackKind::Pgd => "pgd",
+            AttackKind::Fgsm => "fgsm",
+            AttackKind::Hotflip => "hotflip",
+            AttackKind::Deepwordbug => "deepwordbug",
+            AttackKind::Pwws => "pwws",
+            AttackKind::Textfooler => "textfooler",
+            AttackKind::Textbugger => "textbugger",
+        }
+    }
 }
 
-pub fn attack(a: AttackArgs) -> Result<()> {
-    admix::init_threads(a.threads)?;
-    if a.query_budget == 0 {
-        bail!("the query budget must be at least 1 (the original input is a query)");
+impl AttackKind {
+    /// Whether the attack only queries the classifier (else it needs a single model's gradients).
+    pub fn is_black_box(self) -> bool {
+        !matches!(self, AttackKind::Pgd | AttackKind::Fgsm | AttackKind::Hotflip)
     }
-    if a.cpu_bf16 {
-        if a.device != Device::Cpu {
-            bail!("--cpu-bf16 is for --device cpu (the CUDA path is bf16 already)");
+}
+
+/// How an attack runs: the attack, its budget and seed, how its queries are batched, and the
+/// settings of the gradient attacks (`admix attack`'s flags, typed).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AttackConfig {
+    pub kind: AttackKind,
+    /// most model queries per example, the original included (text attacks)
+    pub query_budget: u64,
+    pub seed: u64,
+    /// most candidates (or, for pgd/fgsm, sequences) per forward batch
+    pub batch_size: usize,
+    /// text attacks: examples attacked at once
+    pub workers: usize,
+    /// text attacks: most tokens per forward batch
+    pub max_batch_tokens: usize,
+    /// pgd/fgsm: the ball's norm, radius ε, step α (default ε/4), steps, random start
+    pub norm: Norm,
+    pub eps: f32,
+    pub alpha: Option<f32>,
+    pub steps: usize,
+    pub random_start: bool,
+    /// hotflip: most words changed (fraction), least cosine to the replaced token, beam, top-k
+    pub max_word_frac: f32,
+    pub min_cos: f32,
+    pub beam: usize,
+    pub top_k: usize,
+}
+
+impl AttackConfig {
+    /// `kind` with `admix attack`'s defaults.
+    pub fn new(kind: AttackKind) -> AttackConfig {
+        AttackConfig {
+            kind,
+            query_budget: 2000,
+            seed: 42,
+            batch_size: 32,
+            workers: 256,
+            max_batch_tokens: 8192,
+            norm: Norm::L2,
+            eps: 1.0,
+            alpha: None,
+            steps: 10,
+            random_start: false,
+            max_word_frac: 0.2,
+            min_cos: 0.2,
+            beam: 1,
+            top_k: 8,
         }
-        admix::backend::cpu::bf16::enable()?;
     }
-    let OpenCheckpoint { model: model_dir, ck, .. } =
-        train_cmd::open_checkpoint(&a.adapter, a.model.as_deref(), a.max_len)?;
-    let mut examples = train_cmd::labelled_examples(&a.data, &a.split, &ck.labels)?;
-    if examples.iter().any(|e| e.pair.is_some()) {
-        bail!("attacks on sentence pairs are not supported (the data has a text_pair column)");
-    }
-    if let Some(n) = a.num_examples {
-        examples.truncate(n);
-    }
-    if examples.is_empty() {
-        bail!("no examples to attack");
-    }
-    let (wordnet, glove) = resources(a.attack, a.wordnet.as_deref(), a.glove.as_deref())?;
-    let host_bert = model_dir.bert()?;
-    let word_table = host_bert.emb.word.clone();
-    let started = Instant::now();
-    let records = match a.device.cuda_backend()? {
-        None => {
-            let m = victim_model(&Cpu, &host_bert, &ck)?;
-            run(&Cpu, &m, &model_dir, &word_table, &examples, &a, wordnet.as_ref(), glove.as_ref())?
+
+    /// Refuses settings no run can use.
+    pub fn check(&self) -> Result<()> {
+        if self.query_budget == 0 {
+            bail!("the query budget must be at least 1 (the original input is a query)");
         }
-        Some(cuda) => {
-            let m = victim_model(&cuda, &host_bert, &ck)?;
-            run::<Cuda>(&cuda, &m, &model_dir, &word_table, &examples, &a, wordnet.as_ref(), glove.as_ref())?
+        if self.batch_size == 0 || self.workers == 0 || self.max_batch_tokens == 0 {
+            bail!("batch size, workers and max batch tokens must be at least 1");
         }
-    };
-    let secs = started.elapsed().as_secs_f64();
-    let summary = Summary::of(&records);
-    let queries: usize = records.iter().map(|r| r.queries).sum();
-    let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "{} on {} ({} examples, {:.1} s, {:.1} examples/s, {:.0} queries/s)",
-        a.attack.title(),
-        what(&a),
-        records.len(),
-        secs,
-        records.len() as f64 / secs,
-        queries as f64 / secs
-    )?;
-    write!(out, "{}", summary.table())?;
-    if let Some(dir) = &a.out {
-        write_results(dir, &records, &summary, &a, secs)?;
-        writeln!(out, "results in {}", dir.display())?;
+        Ok(())
     }
-    Ok(())
 }
 
 /// The lexical resources an attack needs: WordNet (PWWS, TextFooler), GloVe (TextFooler,
@@ -211,61 +155,17 @@ pub fn resources(
 ) -> Result<(Option<WordNet>, Option<Glove>)> {
     let wn = match kind {
         AttackKind::Pwws | AttackKind::Textfooler => {
-            Some(WordNet::load(&wordnet.map(Path::to_path_buf).unwrap_or_else(assets::wordnet_dir))?)
+            Some(WordNet::load(&wordnet.map(Path::to_path_buf).unwrap_or_else(crate::assets::wordnet_dir))?)
         }
         _ => None,
     };
     let gl = match kind {
         AttackKind::Textfooler | AttackKind::Textbugger => {
-            Some(Glove::load(&glove.map(Path::to_path_buf).unwrap_or_else(assets::glove_dir))?)
+            Some(Glove::load(&glove.map(Path::to_path_buf).unwrap_or_else(crate::assets::glove_dir))?)
         }
         _ => None,
     };
     Ok((wn, gl))
-}
-
-fn what(a: &AttackArgs) -> String {
-    if a.data == "mr" {
-        format!("MR {}", a.split)
-    } else {
-        a.data.clone()
-    }
-}
-
-/// The checkpoint's classifier (encoder, adapter, head) on a backend, frozen.
-fn victim_model<B: Backend>(
-    be: &B,
-    bert: &admix::model::bert::Bert<admix::weights::Tensor>,
-    ck: &admix::train::checkpoint::Loaded,
-) -> Result<Model<B>> {
-    let adapter = ck.adapter.as_ref().map(|x| x.to_backend(be)).transpose()?;
-    Model::new(be, bert.to_backend(be)?, adapter, ck.head.to_backend(be)?, false)
-}
-
-fn write_results(
-    dir: &Path,
-    records: &[AttackRecord],
-    summary: &Summary,
-    a: &AttackArgs,
-    secs: f64,
-) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut lines = String::new();
-    for r in records {
-        lines += &serde_json::to_string(r)?;
-        lines.push('\n');
-    }
-    admix::io::write_atomic(&dir.join("results.jsonl"), lines.as_bytes())?;
-    let json = serde_json::json!({
-        "attack": a.attack.title(),
-        "data": what(a),
-        "checkpoint": a.adapter,
-        "device": format!("{:?}", a.device).to_lowercase(),
-        "cpu_bf16": a.cpu_bf16,
-        "seconds": secs,
-        "summary": summary,
-    });
-    admix::io::write_atomic(&dir.join("summary.json"), serde_json::to_string_pretty(&json)?.as_bytes())
 }
 
 fn progress(n: usize) -> ProgressBar {
@@ -302,25 +202,33 @@ impl Tally {
     }
 }
 
+/// Runs the attack of `a` on `examples` against a classifier. The gradient attacks (PGD, FGSM,
+/// HotFlip) need a single `model`; the black-box ones query `clf` as a whole.
 #[allow(clippy::too_many_arguments)]
-fn run<B: Backend>(
+pub fn run<B: Backend>(
     be: &B,
-    m: &Model<B>,
-    model_dir: &admix::model::ModelDir,
-    word_table: &admix::weights::Tensor,
+    clf: &dyn Classify<B>,
+    model: Option<&Model<B>>,
+    tok: &TextTokenizer,
+    word_table: &Tensor,
     examples: &[Example],
-    a: &AttackArgs,
+    a: &AttackConfig,
     wordnet: Option<&WordNet>,
     glove: Option<&Glove>,
 ) -> Result<Vec<AttackRecord>> {
-    let tok = &model_dir.tokenizer;
+    if a.kind.is_black_box() {
+        return black_box(be, clf, tok, examples, a, wordnet, glove);
+    }
+    let Some(m) = model else {
+        bail!("{} needs the gradients of a single model: a mixture with per-input β is attacked by the black-box attacks (deepwordbug, pwws, textfooler, textbugger)", a.kind.title());
+    };
     let bar = progress(examples.len());
     let mut tally = Tally::default();
     let mut records = Vec::with_capacity(examples.len());
     let budget = a.query_budget as usize;
-    match a.attack {
+    match a.kind {
         AttackKind::Pgd | AttackKind::Fgsm => {
-            let cfg = match a.attack {
+            let cfg = match a.kind {
                 AttackKind::Fgsm => Pgd::fgsm(a.norm, a.eps),
                 _ => Pgd {
                     norm: a.norm,
@@ -332,7 +240,7 @@ fn run<B: Backend>(
             };
             let (data, _) = batches::encode(tok, examples)?;
             let mut rng = Rng::new(a.seed);
-            for chunk in (0..examples.len()).collect::<Vec<_>>().chunks(a.batch_size as usize) {
+            for chunk in (0..examples.len()).collect::<Vec<_>>().chunks(a.batch_size) {
                 let recs = embedding_batch(be, m, &data, chunk, examples, tok.pad_id(), &cfg, &mut rng)?;
                 tally.add(&bar, &recs);
                 records.extend(recs);
@@ -341,7 +249,7 @@ fn run<B: Backend>(
         AttackKind::Hotflip => {
             // examples run in lockstep, `--workers` at a time; forward batches of about
             // `--max-batch-tokens` tokens (MR sentences are ~30 tokens)
-            let rows = (a.max_batch_tokens as usize / 32).max(1);
+            let rows = (a.max_batch_tokens / 32).max(1);
             let scorer = ModelScorer { be, model: m, pad_id: tok.pad_id(), batch_size: rows };
             let mut victim = Victim::new(&scorer, tok)?;
             let tokens =
@@ -355,16 +263,13 @@ fn run<B: Backend>(
             let hotflip = HotFlip::new(be, word_table, tokens, cfg)?;
             let items: Vec<(usize, &str, usize)> =
                 examples.iter().enumerate().map(|(i, e)| (i, e.text.as_str(), e.label)).collect();
-            for chunk in items.chunks(a.workers as usize) {
+            for chunk in items.chunks(a.workers) {
                 let recs = hotflip.attack_all(be, m, &mut victim, chunk, budget)?;
                 tally.add(&bar, &recs);
                 records.extend(recs);
             }
         }
-        _ => {
-            bar.finish_and_clear();
-            return black_box(be, m, tok, examples, a, wordnet, glove);
-        }
+        _ => unreachable!("black-box attacks returned above"),
     }
     bar.finish_and_clear();
     Ok(records)
@@ -375,17 +280,17 @@ fn run<B: Backend>(
 pub fn black_box<B: Backend>(
     be: &B,
     clf: &dyn Classify<B>,
-    tok: &admix::model::tokenizer::TextTokenizer,
+    tok: &TextTokenizer,
     examples: &[Example],
-    a: &AttackArgs,
+    a: &AttackConfig,
     wordnet: Option<&WordNet>,
     glove: Option<&Glove>,
 ) -> Result<Vec<AttackRecord>> {
     let bar = progress(examples.len());
     let budget = a.query_budget as usize;
-    let records = match a.attack {
+    let records = match a.kind {
         AttackKind::Pgd | AttackKind::Fgsm | AttackKind::Hotflip => {
-            bail!("{} needs gradients: it is not a black-box attack", a.attack.title())
+            bail!("{} needs gradients: it is not a black-box attack", a.kind.title())
         }
         kind => {
             let scorer = ModelScorer { be, model: clf, pad_id: tok.pad_id(), batch_size: usize::MAX };
@@ -433,21 +338,21 @@ fn recipe(
     ranking: Ranking,
     c: &Constraints,
 ) -> Result<AttackRecord> {
-    atk::attack_text(victim, i, &e.text, e.label, budget, t, ranking, c)
+    super::attack_text(victim, i, &e.text, e.label, budget, t, ranking, c)
 }
 
 /// Attacks the examples on `--workers` threads at once, their model queries batched together by a
 /// [`BatchQueue`] that this thread serves with `scorer`. Records come back in example order.
 fn concurrently(
     scorer: &dyn Scorer,
-    tok: &admix::model::tokenizer::TextTokenizer,
+    tok: &TextTokenizer,
     examples: &[Example],
-    a: &AttackArgs,
+    a: &AttackConfig,
     bar: &ProgressBar,
     attack_one: impl Fn(&mut Victim, usize, &Example) -> Result<AttackRecord> + Sync,
 ) -> Result<Vec<AttackRecord>> {
-    let workers = (a.workers as usize).min(examples.len()).max(1);
-    let queue = BatchQueue::new(workers, a.max_batch_tokens as usize);
+    let workers = (a.workers).min(examples.len()).max(1);
+    let queue = BatchQueue::new(workers, a.max_batch_tokens);
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let done: Mutex<Vec<Option<AttackRecord>>> = Mutex::new(vec![None; examples.len()]);

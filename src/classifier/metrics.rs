@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::backend::Backend;
 use crate::data::batches::{eval_batches, make_batch, Encoded};
-use crate::model::classify::Model;
+use crate::model::classify::{argmax, ensure_finite, Classify};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ClassMetrics {
@@ -53,10 +53,11 @@ pub fn score(pred: &[usize], gold: &[usize], losses: &[f64], labels: &[String]) 
     }
 }
 
-/// Evaluates `model` on `data`; returns the metrics and each example's predicted label.
+/// Evaluates a classifier (a model, or a mixture as a whole) on `data`; returns the metrics and each
+/// example's predicted label.
 pub fn evaluate<B: Backend>(
     be: &B,
-    model: &Model<B>,
+    model: &dyn Classify<B>,
     data: &[Encoded],
     batch_size: usize,
     pad_id: u32,
@@ -68,12 +69,11 @@ pub fn evaluate<B: Backend>(
     let mut losses = vec![0.0f64; data.len()];
     for idx in eval_batches(&lens, batch_size) {
         let (batch, gold) = make_batch(data, &idx, pad_id);
-        let (_, cols, logits) = be.download(&model.logits(be, &batch)?)?;
-        crate::model::classify::ensure_finite(&logits, "logit")?;
-        for ((&i, row), &g) in idx.iter().zip(logits.chunks(cols)).zip(&gold) {
-            let p = crate::model::classify::prediction(row.to_vec());
-            pred[i] = p.label;
-            losses[i] = -(p.probs[g as usize].max(1e-30) as f64).ln();
+        let probs = model.probs(be, &batch)?;
+        ensure_finite(&probs.concat(), "probability")?;
+        for ((&i, p), &g) in idx.iter().zip(&probs).zip(&gold) {
+            pred[i] = argmax(p);
+            losses[i] = -(p[g as usize].max(1e-30) as f64).ln();
         }
         progress(idx.len());
     }

@@ -1,0 +1,137 @@
+//! `admix attack` as a library call: a classifier named by a [`ClassifierSpec`], a labelled split,
+//! an [`AttackConfig`]; the records, TextAttack's summary and, with an output directory,
+//! `results.jsonl`, `summary.json` and the job itself as `job.json` (the record of what ran).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::metrics::{AttackRecord, Summary};
+use super::run::{self, AttackConfig};
+use crate::backend::{Backend, Device};
+use crate::classifier::{self, ClassifierSpec};
+use crate::data::{self, Example};
+
+/// One attack run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AttackJob {
+    /// the victim: one checkpoint or file, or a mixture (attacked as a whole)
+    pub victim: ClassifierSpec,
+    /// base model directory (default: the fetched MiniLM)
+    pub model: Option<PathBuf>,
+    /// token limit (default: the checkpoint's trained length, else 128)
+    pub max_len: Option<usize>,
+    /// `mr` or a labelled file, and the MR split
+    pub data: String,
+    pub split: String,
+    /// attack the first N examples (default: all)
+    pub num_examples: Option<usize>,
+    pub device: Device,
+    /// cpu: score with bf16 GEMMs (AVX512-BF16) instead of the f32 reference
+    #[serde(default)]
+    pub cpu_bf16: bool,
+    /// WordNet and GloVe directories (default: the fetched ones)
+    pub wordnet: Option<PathBuf>,
+    pub glove: Option<PathBuf>,
+    pub attack: AttackConfig,
+    /// where results.jsonl, summary.json and job.json go
+    pub out: Option<PathBuf>,
+}
+
+/// What an attack run produced.
+pub struct AttackRun {
+    pub records: Vec<AttackRecord>,
+    pub summary: Summary,
+    pub seconds: f64,
+    /// the data attacked, for messages (`MR test`, or the file)
+    pub data: String,
+}
+
+/// Reads the victim and the data, runs the attack on the job's device, and writes the results
+/// when the job has an output directory.
+pub fn run(job: &AttackJob) -> Result<AttackRun> {
+    job.attack.check()?;
+    if job.cpu_bf16 {
+        if job.device != Device::Cpu {
+            bail!("--cpu-bf16 is for --device cpu (the CUDA path is bf16 already)");
+        }
+        crate::backend::cpu::bf16::enable()?;
+    }
+    let loaded = classifier::load(&job.victim, job.model.as_deref(), job.max_len)?;
+    let mut examples = data::labelled_examples(&job.data, &job.split, &loaded.labels)?;
+    if examples.iter().any(|e| e.pair.is_some()) {
+        bail!("attacks on sentence pairs are not supported (the data has a text_pair column)");
+    }
+    if let Some(n) = job.num_examples {
+        examples.truncate(n);
+    }
+    if examples.is_empty() {
+        bail!("no examples to attack");
+    }
+    let (wordnet, glove) = run::resources(job.attack.kind, job.wordnet.as_deref(), job.glove.as_deref())?;
+    let host_bert = loaded.model.bert()?;
+    let started = Instant::now();
+    let records = crate::with_backend!(job.device.open()?, be => {
+        let built = loaded.build_on(&be, &host_bert)?;
+        run::run(
+            &be,
+            built.classify(),
+            built.model(),
+            &loaded.model.tokenizer,
+            &host_bert.emb.word,
+            &examples,
+            &job.attack,
+            wordnet.as_ref(),
+            glove.as_ref(),
+        )?
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    let summary = Summary::of(&records);
+    let attacked = AttackRun { records, summary, seconds, data: data::describe(&job.data, &job.split) };
+    if let Some(dir) = &job.out {
+        write_results(dir, job, &attacked)?;
+    }
+    Ok(attacked)
+}
+
+/// Attacks `examples` against an already built classifier (the AdpMixup pipeline's adaptive
+/// protocol: each method attacked as a whole, with the black-box attacks).
+#[allow(clippy::too_many_arguments)]
+pub fn attack_examples<B: Backend>(
+    be: &B,
+    clf: &dyn crate::model::classify::Classify<B>,
+    tok: &crate::model::tokenizer::TextTokenizer,
+    word_table: &crate::weights::Tensor,
+    examples: &[Example],
+    cfg: &AttackConfig,
+    wordnet: Option<&Path>,
+    glove: Option<&Path>,
+) -> Result<Vec<AttackRecord>> {
+    cfg.check()?;
+    let (wn, gl) = run::resources(cfg.kind, wordnet, glove)?;
+    run::run(be, clf, None, tok, word_table, examples, cfg, wn.as_ref(), gl.as_ref())
+}
+
+fn write_results(dir: &Path, job: &AttackJob, r: &AttackRun) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut lines = String::new();
+    for rec in &r.records {
+        lines += &serde_json::to_string(rec)?;
+        lines.push('\n');
+    }
+    crate::io::write_atomic(&dir.join("results.jsonl"), lines.as_bytes())?;
+    let victims: Vec<&Path> = job.victim.sources.iter().map(|s| s.path.as_path()).collect();
+    let json = serde_json::json!({
+        "attack": job.attack.kind.title(),
+        "data": r.data,
+        "checkpoint": if victims.len() == 1 { serde_json::json!(victims[0]) } else { serde_json::json!(victims) },
+        "device": crate::Choice::name(job.device),
+        "cpu_bf16": job.cpu_bf16,
+        "seconds": r.seconds,
+        "summary": r.summary,
+    });
+    crate::io::write_atomic(&dir.join("summary.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
+    crate::io::write_atomic(&dir.join("job.json"), serde_json::to_string_pretty(job)?.as_bytes())
+}

@@ -1,0 +1,130 @@
+//! `admix mixup`: the AdpMixup pipeline (the library's [`admix::mixup`]).
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+
+use admix::attack::run::AttackKind;
+use admix::mixup::{self, DataFiles, MixupConfig, Preset};
+
+use super::{choice, Runtime, Seed};
+
+#[derive(Args)]
+pub struct MixupArgs {
+    /// Output directory: every stage's results, report.md, report.json and tradeoff.png
+    #[arg(long, default_value = "runs/mixup")]
+    out: PathBuf,
+    /// Your own data instead of MR: a labelled .tsv/.csv/.jsonl training file (with --dev and --test)
+    #[arg(long, requires_all = ["dev", "test"])]
+    train: Option<PathBuf>,
+    /// Dev file (same format), with --train
+    #[arg(long, requires = "train")]
+    dev: Option<PathBuf>,
+    /// Test file (same format), with --train
+    #[arg(long, requires = "train")]
+    test: Option<PathBuf>,
+    /// Sizes: `quick` (the CPU-sized main job, about 17 minutes on 2 cores) or `full` (all of MR)
+    #[arg(long, default_value = "full", value_parser = choice::<Preset>())]
+    preset: Preset,
+    /// Training examples: a seeded sample of MR train (default: the preset's)
+    #[arg(long)]
+    train_examples: Option<usize>,
+    /// Training examples attacked to make each adversarial training set (default: the preset's)
+    #[arg(long)]
+    adv_examples: Option<usize>,
+    /// Dev examples (model selection after every epoch; default: the preset's)
+    #[arg(long)]
+    dev_examples: Option<usize>,
+    /// Test examples (clean accuracy and the transfer sets; default: the preset's)
+    #[arg(long)]
+    test_examples: Option<usize>,
+    /// Known attacks: one adversarial adapter each (default: the preset's)
+    #[arg(long, value_parser = choice::<AttackKind>(), value_delimiter = ',')]
+    known: Option<Vec<AttackKind>>,
+    /// Unseen attacks: evaluated, never trained on (default: the preset's)
+    #[arg(long, value_parser = choice::<AttackKind>(), value_delimiter = ',')]
+    unseen: Option<Vec<AttackKind>>,
+    /// Train each adversarial adapter on its adversarial examples alone (default: clean +
+    /// adversarial, with the original labels)
+    #[arg(long)]
+    adv_only: bool,
+    /// Adapter training epochs (default: the preset's)
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Adapter learning rate (default: `admix train`'s)
+    #[arg(long)]
+    lr: Option<f32>,
+    /// Training batch size (default: `admix train`'s)
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Training dropout (default: the model config's)
+    #[arg(long)]
+    dropout: Option<f32>,
+    /// Full fine-tuning epochs (default: the preset's)
+    #[arg(long)]
+    full_epochs: Option<usize>,
+    /// Skip the full fine-tuning baselines (full fine-tuning, full adversarial training, Model Soup)
+    #[arg(long)]
+    no_full: bool,
+    /// AdpMixup's entropy temperature: β = softmax(−H/τ)
+    #[arg(long, default_value_t = 0.1)]
+    tau: f32,
+    /// The τ ablation
+    #[arg(long, value_delimiter = ',', default_value = "0.01,0.02,0.05,0.1,0.2,0.5,1,10")]
+    taus: Vec<f32>,
+    /// Step of the static β grid (the clean adapter's weight, 0 to 1)
+    #[arg(long, default_value_t = 0.1)]
+    beta_step: f32,
+    /// Adaptive protocol: test examples attacked per method and attack (0 = skip; default: the
+    /// preset's)
+    #[arg(long)]
+    adaptive_examples: Option<usize>,
+    /// Most model queries per attacked example
+    #[arg(long, default_value_t = 2000)]
+    query_budget: u64,
+    #[command(flatten)]
+    seed: Seed,
+    #[command(flatten)]
+    rt: Runtime,
+}
+
+pub fn mixup(a: MixupArgs) -> Result<()> {
+    a.rt.init()?;
+    let files = match (a.train, a.dev, a.test) {
+        (Some(train), Some(dev), Some(test)) => Some(DataFiles { train, dev, test }),
+        _ => None,
+    };
+    let config = MixupConfig {
+        out: a.out,
+        model: a.rt.model,
+        files,
+        preset: a.preset,
+        train_examples: a.train_examples,
+        adv_examples: a.adv_examples,
+        dev_examples: a.dev_examples,
+        test_examples: a.test_examples,
+        known: a.known,
+        unseen: a.unseen,
+        adv_only: a.adv_only,
+        epochs: a.epochs,
+        lr: a.lr,
+        batch_size: a.batch_size,
+        dropout: a.dropout,
+        full_epochs: a.full_epochs,
+        no_full: a.no_full,
+        tau: a.tau,
+        taus: a.taus,
+        beta_step: a.beta_step,
+        adaptive_examples: a.adaptive_examples,
+        query_budget: a.query_budget,
+        seed: a.seed.seed,
+        device: a.rt.device,
+    };
+    let report = mixup::run(&config)?;
+    let out = &config.out;
+    println!("{}", mixup::report::markdown(&report));
+    println!("plot: {}", out.join("tradeoff.png").display());
+    println!("report: {} (JSON: {})", out.join("report.md").display(), out.join("report.json").display());
+    Ok(())
+}
