@@ -4,8 +4,10 @@
 //! wins by. The CPU backend is the f32 reference; the CUDA backend (kernels/) implements the same
 //! trait, once, over two executors (the GPU and the SIMT emulator).
 
+pub mod bf16;
 pub mod cpu;
 pub mod cuda;
+pub mod shapes;
 mod tokens;
 
 use anyhow::Result;
@@ -143,6 +145,32 @@ pub struct AdamWStep {
     pub step: u64,
     /// factor the gradient is multiplied by first (gradient-norm clipping)
     pub grad_scale: f32,
+}
+
+/// The scalars of one AdamW step, formed once for every backend (the CPU loop and the CUDA kernel
+/// take the same values, so their updates agree to the last bit of the factors).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWFactors {
+    /// `lr / (1 − β₁ᵗ)`
+    pub step_size: f32,
+    /// `√(1 − β₂ᵗ)`
+    pub bc2_sqrt: f32,
+    /// `1 − lr·wd` (decoupled weight decay)
+    pub decay: f32,
+}
+
+impl AdamWStep {
+    /// The bias corrections in f64, rounded once to f32, in torch's order of operations.
+    pub fn factors(&self) -> AdamWFactors {
+        let t = self.step as i32;
+        let bc1 = 1.0 - (self.beta1 as f64).powi(t);
+        let bc2 = 1.0 - (self.beta2 as f64).powi(t);
+        AdamWFactors {
+            step_size: (self.lr as f64 / bc1) as f32,
+            bc2_sqrt: bc2.sqrt() as f32,
+            decay: 1.0 - self.lr * self.weight_decay,
+        }
+    }
 }
 
 /// The ball of an embedding-space attack's perturbation, per sequence over its valid rows.

@@ -141,7 +141,7 @@ pub fn cuda(be: &Cuda, copy_mib: usize, gemm_n: usize) -> Result<Ceilings> {
         Some(Ok(cublas)) => {
             let n = gemm_n;
             let bits: Vec<u16> =
-                values(n * n, 3).iter().map(|&v| crate::backend::cuda::bf16::from_f32(v)).collect();
+                values(n * n, 3).iter().map(|&v| crate::backend::bf16::from_f32(v)).collect();
             let (x, w) = (DevBuf::from_slice(exec, &bits)?, DevBuf::from_slice(exec, &bits)?);
             let y = DevBuf::new(exec, n * n * 2)?;
             let times = exec.time_runs(2, 10, &mut || Ok(()), &mut || cublas.gemm(&y, &x, &w, n, n, n))?;

@@ -21,10 +21,11 @@ use serde_json::json;
 
 use crate::adapter::AdapterKind;
 use crate::adapter::Init;
+use crate::backend::bf16;
 use crate::backend::cuda::cublas::Cublas;
 use crate::backend::cuda::executor::{DevBuf, Executor};
 use crate::backend::cuda::gpu::Gpu;
-use crate::backend::cuda::{bf16, checks, conformance, launch, Cuda};
+use crate::backend::cuda::{checks, conformance, launch, Cuda};
 use crate::backend::TokenBatch;
 use crate::backend::{Activation, Backend, EmbeddingWeights};
 use crate::model::bert;

@@ -155,7 +155,7 @@ fn cublas_ms(cuda: &Cuda, c: &Cublas, which: Gemm, m: usize, n: usize, k: usize)
     let exec = cuda.executor();
     let rand = |len: usize, seed: u64| -> Result<DevBuf> {
         let bits: Vec<u16> =
-            ceilings::values(len, seed).iter().map(|&v| crate::backend::cuda::bf16::from_f32(v)).collect();
+            ceilings::values(len, seed).iter().map(|&v| crate::backend::bf16::from_f32(v)).collect();
         DevBuf::from_slice(exec, &bits)
     };
     let (x, w, dy) = (rand(m * k, 1)?, rand(n * k, 2)?, rand(m * n, 3)?);

@@ -172,7 +172,11 @@ pub fn load(spec: &ClassifierSpec, model: Option<&Path>, max_len: Option<usize>)
     let mut labels: Option<(Vec<String>, bool)> = None;
     let mut fine_tuned = false;
     for (source, dir) in spec.sources.iter().zip(&dirs) {
-        ensure!(source.path.exists(), "checkpoint {} does not exist", source.path.display());
+        ensure!(
+            source.path.exists(),
+            "cannot open {}: it does not exist (give a checkpoint directory or a safetensors file)",
+            source.path.display()
+        );
         let (member, these, named) = match dir {
             Some(dir) => {
                 ensure!(

@@ -6,18 +6,13 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use admix::backend::Device;
 use admix::bench::run::{self, BenchConfig, BenchOutcome, Suite};
 use admix::bench::Size;
 
-use super::choice;
+use super::{choice, Runtime};
 
 #[derive(Args)]
 pub struct BenchArgs {
-    /// Where to run: cpu (f32 reference), cuda (the kernels on GPU 0), emu (the kernels on the
-    /// SIMT emulator: checks that the suites run; its times say nothing about a GPU)
-    #[arg(long, value_parser = choice::<Device>(), default_value = "cpu", env = "ADMIX_DEVICE")]
-    device: Device,
     /// Suites to run
     #[arg(long, value_parser = choice::<Suite>(), value_delimiter = ',', default_value = "kernels,model")]
     suites: Vec<Suite>,
@@ -59,18 +54,14 @@ pub struct BenchArgs {
     /// Put the medians of a peer run (benches/pytorch_bench.py --out FILE) beside the model rows
     #[arg(long)]
     peer: Option<PathBuf>,
-    /// The MiniLM directory [default: the fetched one]
-    #[arg(long, env = "ADMIX_MODEL")]
-    model: Option<PathBuf>,
-    /// CPU threads [default: all cores]
-    #[arg(long)]
-    threads: Option<usize>,
+    #[command(flatten)]
+    rt: Runtime,
 }
 
 pub fn bench(a: BenchArgs) -> Result<()> {
-    admix::init_threads(a.threads)?;
+    a.rt.init()?;
     let config = BenchConfig {
-        device: a.device,
+        device: a.rt.device,
         suites: a.suites,
         models: a.models,
         batches: a.batches,
@@ -83,7 +74,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
         out: a.out,
         profile_steps: a.profile_steps,
         peer: a.peer,
-        model: a.model,
+        model: a.rt.model,
     };
     let mut out = std::io::stdout().lock();
     match run::run(&config)? {

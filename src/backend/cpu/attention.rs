@@ -22,16 +22,8 @@ struct Shape {
 }
 
 fn shape(qkv: &Mat, lens: &[usize], seq: usize, heads: usize) -> Result<Shape> {
-    let batch = lens.len();
-    ensure!(qkv.rows == batch * seq, "attention: {} rows for {batch} sequences of {seq}", qkv.rows);
-    ensure!(
-        qkv.cols % 3 == 0 && (qkv.cols / 3) % heads == 0,
-        "attention: {} columns for {heads} heads",
-        qkv.cols
-    );
-    ensure!(lens.iter().all(|&l| l > 0 && l <= seq), "attention: sequence lengths must be in 1..={seq}");
-    let h = qkv.cols / 3;
-    Ok(Shape { batch, heads, seq, h, d: h / heads })
+    let (h, d) = crate::backend::shapes::attention((qkv.rows, qkv.cols), lens, seq, heads)?;
+    Ok(Shape { batch: lens.len(), heads, seq, h, d })
 }
 
 /// The attention probabilities `P = softmax(QKᵀ/√d)` of one (sequence, head) over its `len` valid

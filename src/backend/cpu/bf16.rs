@@ -44,9 +44,9 @@ pub fn enabled() -> bool {
     ON.load(Ordering::Relaxed)
 }
 
-/// bf16 bits of `x`, rounded to nearest even (NaN stays NaN).
+/// bf16 bits of `x`, rounded to nearest even (the host's one rule, [`crate::backend::bf16`]).
 fn bf16_bits(x: f32) -> u32 {
-    half::bf16::from_f32(x).to_bits() as u32
+    crate::backend::bf16::from_f32(x) as u32
 }
 
 /// A weight `[n, k]` packed into 16-column panels of bf16 pairs, `n` padded to 32, `k` to 2.

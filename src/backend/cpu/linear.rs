@@ -70,19 +70,12 @@ pub fn gemm_strided(
 }
 
 pub fn linear(x: &Mat, w: &Tensor, b: &Tensor, act: Activation, residual: Option<&Mat>) -> Result<Mat> {
-    ensure!(w.shape().len() == 2, "linear: weight must be 2-D, got {:?}", w.shape());
-    let (n, k) = (w.shape()[0], w.shape()[1]);
-    ensure!(x.cols == k, "linear: input has {} columns, weight expects {k}", x.cols);
-    ensure!(b.data().len() == n, "linear: bias has {} entries, expected {n}", b.data().len());
-    if let Some(r) = residual {
-        ensure!(
-            r.rows == x.rows && r.cols == n,
-            "linear: residual is {}x{}, expected {}x{n}",
-            r.rows,
-            r.cols,
-            x.rows
-        );
-    }
+    let (n, k) = crate::backend::shapes::linear(
+        (x.rows, x.cols),
+        w.shape(),
+        b.data().len(),
+        residual.map(|r| (r.rows, r.cols)),
+    )?;
     let m = x.rows;
     let mut out = Mat::zeros(m, n);
     let bias = b.data();

@@ -69,7 +69,7 @@ impl Backend for Cpu {
     }
 
     fn upload(&self, rows: usize, cols: usize, data: &[f32]) -> Result<Mat> {
-        ensure!(data.len() == rows * cols, "upload: {} values for {rows}x{cols}", data.len());
+        crate::backend::shapes::upload(data.len(), rows, cols)?;
         Ok(Mat { rows, cols, data: data.to_vec() })
     }
 
@@ -120,9 +120,9 @@ impl Backend for Cpu {
     }
 
     fn gather_rows(&self, x: &Mat, rows: &[usize]) -> Result<Mat> {
+        crate::backend::shapes::rows_in("gather_rows", rows, x.rows)?;
         let mut out = Mat::zeros(rows.len(), x.cols);
         for (i, &r) in rows.iter().enumerate() {
-            ensure!(r < x.rows, "gather_rows: row {r} out of {}", x.rows);
             out.data[i * x.cols..(i + 1) * x.cols].copy_from_slice(x.row(r));
         }
         Ok(out)
@@ -203,10 +203,9 @@ impl Backend for Cpu {
     }
 
     fn scatter_rows(&self, dy: &Mat, rows: &[usize], total: usize) -> Result<Mat> {
-        ensure!(dy.rows == rows.len(), "scatter_rows: {} rows for {} targets", dy.rows, rows.len());
+        crate::backend::shapes::scatter(dy.rows, rows, total)?;
         let mut out = Mat::zeros(total, dy.cols);
         for (i, &r) in rows.iter().enumerate() {
-            ensure!(r < total, "scatter_rows: row {r} out of {total}");
             out.data[r * dy.cols..(r + 1) * dy.cols].copy_from_slice(dy.row(i));
         }
         Ok(out)

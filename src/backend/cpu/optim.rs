@@ -1,10 +1,10 @@
 //! AdamW (torch semantics) and the reductions the optimizer needs.
 
-use anyhow::{ensure, Result};
+use anyhow::Result;
 use rayon::prelude::*;
 
 use super::Mat;
-use crate::backend::AdamWStep;
+use crate::backend::{AdamWFactors, AdamWStep};
 use crate::weights::Tensor;
 
 const CHUNK: usize = 1 << 14;
@@ -20,19 +20,8 @@ pub fn sum_squares(x: &Mat) -> f64 {
 /// `p ← p − (lr/(1−β₁ᵗ))·m / (√v/√(1−β₂ᵗ) + ε)`, in torch's order of operations.
 pub fn adamw(param: &mut Tensor, grad: &Mat, m: &mut Mat, v: &mut Mat, h: &AdamWStep) -> Result<()> {
     let n = param.data().len();
-    ensure!(
-        grad.data.len() == n && m.data.len() == n && v.data.len() == n,
-        "adamw: parameter of {n} values, gradient {}, moments {} / {}",
-        grad.data.len(),
-        m.data.len(),
-        v.data.len()
-    );
-    let t = h.step as i32;
-    let bc1 = 1.0 - (h.beta1 as f64).powi(t);
-    let bc2 = 1.0 - (h.beta2 as f64).powi(t);
-    let step_size = (h.lr as f64 / bc1) as f32;
-    let bc2_sqrt = bc2.sqrt() as f32;
-    let decay = 1.0 - h.lr * h.weight_decay;
+    crate::backend::shapes::adamw(n, grad.data.len(), m.data.len(), v.data.len())?;
+    let AdamWFactors { step_size, bc2_sqrt, decay } = h.factors();
     let p = param.data_mut();
     p.par_chunks_mut(CHUNK)
         .zip(grad.data.par_chunks(CHUNK))

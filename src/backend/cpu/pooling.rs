@@ -1,15 +1,14 @@
 //! Sentence embedding: mean over valid tokens, then L2 normalisation (sentence-transformers).
 
-use anyhow::{ensure, Result};
+use anyhow::Result;
 
 use super::Mat;
 
 pub fn mean_pool_l2(x: &Mat, lens: &[usize], seq: usize) -> Result<Mat> {
-    ensure!(x.rows == lens.len() * seq, "mean_pool: {} rows for {} sequences of {seq}", x.rows, lens.len());
+    crate::backend::shapes::sequences("mean_pool", x.rows, lens, seq)?;
     let h = x.cols;
     let mut out = Mat::zeros(lens.len(), h);
     for (b, &len) in lens.iter().enumerate() {
-        ensure!(len > 0 && len <= seq, "mean_pool: sequence {b} has {len} valid tokens");
         let o = &mut out.data[b * h..(b + 1) * h];
         for s in 0..len {
             for (o, v) in o.iter_mut().zip(x.row(b * seq + s)) {

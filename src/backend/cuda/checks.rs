@@ -7,7 +7,8 @@
 
 use anyhow::{ensure, Result};
 
-use super::{bf16, Cuda};
+use super::Cuda;
+use crate::backend::bf16;
 use crate::backend::cpu::{Cpu, Mat};
 use crate::backend::TokenBatch;
 use crate::backend::{Activation, Backend, EmbeddingWeights, Norm, PgdStep, TopkFlips};
@@ -35,6 +36,7 @@ pub const CHECKS: &[(&str, KernelCheck)] = &[
     ("PGD step and projection (L2, L∞)", check_pgd_step),
     ("HotFlip masked top-k", check_topk_flips),
     ("adapter mix: per-row blend of stacked projections", check_adapter_mix),
+    ("AdamW (f32 master weights, moments, the bf16 copy)", check_adamw),
 ];
 
 struct Rng(u64);
@@ -501,6 +503,49 @@ pub fn check_adapter_mix(cuda: &Cuda, seed: u64) -> Result<f64> {
         let want = Cpu.mix_rows(&cy, m, &beta, act, with_residual.then_some(&cres))?;
         let got = cuda.mix_rows(&dy, m, &beta, act, with_residual.then_some(&dres))?;
         worst = worst.max(compare(&format!("mix m={m} n={n} {act:?}"), cuda, &got, &want)?);
+    }
+    Ok(worst)
+}
+
+/// `adamw_f32`: two AdamW steps (gradient scaling, weight decay, bias corrections) on the f32
+/// master weights and moments against the CPU's update, which does the same f32 operations (bound
+/// 1e-5: only fused multiply-adds may differ); the bf16 copy the kernel writes for the next forward
+/// must be the master weights rounded.
+pub fn check_adamw(cuda: &Cuda, seed: u64) -> Result<f64> {
+    let mut r = Rng(seed);
+    let (rows, cols) = (37, 53);
+    let n = rows * cols;
+    let start = tensor(&[rows, cols], r.vec(n, 1.0));
+    let (mut cp, mut gp) = (Cpu.weight(&start)?, cuda.weight(&start)?);
+    let (mut cm, mut cv) = (Cpu.zeros(rows, cols)?, Cpu.zeros(rows, cols)?);
+    let (mut gm, mut gv) = (cuda.zeros(rows, cols)?, cuda.zeros(rows, cols)?);
+    let mut worst: f64 = 0.0;
+    for step in 1..=2 {
+        let g = r.vec(n, 0.5);
+        let h = crate::backend::AdamWStep {
+            lr: 1e-2,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+            step,
+            grad_scale: 0.7,
+        };
+        Cpu.adamw(&mut cp, &Cpu.upload(rows, cols, &g)?, &mut cm, &mut cv, &h)?;
+        cuda.adamw(&mut gp, &f32_mat(cuda, rows, cols, &g)?, &mut gm, &mut gv, &h)?;
+        let (want, got) = (Cpu.weight_to_host(&cp)?, cuda.weight_to_host(&gp)?);
+        for (what, got, want) in [
+            ("master weights", got.data().to_vec(), want.data().to_vec()),
+            ("first moment", cuda.download(&gm)?.2, cm.data.clone()),
+            ("second moment", cuda.download(&gv)?.2, cv.data.clone()),
+        ] {
+            let e = rel_err(&got, &want).map_err(|e| anyhow::anyhow!("adamw step {step} {what}: {e}"))?;
+            ensure!(e <= 1e-5, "adamw step {step} {what}: relative error {e:.2e} > 1e-5");
+            worst = worst.max(e);
+        }
+        let copy = bf16::to_vec(&gp.buf().to_vec::<u16>()?[..n]);
+        let rounded = bf16::to_vec(&bf16::from_slice(got.data()));
+        ensure!(copy == rounded, "adamw step {step}: the bf16 copy is not the master weights rounded");
     }
     Ok(worst)
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{ensure, Result};
 
 use super::executor::{Args, DevBuf, Executor, Launch};
-use crate::backend::cuda::bf16;
+use crate::backend::bf16;
 
 /// A primitive check: runs on an executor with a seed.
 pub type PrimitiveCheck = fn(&Arc<dyn Executor>, u64) -> Result<()>;

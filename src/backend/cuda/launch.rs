@@ -566,12 +566,7 @@ pub fn adamw(
     h: &crate::backend::AdamWStep,
 ) -> Result<()> {
     // the scalar factors exactly as the CPU backend forms them
-    let t = h.step as i32;
-    let bc1 = 1.0 - (h.beta1 as f64).powi(t);
-    let bc2 = 1.0 - (h.beta2 as f64).powi(t);
-    let step_size = (h.lr as f64 / bc1) as f32;
-    let bc2_sqrt = bc2.sqrt() as f32;
-    let decay = 1.0 - h.lr * h.weight_decay;
+    let crate::backend::AdamWFactors { step_size, bc2_sqrt, decay } = h.factors();
     // SAFETY: adamw_f32(master, param, grad, m, v, n, grad_scale, decay, beta1, beta2, step_size, bc2_sqrt, eps).
     unsafe {
         Args::new()

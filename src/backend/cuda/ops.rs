@@ -9,9 +9,10 @@ use anyhow::{bail, ensure, Result};
 use super::executor::{DevBuf, Executor};
 use super::launch;
 use super::tensor::{DType, DevMat, DevTensor};
-use super::{bf16, Cuda};
+use super::Cuda;
+use crate::backend::bf16;
 use crate::backend::cpu::Cpu;
-use crate::backend::TokenBatch;
+use crate::backend::{shapes, TokenBatch};
 use crate::backend::{Activation, Backend, DropKey, EmbeddingWeights, PgdStep, TopkFlips, Work};
 use crate::weights::Tensor;
 
@@ -87,7 +88,7 @@ impl Backend for Cuda {
     }
 
     fn upload(&self, rows: usize, cols: usize, data: &[f32]) -> Result<DevMat> {
-        ensure!(data.len() == rows * cols, "upload: {} values for {rows}x{cols}", data.len());
+        shapes::upload(data.len(), rows, cols)?;
         Ok(DevMat {
             rows,
             cols,
@@ -143,19 +144,8 @@ impl Backend for Cuda {
         residual: Option<&DevMat>,
     ) -> Result<DevMat> {
         bf16_inputs("linear", &[Some(x), residual])?;
-        ensure!(w.shape.len() == 2, "linear: weight must be 2-D, got {:?}", w.shape);
-        let (n, k) = (w.shape[0], w.shape[1]);
-        ensure!(x.cols == k, "linear: input has {} columns, weight expects {k}", x.cols);
-        ensure!(b.numel() == n, "linear: bias has {} entries, expected {n}", b.numel());
-        if let Some(r) = residual {
-            ensure!(
-                r.rows == x.rows && r.cols == n,
-                "linear: residual is {}x{}, expected {}x{n}",
-                r.rows,
-                r.cols,
-                x.rows
-            );
-        }
+        let (n, k) =
+            shapes::linear((x.rows, x.cols), &w.shape, b.numel(), residual.map(|r| (r.rows, r.cols)))?;
         let out = self.mat(x.rows, n)?;
         let res = residual.map(|r| &*r.buf);
         launch::linear(self.exec(), &out.buf, &x.buf, &w.buf, Some(&b.buf), res, (x.rows, n, k), act)?;
@@ -192,15 +182,7 @@ impl Backend for Cuda {
     ) -> Result<DevMat> {
         bf16_inputs("attention", &[Some(qkv)])?;
         let batch = lens.len();
-        ensure!(qkv.rows == batch * seq, "attention: {} rows for {batch} sequences of {seq}", qkv.rows);
-        ensure!(
-            qkv.cols % 3 == 0 && (qkv.cols / 3) % heads == 0,
-            "attention: {} columns for {heads} heads",
-            qkv.cols
-        );
-        ensure!(lens.iter().all(|&l| l > 0 && l <= seq), "attention: sequence lengths must be in 1..={seq}");
-        let h = qkv.cols / 3;
-        let d = h / heads;
+        let (h, d) = shapes::attention((qkv.rows, qkv.cols), lens, seq, heads)?;
         ensure!(d <= 128, "attention: head dimension {d} > 128 is not supported by the kernels");
         let out = self.mat(qkv.rows, h)?;
         let lens_dev = self.ints(lens.iter().copied())?;
@@ -210,9 +192,7 @@ impl Backend for Cuda {
 
     fn gather_rows(&self, x: &DevMat, rows: &[usize]) -> Result<DevMat> {
         bf16_inputs("gather_rows", &[Some(x)])?;
-        if let Some(r) = rows.iter().find(|&&r| r >= x.rows) {
-            bail!("gather_rows: row {r} out of {}", x.rows);
-        }
+        shapes::rows_in("gather_rows", rows, x.rows)?;
         let out = self.mat(rows.len(), x.cols)?;
         if !rows.is_empty() {
             let idx = self.ints(rows.iter().copied())?;
@@ -255,13 +235,7 @@ impl Backend for Cuda {
 
     fn mean_pool_l2(&self, x: &DevMat, lens: &[usize], seq: usize) -> Result<DevMat> {
         bf16_inputs("mean_pool_l2", &[Some(x)])?;
-        ensure!(
-            x.rows == lens.len() * seq,
-            "mean_pool: {} rows for {} sequences of {seq}",
-            x.rows,
-            lens.len()
-        );
-        ensure!(lens.iter().all(|&l| l > 0 && l <= seq), "mean_pool: sequence lengths must be in 1..={seq}");
+        shapes::sequences("mean_pool", x.rows, lens, seq)?;
         let out = self.mat(lens.len(), x.cols)?;
         let lens_dev = self.ints(lens.iter().copied())?;
         launch::mean_pool_l2(self.exec(), &out.buf, &x.buf, &lens_dev, lens.len(), seq, x.cols)?;
@@ -474,10 +448,7 @@ impl Backend for Cuda {
     }
     fn scatter_rows(&self, dy: &DevMat, rows: &[usize], total: usize) -> Result<DevMat> {
         bf16_inputs("scatter_rows", &[Some(dy)])?;
-        ensure!(rows.len() == dy.rows, "scatter_rows: {} rows for {} listed", dy.rows, rows.len());
-        if let Some(r) = rows.iter().find(|&&r| r >= total) {
-            bail!("scatter_rows: row {r} out of {total}");
-        }
+        shapes::scatter(dy.rows, rows, total)?;
         let out = self.mat(total, dy.cols)?;
         out.buf.fill(0)?;
         if !rows.is_empty() {
@@ -542,13 +513,7 @@ impl Backend for Cuda {
         h: &crate::backend::AdamWStep,
     ) -> Result<()> {
         let n = param.numel();
-        ensure!(
-            grad.numel() == n && m.numel() == n && v.numel() == n,
-            "adamw: parameter of {n} values, gradient {}, moments {} / {}",
-            grad.numel(),
-            m.numel(),
-            v.numel()
-        );
+        shapes::adamw(n, grad.numel(), m.numel(), v.numel())?;
         for (x, what) in [(grad, "gradient"), (&*m, "first moment"), (&*v, "second moment")] {
             x.expect(DType::F32, &format!("adamw {what}"))?;
         }
