@@ -237,3 +237,7 @@ __device__ __forceinline__ float warp_max(float v) {
 }
 
 }  // namespace admix
+
+// A grid-stride loop over [0, n): `GRID_STRIDE(i, n) body;` runs body for every i.
+#define GRID_STRIDE(i, n) \
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < (n); i += (long long)gridDim.x * blockDim.x)

@@ -5,10 +5,11 @@
 //! when the bytes are f32 and 4-byte aligned (zero copy), and owns a converted copy otherwise
 //! (F16 / BF16 storage, or an unaligned F32 payload).
 
+use std::any::Any;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{bail, Context, Result};
 use memmap2::Mmap;
@@ -26,12 +27,15 @@ enum Storage {
 pub struct Tensor {
     shape: Vec<usize>,
     storage: Storage,
+    /// data derived from the values once and kept with them ([`Tensor::derived`]): shared by clones,
+    /// freed with the last of them, reset when the values change
+    derived: Arc<OnceLock<Arc<dyn Any + Send + Sync>>>,
 }
 
 impl Tensor {
     pub fn from_vec(shape: Vec<usize>, data: Vec<f32>) -> Self {
         assert_eq!(shape.iter().product::<usize>(), data.len(), "tensor shape and data length");
-        Tensor { shape, storage: Storage::Owned(Arc::new(data)) }
+        Tensor { shape, storage: Storage::Owned(Arc::new(data)), derived: Arc::default() }
     }
 
     pub fn shape(&self) -> &[usize] {
@@ -48,6 +52,8 @@ impl Tensor {
     /// Mutable data. A tensor that borrows the file mapping, or shares its buffer, is copied first
     /// (copy on write), so frozen weights stay zero-copy and only trained ones are owned.
     pub fn data_mut(&mut self) -> &mut [f32] {
+        // whatever was derived from the old values no longer holds
+        self.derived = Arc::default();
         if let Storage::Mapped { .. } = self.storage {
             self.storage = Storage::Owned(Arc::new(self.data().to_vec()));
         }
@@ -55,6 +61,23 @@ impl Tensor {
             Storage::Owned(v) => Arc::make_mut(v).as_mut_slice(),
             Storage::Mapped { .. } => unreachable!("converted above"),
         }
+    }
+
+    /// A form of the values made once by `make` and kept with them (a backend's packed copy of a
+    /// weight): later calls, on this tensor or its clones, get the same one until the values change
+    /// ([`Tensor::data_mut`]); it is freed with the last clone. One kind per tensor: a second kind
+    /// is made afresh each call.
+    pub fn derived<T: Any + Send + Sync>(&self, make: impl FnOnce(&[f32]) -> T) -> Arc<T> {
+        if let Some(v) = self.derived.get() {
+            return match v.clone().downcast::<T>() {
+                Ok(v) => v,
+                Err(_) => Arc::new(make(self.data())),
+            };
+        }
+        let v = Arc::new(make(self.data()));
+        // two threads may make it at once: the first one kept serves later calls
+        let _ = self.derived.set(v.clone());
+        v
     }
 
     /// Whether the data borrows the file mapping (no copy was made).
@@ -165,7 +188,7 @@ impl WeightFile {
                 self.path.display()
             ),
         };
-        let t = Tensor { shape: info.shape.clone(), storage };
+        let t = Tensor { shape: info.shape.clone(), storage, derived: Arc::default() };
         // a NaN or infinite weight gives outputs that look valid (a label, a null probability)
         if let Some(i) = t.data().iter().position(|v| !v.is_finite()) {
             bail!("{}: tensor `{name}` holds {} at index {i}", self.path.display(), t.data()[i]);
@@ -203,5 +226,32 @@ impl WeightFile {
                 Ok((info.shape.clone(), t.data().iter().map(|&x| x as f64).collect()))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_data_is_shared_by_clones_remade_after_a_change_and_freed_with_the_tensor() {
+        let t = Tensor::from_vec(vec![2, 2], vec![1.0, 2.0, 3.0, 4.0]);
+        let made = std::cell::Cell::new(0);
+        let sum = |d: &[f32]| {
+            made.set(made.get() + 1);
+            d.iter().sum::<f32>()
+        };
+        let a = t.derived(sum);
+        let mut c = t.clone();
+        assert_eq!((*a, *c.derived(sum), made.get()), (10.0, 10.0, 1), "clones share what was derived");
+        c.data_mut()[0] = 5.0;
+        assert_eq!((*c.derived(sum), made.get()), (14.0, 2), "a change remakes it");
+        assert_eq!(*t.derived(sum), 10.0, "the unchanged tensor keeps its own");
+        // a second kind is made each time, never confused with the first
+        assert_eq!(*t.derived(|d| d.len()), 4);
+        // freed with the last holder
+        let weak = Arc::downgrade(&a);
+        drop((a, t));
+        assert!(weak.upgrade().is_none());
     }
 }

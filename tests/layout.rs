@@ -157,3 +157,56 @@ fn the_reader_finds_paths_and_resolves_super() {
     );
     assert_eq!(got, vec![m("backend::cuda::ops"), m("model::bert::Bert::new"), m("backend::io")]);
 }
+
+/// Kernel files, launch files, CPU op files and kernel checks share stems: every kernel of
+/// `kernels/X.cu` is launched from `src/backend/cuda/launch/X.rs`, the CPU reference of the family
+/// is `src/backend/cpu/X.rs`, and the check table has entries named `X: …`.
+#[test]
+fn kernel_families_line_up_with_ops_and_checks() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let checks: Vec<&str> = admix::backend::cuda::checks::CHECKS.iter().map(|(n, _)| *n).collect();
+    let mut families = 0;
+    for e in std::fs::read_dir(root.join("kernels")).unwrap() {
+        let p = e.unwrap().path();
+        let stem = p.file_stem().unwrap().to_string_lossy().to_string();
+        // the emulator's own checks, not ops
+        if p.extension().is_none_or(|x| x != "cu") || stem == "conformance" || stem == "selftest" {
+            continue;
+        }
+        families += 1;
+        let launch = std::fs::read_to_string(root.join(format!("src/backend/cuda/launch/{stem}.rs")))
+            .unwrap_or_else(|_| panic!("kernels/{stem}.cu has no src/backend/cuda/launch/{stem}.rs"));
+        assert!(
+            root.join(format!("src/backend/cpu/{stem}.rs")).exists(),
+            "kernels/{stem}.cu has no cpu/{stem}.rs"
+        );
+        assert!(
+            checks.iter().any(|c| c.starts_with(&format!("{stem}:"))),
+            "kernels/{stem}.cu has no check named `{stem}: …` in {checks:?}"
+        );
+        let source = std::fs::read_to_string(&p).unwrap();
+        for kernel in source.split("__global__ void ").skip(1) {
+            let name: String = kernel
+                .trim_start_matches("__launch_bounds__")
+                .trim_start_matches(|c: char| "(), \n".contains(c) || c.is_ascii_digit())
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            assert!(!name.is_empty(), "a kernel of kernels/{stem}.cu without a name");
+            // attention's head-size variants are launched by a name built from their prefix
+            let prefix = name.split("_dpl").next().unwrap();
+            assert!(
+                launch.contains(&format!("\"{name}\"")) || launch.contains(&format!("\"{prefix}_dpl")),
+                "kernel {name} of kernels/{stem}.cu is not launched from launch/{stem}.rs"
+            );
+        }
+    }
+    assert!(families >= 10, "found {families} kernel families");
+    for c in &checks {
+        let stem = c.split(':').next().unwrap();
+        assert!(
+            root.join(format!("kernels/{stem}.cu")).exists() || stem == "loss",
+            "check `{c}` names no kernel family"
+        );
+    }
+}

@@ -53,12 +53,7 @@ pub struct AttackRun {
 /// when the job has an output directory.
 pub fn run(job: &AttackJob) -> Result<AttackRun> {
     job.attack.check()?;
-    if job.cpu_bf16 {
-        if job.device != Device::Cpu {
-            bail!("--cpu-bf16 is for --device cpu (the CUDA path is bf16 already)");
-        }
-        crate::backend::cpu::bf16::enable()?;
-    }
+    let backend = job.device.open()?.cpu_bf16(job.cpu_bf16)?;
     let loaded = classifier::load(&job.victim, job.model.as_deref(), job.max_len)?;
     let mut examples = data::labelled_examples(&job.data, &job.split, &loaded.labels)?;
     if examples.iter().any(|e| e.pair.is_some()) {
@@ -73,7 +68,7 @@ pub fn run(job: &AttackJob) -> Result<AttackRun> {
     let (wordnet, glove) = run::resources(job.attack.kind, job.wordnet.as_deref(), job.glove.as_deref())?;
     let host_bert = loaded.model.bert()?;
     let started = Instant::now();
-    let records = crate::with_backend!(job.device.open()?, be => {
+    let records = crate::with_backend!(backend, be => {
         let built = loaded.build_on(&be, &host_bert)?;
         run::run(
             &be,

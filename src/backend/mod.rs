@@ -45,6 +45,20 @@ pub enum AnyBackend {
     Cuda(cuda::Cuda),
 }
 
+impl AnyBackend {
+    /// With `on`, the CPU backend's bf16 GEMMs ([`cpu::Cpu::bf16`]); an error on another device
+    /// (the CUDA path is bf16 already) or a CPU without AVX512-BF16.
+    pub fn cpu_bf16(self, on: bool) -> anyhow::Result<AnyBackend> {
+        match (on, self) {
+            (false, any) => Ok(any),
+            (true, AnyBackend::Cpu(_)) => Ok(AnyBackend::Cpu(cpu::Cpu::bf16()?)),
+            (true, AnyBackend::Cuda(_)) => {
+                anyhow::bail!("--cpu-bf16 is for --device cpu (the CUDA path is bf16 already)")
+            }
+        }
+    }
+}
+
 /// Runs `$body` with `$be` bound to the backend inside an [`AnyBackend`] (the body is compiled once
 /// per backend type): `with_backend!(device.open()?, be => run(&be, ...))`.
 #[macro_export]

@@ -1,21 +1,18 @@
 //! An opt-in bf16 GEMM for the CPU backend's inference linears, on CPUs with AVX512-BF16
 //! (`vdpbf16ps`: 32 bf16 products per instruction, twice the f32 FMA rate): activations and
 //! weights are rounded to bf16 (nearest even), products are exact and accumulate in f32 — the
-//! numerics of the CUDA path's GEMMs. The f32 path stays the reference; this one is switched on
-//! per process ([`enable`]) for attack-time scoring, where the GEMMs are the whole cost.
+//! numerics of the CUDA path's GEMMs. The f32 path stays the reference; this one belongs to a CPU
+//! backend made with [`super::Cpu::bf16`] (attack-time scoring, where the GEMMs are the whole cost).
 //!
-//! Weights are packed once (cached by address) into 16-column panels of bf16 pairs along K:
+//! Weights are packed once, kept with the weight tensor itself ([`Tensor::derived`]: freed with it,
+//! remade if its values change), into 16-column panels of bf16 pairs along K:
 //! `panel[p][kk][lane] = (W[16p + lane][2kk], W[16p + lane][2kk + 1])`, so one 64-byte load feeds
 //! 16 output columns; an 8-row × 32-column micro-kernel keeps 16 accumulators in registers.
-
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::{bail, Result};
 use rayon::prelude::*;
 
-static ON: AtomicBool = AtomicBool::new(false);
+use crate::weights::Tensor;
 
 /// Whether this CPU has AVX512-BF16.
 pub fn available() -> bool {
@@ -29,19 +26,14 @@ pub fn available() -> bool {
     }
 }
 
-/// Switches the inference linears of this process to bf16 (an error where the CPU lacks it).
-pub fn enable() -> Result<()> {
+/// An error where this CPU lacks AVX512-BF16.
+pub fn require() -> Result<()> {
     if !available() {
         bail!(
             "this CPU has no AVX512-BF16 (vdpbf16ps): the bf16 CPU path is unavailable; use the default f32"
         );
     }
-    ON.store(true, Ordering::SeqCst);
     Ok(())
-}
-
-pub fn enabled() -> bool {
-    ON.load(Ordering::Relaxed)
 }
 
 /// bf16 bits of `x`, rounded to nearest even (the host's one rule, [`crate::backend::bf16`]).
@@ -71,24 +63,11 @@ fn pack(w: &[f32], n: usize, k: usize) -> Packed {
     Packed { n, k2, panels }
 }
 
-/// The packed form of a weight, made on first use (weights are immutable where this runs).
-fn packed(w: &[f32], n: usize, k: usize) -> Arc<Packed> {
-    static CACHE: OnceLock<Mutex<HashMap<(usize, usize), Arc<Packed>>>> = OnceLock::new();
-    let key = (w.as_ptr() as usize, w.len());
-    let cache = CACHE.get_or_init(Default::default);
-    if let Some(p) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
-        return p.clone();
-    }
-    let p = Arc::new(pack(w, n, k));
-    cache.lock().unwrap_or_else(|e| e.into_inner()).insert(key, p.clone());
-    p
-}
-
 /// `out[m×n] += x[m×k] · w[n×k]ᵀ` with bf16 inputs and f32 accumulation. Needs [`available`].
-pub fn gemm_acc(out: &mut [f32], x: &[f32], w: &[f32], m: usize, n: usize, k: usize) {
+pub fn gemm_acc(out: &mut [f32], x: &[f32], w: &Tensor, m: usize, n: usize, k: usize) {
     assert!(available(), "bf16 GEMM without AVX512-BF16");
-    assert!(out.len() == m * n && x.len() == m * k && w.len() == n * k, "bf16 gemm shapes");
-    let pw = packed(w, n, k);
+    assert!(out.len() == m * n && x.len() == m * k && w.data().len() == n * k, "bf16 gemm shapes");
+    let pw = w.derived(|w| pack(w, n, k));
     debug_assert_eq!(pw.n, n);
     let k2 = pw.k2;
     // activations as bf16 pairs, rows padded to a multiple of 8
@@ -208,7 +187,7 @@ mod tests {
             let (x, w) = (rng(m * k, 1 + m as u64), rng(n * k, 2 + n as u64));
             let bias = rng(n, 3);
             let mut out: Vec<f32> = (0..m).flat_map(|_| bias.clone()).collect();
-            gemm_acc(&mut out, &x, &w, m, n, k);
+            gemm_acc(&mut out, &x, &Tensor::from_vec(vec![n, k], w.clone()), m, n, k);
             let (xr, wr) = (round(&x), round(&w));
             let mut err: f64 = 0.0;
             let mut norm: f64 = 0.0;

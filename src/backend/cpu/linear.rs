@@ -69,7 +69,15 @@ pub fn gemm_strided(
     }
 }
 
-pub fn linear(x: &Mat, w: &Tensor, b: &Tensor, act: Activation, residual: Option<&Mat>) -> Result<Mat> {
+/// `act(x·Wᵀ + b) [+ residual]`; with `bf16` the GEMM takes bf16 inputs ([`super::bf16`]).
+pub fn linear(
+    x: &Mat,
+    w: &Tensor,
+    b: &Tensor,
+    act: Activation,
+    residual: Option<&Mat>,
+    bf16: bool,
+) -> Result<Mat> {
     let (n, k) = crate::backend::shapes::linear(
         (x.rows, x.cols),
         w.shape(),
@@ -84,8 +92,8 @@ pub fn linear(x: &Mat, w: &Tensor, b: &Tensor, act: Activation, residual: Option
             row.copy_from_slice(bias);
         }
     });
-    if super::bf16::enabled() {
-        super::bf16::gemm_acc(&mut out.data, &x.data, w.data(), m, n, k);
+    if bf16 {
+        super::bf16::gemm_acc(&mut out.data, &x.data, w, m, n, k);
     } else {
         // out += x · Wᵀ ; Wᵀ[kk][j] = W[j][kk] → row stride 1, column stride k
         gemm_strided(m, n, k, &mut out.data, n, true, &x.data, k, 1, w.data(), 1, k, true);

@@ -6,6 +6,7 @@ pub mod attack;
 mod attention;
 pub mod bf16;
 mod dropout;
+mod elementwise;
 mod embedding;
 mod layernorm;
 pub use layernorm::layernorm_row;
@@ -50,8 +51,29 @@ impl Mat {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Cpu;
+/// The CPU backend: the f32 reference ([`Cpu`], the constant), or with bf16 GEMMs in its inference
+/// linears ([`Cpu::bf16`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cpu {
+    bf16: bool,
+}
+
+/// The f32 reference backend.
+#[allow(non_upper_case_globals)]
+pub const Cpu: Cpu = Cpu { bf16: false };
+
+impl Cpu {
+    /// A CPU backend whose inference linears take bf16 inputs with f32 accumulation (the CUDA
+    /// path's numerics; an error where the CPU lacks AVX512-BF16).
+    pub fn bf16() -> Result<Cpu> {
+        bf16::require()?;
+        Ok(Cpu { bf16: true })
+    }
+
+    pub fn is_bf16(&self) -> bool {
+        self.bf16
+    }
+}
 
 /// Rows per rayon task for row-wise ops: big enough to amortise scheduling.
 const ROW_CHUNK: usize = 16;
@@ -95,13 +117,11 @@ impl Backend for Cpu {
         act: Activation,
         residual: Option<&Mat>,
     ) -> Result<Mat> {
-        linear::linear(x, w, b, act, residual)
+        linear::linear(x, w, b, act, residual, self.bf16)
     }
 
     fn add(&self, a: &Mat, b: &Mat) -> Result<Mat> {
-        a.check_same(b, "add")?;
-        let data = a.data.iter().zip(&b.data).map(|(x, y)| x + y).collect();
-        Ok(Mat { rows: a.rows, cols: a.cols, data })
+        elementwise::add(a, b)
     }
 
     fn layernorm(&self, x: &Mat, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<Mat> {
@@ -120,12 +140,7 @@ impl Backend for Cpu {
     }
 
     fn gather_rows(&self, x: &Mat, rows: &[usize]) -> Result<Mat> {
-        crate::backend::shapes::rows_in("gather_rows", rows, x.rows)?;
-        let mut out = Mat::zeros(rows.len(), x.cols);
-        for (i, &r) in rows.iter().enumerate() {
-            out.data[i * x.cols..(i + 1) * x.cols].copy_from_slice(x.row(r));
-        }
-        Ok(out)
+        elementwise::gather_rows(x, rows)
     }
 
     fn mix_rows(
@@ -203,12 +218,7 @@ impl Backend for Cpu {
     }
 
     fn scatter_rows(&self, dy: &Mat, rows: &[usize], total: usize) -> Result<Mat> {
-        crate::backend::shapes::scatter(dy.rows, rows, total)?;
-        let mut out = Mat::zeros(total, dy.cols);
-        for (i, &r) in rows.iter().enumerate() {
-            out.data[r * dy.cols..(r + 1) * dy.cols].copy_from_slice(dy.row(i));
-        }
-        Ok(out)
+        elementwise::scatter_rows(dy, rows, total)
     }
 
     fn cross_entropy(&self, logits: &Mat, labels: &[u32]) -> Result<(f32, Mat)> {
@@ -232,9 +242,7 @@ impl Backend for Cpu {
     }
 
     fn add_assign(&self, acc: &mut Mat, x: &Mat) -> Result<()> {
-        acc.check_same(x, "add_assign")?;
-        acc.data.iter_mut().zip(&x.data).for_each(|(a, b)| *a += b);
-        Ok(())
+        elementwise::add_assign(acc, x)
     }
 
     fn sum_squares(&self, x: &Mat) -> Result<f64> {

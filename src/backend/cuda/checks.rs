@@ -1,4 +1,4 @@
-//! Every forward kernel against the CPU reference (llm.c's dev/cuda ladder, made automatic):
+//! Every kernel, forward and backward, against the CPU reference (llm.c's dev/cuda ladder, made automatic):
 //! fresh random inputs per run, outputs poisoned before the launch (the emulator poisons every
 //! allocation; [`Cuda::poisoned`] does it on a GPU), shapes that are not multiples of the tiles,
 //! and ‖out − ref‖/‖ref‖ ≤ 1e-2 (bf16 storage). The CPU reference gets the same bf16-rounded
@@ -22,21 +22,23 @@ pub type KernelCheck = fn(&Cuda, u64) -> Result<f64>;
 
 /// Every check: (name, run).
 pub const CHECKS: &[(&str, KernelCheck)] = &[
-    ("linear (gemm + bias/act/residual epilogues)", check_linear),
-    ("layernorm", check_layernorm),
-    ("embedding gather + layernorm", check_embed),
-    ("attention (online softmax, key mask)", check_attention),
-    ("add, activations, gather rows", check_elementwise),
-    ("mean pool + l2", check_mean_pool),
-    ("linear backward (dX, dW, db)", check_linear_backward),
-    ("activation backward, dropout, scatter rows", check_elementwise_backward),
-    ("add_assign, sum of squares, cross-entropy", check_reductions),
-    ("attention with dropout, and its backward", check_attention_backward),
-    ("layernorm and embedding backward (with parameter and table gradients)", check_norm_backward),
-    ("PGD step and projection (L2, L∞)", check_pgd_step),
-    ("HotFlip masked top-k", check_topk_flips),
-    ("adapter mix: per-row blend of stacked projections", check_adapter_mix),
-    ("AdamW (f32 master weights, moments, the bf16 copy)", check_adamw),
+    ("linear: forward (GEMM + bias/activation/residual epilogues)", check_linear),
+    ("linear: backward (dX, dW, db)", check_linear_backward),
+    ("layernorm: forward", check_layernorm),
+    ("layernorm: backward (dx, dγ, dβ)", check_layernorm_backward),
+    ("embedding: gather + layernorm", check_embed),
+    ("embedding: backward (with LayerNorm and table gradients)", check_embedding_backward),
+    ("attention: forward (online softmax, key mask)", check_attention),
+    ("attention: with dropout, and its backward", check_attention_backward),
+    ("elementwise: add, add_assign, gather and scatter rows", check_elementwise),
+    ("activation: forward and backward", check_activation),
+    ("dropout: the CPU's mask", check_dropout),
+    ("pooling: mean + l2", check_mean_pool),
+    ("loss: cross-entropy", check_loss),
+    ("optim: sum of squares, AdamW (f32 master weights, moments, the bf16 copy)", check_optim),
+    ("attack: PGD step and projection (L2, L∞)", check_pgd_step),
+    ("attack: HotFlip masked top-k", check_topk_flips),
+    ("mix: per-row blend of stacked projections", check_adapter_mix),
 ];
 
 struct Rng(u64);
@@ -192,29 +194,6 @@ pub fn check_attention(cuda: &Cuda, seed: u64) -> Result<f64> {
     Ok(worst)
 }
 
-pub fn check_elementwise(cuda: &Cuda, seed: u64) -> Result<f64> {
-    let mut r = Rng(seed);
-    let (rows, cols) = (19, 45);
-    let a = r.vec(rows * cols, 3.0);
-    let b = r.vec(rows * cols, 3.0);
-    let (ca, cb) = (Cpu.upload(rows, cols, &a)?, Cpu.upload(rows, cols, &b)?);
-    let (da, db) = (cuda.upload(rows, cols, &a)?, cuda.upload(rows, cols, &b)?);
-    let mut worst = compare("add", cuda, &cuda.add(&da, &db)?, &Cpu.add(&ca, &cb)?)?;
-    for act in [Activation::Identity, Activation::Gelu, Activation::Relu, Activation::Tanh, Activation::Silu]
-    {
-        let e = compare(&format!("{act:?}"), cuda, &cuda.activation(&da, act)?, &Cpu.activation(&ca, act)?)?;
-        worst = worst.max(e);
-    }
-    let pick: Vec<usize> = (0..7).map(|_| r.below(rows)).collect();
-    worst = worst.max(compare(
-        "gather_rows",
-        cuda,
-        &cuda.gather_rows(&da, &pick)?,
-        &Cpu.gather_rows(&ca, &pick)?,
-    )?);
-    Ok(worst)
-}
-
 pub fn check_mean_pool(cuda: &Cuda, seed: u64) -> Result<f64> {
     let mut r = Rng(seed);
     let (batch, seq, cols) = (3, 9, 300);
@@ -260,67 +239,6 @@ fn f32_mat(cuda: &Cuda, rows: usize, cols: usize, data: &[f32]) -> Result<<Cuda 
     Ok(m)
 }
 
-pub fn check_elementwise_backward(cuda: &Cuda, seed: u64) -> Result<f64> {
-    let mut r = Rng(seed);
-    let (rows, cols) = (23, 37);
-    let pre = r.vec(rows * cols, 3.0);
-    let dy = r.vec(rows * cols, 1.0);
-    let (cpre, gpre) = (Cpu.upload(rows, cols, &pre)?, cuda.upload(rows, cols, &pre)?);
-    let mut worst: f64 = 0.0;
-    for act in [Activation::Gelu, Activation::Relu, Activation::Tanh, Activation::Silu] {
-        let want = Cpu.activation_backward(Cpu.upload(rows, cols, &dy)?, &cpre, act)?;
-        let g = cuda.upload(rows, cols, &dy)?;
-        let keep = g.clone(); // copy on write: the clone must not see the in-place update
-        let got = cuda.activation_backward(g, &gpre, act)?;
-        worst = worst.max(compare(&format!("{act:?} backward"), cuda, &got, &want)?);
-        let (_, _, untouched) = cuda.download(&keep)?;
-        ensure!(rel_err(&untouched, &dy)? < 4e-3, "{act:?} backward wrote through a shared buffer");
-    }
-    // dropout: the same mask as the CPU, element for element
-    let drop = crate::backend::DropKey::new(0.3, seed, 7, 3);
-    let want = Cpu.dropout(Cpu.upload(rows, cols, &dy)?, drop)?;
-    let got = cuda.dropout(cuda.upload(rows, cols, &dy)?, drop)?;
-    let (_, _, g) = cuda.download(&got)?;
-    for (i, (a, b)) in g.iter().zip(&want.data).enumerate() {
-        ensure!((*a == 0.0) == (*b == 0.0), "dropout mask differs from the CPU's at element {i}");
-    }
-    worst = worst.max(compare("dropout", cuda, &got, &want)?);
-    let rows_at = [4usize, 0, 9];
-    let part = r.vec(3 * cols, 1.0);
-    let want = Cpu.scatter_rows(&Cpu.upload(3, cols, &part)?, &rows_at, 11)?;
-    let got = cuda.scatter_rows(&cuda.upload(3, cols, &part)?, &rows_at, 11)?;
-    worst = worst.max(compare("scatter_rows", cuda, &got, &want)?);
-    Ok(worst)
-}
-
-pub fn check_reductions(cuda: &Cuda, seed: u64) -> Result<f64> {
-    let mut r = Rng(seed);
-    let (rows, cols) = (41, 29);
-    let (a, b) = (r.vec(rows * cols, 1.0), r.vec(rows * cols, 1.0));
-    let mut want = Cpu.upload(rows, cols, &a)?;
-    Cpu.add_assign(&mut want, &Cpu.upload(rows, cols, &b)?)?;
-    let mut got = cuda.upload(rows, cols, &a)?;
-    cuda.add_assign(&mut got, &cuda.upload(rows, cols, &b)?)?;
-    let mut worst = compare("add_assign bf16", cuda, &got, &want)?;
-    let mut got32 = f32_mat(cuda, rows, cols, &a)?;
-    cuda.add_assign(&mut got32, &f32_mat(cuda, rows, cols, &b)?)?;
-    worst = worst.max(compare("add_assign f32", cuda, &got32, &want)?);
-    let big = r.vec(300_001, 2.0);
-    let want_sq: f64 = big.iter().map(|v| (*v as f64).powi(2)).sum();
-    let got_sq = cuda.sum_squares(&f32_mat(cuda, 1, big.len(), &big)?)?;
-    let e = (got_sq - want_sq).abs() / want_sq;
-    ensure!(e < 1e-9, "sum_squares f32: relative error {e:.2e}");
-    let got_sq = cuda.sum_squares(&cuda.upload(1, big.len(), &big)?)?;
-    ensure!((got_sq - want_sq).abs() / want_sq < 1e-9, "sum_squares bf16");
-    let logits = r.vec(6 * 3, 4.0);
-    let labels = [0u32, 2, 1, 1, 0, 2];
-    let (cl, cg) = Cpu.cross_entropy(&Cpu.upload(6, 3, &logits)?, &labels)?;
-    let (gl, gg) = cuda.cross_entropy(&cuda.upload(6, 3, &logits)?, &labels)?;
-    ensure!((cl - gl).abs() <= 1e-2 * cl.abs().max(1e-3), "cross-entropy loss {gl} vs {cl}");
-    worst = worst.max(compare("cross-entropy gradient", cuda, &gg, &cg)?);
-    Ok(worst)
-}
-
 pub fn check_attention_backward(cuda: &Cuda, seed: u64) -> Result<f64> {
     let mut r = Rng(seed);
     let mut worst: f64 = 0.0;
@@ -342,80 +260,6 @@ pub fn check_attention_backward(cuda: &Cuda, seed: u64) -> Result<f64> {
         let want = Cpu.attention_backward(&Cpu.upload(rows, h, &dctx)?, &cq, &lens, seq, heads, drop)?;
         let got = cuda.attention_backward(&cuda.upload(rows, h, &dctx)?, &gq, &lens, seq, heads, drop)?;
         worst = worst.max(compare(&format!("attention backward {name}"), cuda, &got, &want)?);
-    }
-    Ok(worst)
-}
-
-pub fn check_norm_backward(cuda: &Cuda, seed: u64) -> Result<f64> {
-    let mut r = Rng(seed);
-    let mut worst: f64 = 0.0;
-    for (rows, cols) in [(7, 384), (13, 100), (1, 32)] {
-        let x: Vec<f32> = r.vec(rows * cols, 2.0);
-        let dy = r.vec(rows * cols, 1.0);
-        let g = tensor(&[cols], r.vec(cols, 1.0));
-        let (mut cg, mut cb) = (Cpu.zeros(1, cols)?, Cpu.zeros(1, cols)?);
-        let want = Cpu.layernorm_backward(
-            &Cpu.upload(rows, cols, &dy)?,
-            &Cpu.upload(rows, cols, &x)?,
-            &g,
-            1e-12,
-            Some((&mut cg, &mut cb)),
-        )?;
-        let (mut gg, mut gb) = (cuda.zeros(1, cols)?, cuda.zeros(1, cols)?);
-        let got = cuda.layernorm_backward(
-            &cuda.upload(rows, cols, &dy)?,
-            &cuda.upload(rows, cols, &x)?,
-            &cuda.weight(&g)?,
-            1e-12,
-            Some((&mut gg, &mut gb)),
-        )?;
-        let name = format!("{rows}x{cols}");
-        worst = worst.max(compare(&format!("layernorm backward dx {name}"), cuda, &got, &want)?);
-        worst = worst.max(compare(&format!("layernorm backward dγ {name}"), cuda, &gg, &cg)?);
-        worst = worst.max(compare(&format!("layernorm backward dβ {name}"), cuda, &gb, &cb)?);
-    }
-    // embedding: tables small enough that rows repeat (table gradients accumulate)
-    let (vocab, positions, h) = (11, 9, 40);
-    let w = random_embeddings(&mut r, vocab, positions, h);
-    let (batch, seq) = (3, 7);
-    let ids = (0..batch * seq).map(|_| r.below(vocab) as u32).collect();
-    let type_ids = (0..batch * seq).map(|i| (i % seq > 3) as u32).collect();
-    let tb = TokenBatch { batch, seq, ids, type_ids, lens: vec![7, 3, 5], truncated: vec![false; batch] };
-    let dy = r.vec(batch * seq * h, 1.0);
-    let zeros = |be: &dyn Fn(usize, usize) -> Result<<Cuda as Backend>::Act>| -> Result<_> {
-        Ok(EmbeddingWeights {
-            word: be(vocab, h)?,
-            position: be(positions, h)?,
-            token_type: be(2, h)?,
-            ln_gamma: be(1, h)?,
-            ln_beta: be(1, h)?,
-        })
-    };
-    let mut cgrads = EmbeddingWeights {
-        word: Cpu.zeros(vocab, h)?,
-        position: Cpu.zeros(positions, h)?,
-        token_type: Cpu.zeros(2, h)?,
-        ln_gamma: Cpu.zeros(1, h)?,
-        ln_beta: Cpu.zeros(1, h)?,
-    };
-    // through a perturbed forward (δ changes the LayerNorm's statistics, so its backward)
-    let delta = r.vec(batch * seq * h, 0.05);
-    let (cd, gd) = (Cpu.upload(batch * seq, h, &delta)?, cuda.upload_state(batch * seq, h, &delta)?);
-    let want =
-        Cpu.embed_backward(&Cpu.upload(batch * seq, h, &dy)?, &tb, &w, 1e-12, Some(&cd), Some(&mut cgrads))?;
-    let mut ggrads = zeros(&|r, c| cuda.zeros(r, c))?;
-    let dw = on_device(cuda, &w)?;
-    let dy = cuda.upload(batch * seq, h, &dy)?;
-    let got = cuda.embed_backward(&dy, &tb, &dw, 1e-12, Some(&gd), Some(&mut ggrads))?;
-    worst = worst.max(compare("embedding backward", cuda, &got, &want)?);
-    for (name, g, c) in [
-        ("word", &ggrads.word, &cgrads.word),
-        ("position", &ggrads.position, &cgrads.position),
-        ("token type", &ggrads.token_type, &cgrads.token_type),
-        ("LayerNorm γ", &ggrads.ln_gamma, &cgrads.ln_gamma),
-        ("LayerNorm β", &ggrads.ln_beta, &cgrads.ln_beta),
-    ] {
-        worst = worst.max(compare(&format!("embedding {name} gradient"), cuda, g, c)?);
     }
     Ok(worst)
 }
@@ -507,12 +351,189 @@ pub fn check_adapter_mix(cuda: &Cuda, seed: u64) -> Result<f64> {
     Ok(worst)
 }
 
+/// Add, accumulation (bf16 activations' gradients and f32 gradient buffers), row gather and
+/// scatter (kernels/elementwise.cu).
+pub fn check_elementwise(cuda: &Cuda, seed: u64) -> Result<f64> {
+    let mut r = Rng(seed);
+    let (rows, cols) = (19, 45);
+    let a = r.vec(rows * cols, 3.0);
+    let b = r.vec(rows * cols, 3.0);
+    let (ca, cb) = (Cpu.upload(rows, cols, &a)?, Cpu.upload(rows, cols, &b)?);
+    let (da, db) = (cuda.upload(rows, cols, &a)?, cuda.upload(rows, cols, &b)?);
+    let mut worst = compare("add", cuda, &cuda.add(&da, &db)?, &Cpu.add(&ca, &cb)?)?;
+    let mut want = Cpu.upload(rows, cols, &a)?;
+    Cpu.add_assign(&mut want, &cb)?;
+    let mut got = cuda.upload(rows, cols, &a)?;
+    cuda.add_assign(&mut got, &db)?;
+    worst = worst.max(compare("add_assign bf16", cuda, &got, &want)?);
+    let mut got32 = f32_mat(cuda, rows, cols, &a)?;
+    cuda.add_assign(&mut got32, &f32_mat(cuda, rows, cols, &b)?)?;
+    worst = worst.max(compare("add_assign f32", cuda, &got32, &want)?);
+    let pick: Vec<usize> = (0..7).map(|_| r.below(rows)).collect();
+    worst = worst.max(compare(
+        "gather_rows",
+        cuda,
+        &cuda.gather_rows(&da, &pick)?,
+        &Cpu.gather_rows(&ca, &pick)?,
+    )?);
+    let rows_at = [4usize, 0, 9];
+    let part = r.vec(3 * cols, 1.0);
+    let want = Cpu.scatter_rows(&Cpu.upload(3, cols, &part)?, &rows_at, 11)?;
+    let got = cuda.scatter_rows(&cuda.upload(3, cols, &part)?, &rows_at, 11)?;
+    worst = worst.max(compare("scatter_rows", cuda, &got, &want)?);
+    Ok(worst)
+}
+
+/// Every activation and its backward in place (kernels/activation.cu); the backward must copy a
+/// shared buffer before writing (copy on write).
+pub fn check_activation(cuda: &Cuda, seed: u64) -> Result<f64> {
+    let mut r = Rng(seed);
+    let (rows, cols) = (23, 37);
+    let pre = r.vec(rows * cols, 3.0);
+    let dy = r.vec(rows * cols, 1.0);
+    let (cpre, gpre) = (Cpu.upload(rows, cols, &pre)?, cuda.upload(rows, cols, &pre)?);
+    let mut worst: f64 = 0.0;
+    for act in [Activation::Identity, Activation::Gelu, Activation::Relu, Activation::Tanh, Activation::Silu]
+    {
+        let e =
+            compare(&format!("{act:?}"), cuda, &cuda.activation(&gpre, act)?, &Cpu.activation(&cpre, act)?)?;
+        worst = worst.max(e);
+    }
+    for act in [Activation::Gelu, Activation::Relu, Activation::Tanh, Activation::Silu] {
+        let want = Cpu.activation_backward(Cpu.upload(rows, cols, &dy)?, &cpre, act)?;
+        let g = cuda.upload(rows, cols, &dy)?;
+        let keep = g.clone(); // copy on write: the clone must not see the in-place update
+        let got = cuda.activation_backward(g, &gpre, act)?;
+        worst = worst.max(compare(&format!("{act:?} backward"), cuda, &got, &want)?);
+        let (_, _, untouched) = cuda.download(&keep)?;
+        ensure!(rel_err(&untouched, &dy)? < 4e-3, "{act:?} backward wrote through a shared buffer");
+    }
+    Ok(worst)
+}
+
+/// Dropout (kernels/dropout.cu): the same mask as the CPU, element for element.
+pub fn check_dropout(cuda: &Cuda, seed: u64) -> Result<f64> {
+    let mut r = Rng(seed);
+    let (rows, cols) = (23, 37);
+    let dy = r.vec(rows * cols, 1.0);
+    let drop = crate::backend::DropKey::new(0.3, seed, 7, 3);
+    let want = Cpu.dropout(Cpu.upload(rows, cols, &dy)?, drop)?;
+    let got = cuda.dropout(cuda.upload(rows, cols, &dy)?, drop)?;
+    let (_, _, g) = cuda.download(&got)?;
+    for (i, (a, b)) in g.iter().zip(&want.data).enumerate() {
+        ensure!((*a == 0.0) == (*b == 0.0), "dropout mask differs from the CPU's at element {i}");
+    }
+    compare("dropout", cuda, &got, &want)
+}
+
+/// Cross-entropy (computed on the host from the downloaded logits, the gradient uploaded).
+pub fn check_loss(cuda: &Cuda, seed: u64) -> Result<f64> {
+    let mut r = Rng(seed);
+    let logits = r.vec(6 * 3, 4.0);
+    let labels = [0u32, 2, 1, 1, 0, 2];
+    let (cl, cg) = Cpu.cross_entropy(&Cpu.upload(6, 3, &logits)?, &labels)?;
+    let (gl, gg) = cuda.cross_entropy(&cuda.upload(6, 3, &logits)?, &labels)?;
+    ensure!((cl - gl).abs() <= 1e-2 * cl.abs().max(1e-3), "cross-entropy loss {gl} vs {cl}");
+    compare("cross-entropy gradient", cuda, &gg, &cg)
+}
+
+/// LayerNorm's backward with its parameter gradients (kernels/layernorm.cu).
+pub fn check_layernorm_backward(cuda: &Cuda, seed: u64) -> Result<f64> {
+    let mut r = Rng(seed);
+    let mut worst: f64 = 0.0;
+    for (rows, cols) in [(7, 384), (13, 100), (1, 32)] {
+        let x: Vec<f32> = r.vec(rows * cols, 2.0);
+        let dy = r.vec(rows * cols, 1.0);
+        let g = tensor(&[cols], r.vec(cols, 1.0));
+        let (mut cg, mut cb) = (Cpu.zeros(1, cols)?, Cpu.zeros(1, cols)?);
+        let want = Cpu.layernorm_backward(
+            &Cpu.upload(rows, cols, &dy)?,
+            &Cpu.upload(rows, cols, &x)?,
+            &g,
+            1e-12,
+            Some((&mut cg, &mut cb)),
+        )?;
+        let (mut gg, mut gb) = (cuda.zeros(1, cols)?, cuda.zeros(1, cols)?);
+        let got = cuda.layernorm_backward(
+            &cuda.upload(rows, cols, &dy)?,
+            &cuda.upload(rows, cols, &x)?,
+            &cuda.weight(&g)?,
+            1e-12,
+            Some((&mut gg, &mut gb)),
+        )?;
+        let name = format!("{rows}x{cols}");
+        worst = worst.max(compare(&format!("layernorm backward dx {name}"), cuda, &got, &want)?);
+        worst = worst.max(compare(&format!("layernorm backward dγ {name}"), cuda, &gg, &cg)?);
+        worst = worst.max(compare(&format!("layernorm backward dβ {name}"), cuda, &gb, &cb)?);
+    }
+    Ok(worst)
+}
+
+/// The embedding's backward through a perturbed forward, with the LayerNorm's and (full
+/// fine-tuning) the tables' gradients (kernels/embedding.cu).
+pub fn check_embedding_backward(cuda: &Cuda, seed: u64) -> Result<f64> {
+    let mut r = Rng(seed);
+    let mut worst: f64 = 0.0;
+    // embedding: tables small enough that rows repeat (table gradients accumulate)
+    let (vocab, positions, h) = (11, 9, 40);
+    let w = random_embeddings(&mut r, vocab, positions, h);
+    let (batch, seq) = (3, 7);
+    let ids = (0..batch * seq).map(|_| r.below(vocab) as u32).collect();
+    let type_ids = (0..batch * seq).map(|i| (i % seq > 3) as u32).collect();
+    let tb = TokenBatch { batch, seq, ids, type_ids, lens: vec![7, 3, 5], truncated: vec![false; batch] };
+    let dy = r.vec(batch * seq * h, 1.0);
+    let zeros = |be: &dyn Fn(usize, usize) -> Result<<Cuda as Backend>::Act>| -> Result<_> {
+        Ok(EmbeddingWeights {
+            word: be(vocab, h)?,
+            position: be(positions, h)?,
+            token_type: be(2, h)?,
+            ln_gamma: be(1, h)?,
+            ln_beta: be(1, h)?,
+        })
+    };
+    let mut cgrads = EmbeddingWeights {
+        word: Cpu.zeros(vocab, h)?,
+        position: Cpu.zeros(positions, h)?,
+        token_type: Cpu.zeros(2, h)?,
+        ln_gamma: Cpu.zeros(1, h)?,
+        ln_beta: Cpu.zeros(1, h)?,
+    };
+    // through a perturbed forward (δ changes the LayerNorm's statistics, so its backward)
+    let delta = r.vec(batch * seq * h, 0.05);
+    let (cd, gd) = (Cpu.upload(batch * seq, h, &delta)?, cuda.upload_state(batch * seq, h, &delta)?);
+    let want =
+        Cpu.embed_backward(&Cpu.upload(batch * seq, h, &dy)?, &tb, &w, 1e-12, Some(&cd), Some(&mut cgrads))?;
+    let mut ggrads = zeros(&|r, c| cuda.zeros(r, c))?;
+    let dw = on_device(cuda, &w)?;
+    let dy = cuda.upload(batch * seq, h, &dy)?;
+    let got = cuda.embed_backward(&dy, &tb, &dw, 1e-12, Some(&gd), Some(&mut ggrads))?;
+    worst = worst.max(compare("embedding backward", cuda, &got, &want)?);
+    for (name, g, c) in [
+        ("word", &ggrads.word, &cgrads.word),
+        ("position", &ggrads.position, &cgrads.position),
+        ("token type", &ggrads.token_type, &cgrads.token_type),
+        ("LayerNorm γ", &ggrads.ln_gamma, &cgrads.ln_gamma),
+        ("LayerNorm β", &ggrads.ln_beta, &cgrads.ln_beta),
+    ] {
+        worst = worst.max(compare(&format!("embedding {name} gradient"), cuda, g, c)?);
+    }
+    Ok(worst)
+}
+
+/// The optimizer (kernels/optim.cu): the gradient norm's sum of squares (f32 and bf16), and
 /// `adamw_f32`: two AdamW steps (gradient scaling, weight decay, bias corrections) on the f32
 /// master weights and moments against the CPU's update, which does the same f32 operations (bound
 /// 1e-5: only fused multiply-adds may differ); the bf16 copy the kernel writes for the next forward
 /// must be the master weights rounded.
-pub fn check_adamw(cuda: &Cuda, seed: u64) -> Result<f64> {
+pub fn check_optim(cuda: &Cuda, seed: u64) -> Result<f64> {
     let mut r = Rng(seed);
+    let big = r.vec(300_001, 2.0);
+    let want_sq: f64 = big.iter().map(|v| (*v as f64).powi(2)).sum();
+    let got_sq = cuda.sum_squares(&f32_mat(cuda, 1, big.len(), &big)?)?;
+    let e = (got_sq - want_sq).abs() / want_sq;
+    ensure!(e < 1e-9, "sum_squares f32: relative error {e:.2e}");
+    let got_sq = cuda.sum_squares(&cuda.upload(1, big.len(), &big)?)?;
+    ensure!((got_sq - want_sq).abs() / want_sq < 1e-9, "sum_squares bf16");
     let (rows, cols) = (37, 53);
     let n = rows * cols;
     let start = tensor(&[rows, cols], r.vec(n, 1.0));

@@ -207,3 +207,15 @@ extern "C" __global__ void __launch_bounds__(128)
                             int N, int K, int lda, int ldb, int act) {
     gemm<true, true, false, ACCUMULATE_F32>(out, a, b, bias, residual, M, N, K, lda, ldb, act);
 }
+
+// ---- the bias gradient ----
+
+// db[n] += Σ_m dy[m, n] (bias gradients): one thread per column, coalesced across the block.
+// grid ceil(N/256), 256 threads.
+extern "C" __global__ void col_sum_acc_f32(float* db, const bf16* dy, int M, int N) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= N) return;
+    float s = 0.f;
+    for (int m = 0; m < M; m++) s += to_f32(dy[(size_t)m * N + c]);
+    db[c] += s;
+}
