@@ -142,35 +142,20 @@ fn performance(gpu: &Gpu, exec: &Arc<dyn Executor>, r: &mut Report) -> Result<()
     let mut rng = Rng::new(7);
     let (warm, reps) = (3, 20);
 
-    // ceilings
-    let n_copy = 1usize << 30;
-    let (a, b) = (DevBuf::new(exec, n_copy)?, DevBuf::new(exec, n_copy)?);
-    a.fill(0x3c)?;
-    let t = gpu.time_ms(warm, reps, || exec.dtod(b.ptr(), a.ptr(), n_copy))?;
-    let bw = 2.0 * n_copy as f64 / (t * 1e-3); // bytes/s, read + write
-    drop((a, b));
+    // ceilings: bench's own measurement (a 1 GiB device copy; cuBLAS bf16 8192³, else admix's GEMM)
+    let ceil = crate::bench::ceilings::cuda(&Cuda::with_executor(exec.clone(), "cuda"), 1024, 8192)?;
+    let (bw, peak) = (ceil.copy_bytes_per_s, Some(ceil.gemm_flops_per_s));
     let cublas = Cublas::open();
-    let peak = match &cublas {
-        Ok(c) => {
-            let s = 8192;
-            let x = random_buf(exec, s * s, 1.0, &mut rng)?;
-            let w = random_buf(exec, s * s, 1.0, &mut rng)?;
-            let y = DevBuf::new(exec, s * s * 2)?;
-            let t = gpu.time_ms(warm, 10, || c.gemm(&y, &x, &w, s, s, s))?;
-            Some(2.0 * (s as f64).powi(3) / (t * 1e-3))
-        }
-        Err(_) => None,
-    };
     r.line("\n## Ceilings measured on this device\n");
-    r.line(format!("- device-to-device copy (1 GiB, bytes read + written): **{:.2} TB/s**", bw / 1e12));
-    match (&cublas, peak) {
-        (Ok(_), Some(p)) => {
-            r.line(format!("- cuBLAS bf16 GEMM 8192³ (f32 accumulation): **{:.0} TFLOP/s**", p / 1e12))
-        }
-        (Err(e), _) => r.line(format!("- cuBLAS: not measured ({e:#})")),
-        _ => {}
+    r.line(format!("- {} (bytes read + written): **{:.2} TB/s**", ceil.copy, bw / 1e12));
+    r.line(format!("- {} (f32 accumulation): **{:.0} TFLOP/s**", ceil.gemm, ceil.gemm_flops_per_s / 1e12));
+    if let Err(e) = &cublas {
+        r.line(format!("- cuBLAS: not available for the per-kernel comparison ({e:#})"));
     }
-    r.json.insert("ceilings".into(), json!({"copy_bytes_per_s": bw, "cublas_bf16_flops_per_s": peak}));
+    r.json.insert(
+        "ceilings".into(),
+        json!({"copy_bytes_per_s": bw, "cublas_bf16_flops_per_s": peak, "gemm": ceil.gemm}),
+    );
 
     // kernels at BERT-base shapes
     let (batch, seq, h, heads, ffn) = (32usize, 128usize, 768usize, 12usize, 3072usize);

@@ -18,8 +18,8 @@ use crate::adapter::Init;
 use crate::adapter::{self, Adapter, AdapterKind, ClassificationHead};
 use crate::backend::{Activation, Backend};
 use crate::io::{write_atomic, write_safetensors};
+use crate::model::bert::QKV;
 use crate::model::classify::Model;
-use crate::model::params::QKV;
 use crate::weights::{Tensor, WeightFile};
 
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";

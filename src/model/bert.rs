@@ -67,82 +67,52 @@ pub fn check_config(file: &WeightFile, cfg: &BertConfig) -> Result<()> {
     Ok(())
 }
 
-/// Loads and validates the encoder weights as f32 host tensors (every shape against `cfg`; the
-/// layer count was checked by [`check_config`] when the model directory was opened).
+/// Loads and validates the encoder weights as f32 host tensors (every shape against `cfg`, from the
+/// catalogue; the layer count was checked by [`check_config`] when the model directory was opened).
+/// Checkpoints store Q, K and V apart; they are fused here.
 pub fn load_host(file: &WeightFile, cfg: &BertConfig) -> Result<Bert<Tensor>> {
     let p = detect_prefix(file)?;
-    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
-    let t = |name: &str, shape: &[usize]| file.tensor(&format!("{p}{name}"), shape);
-    let emb = EmbeddingWeights {
-        word: t("embeddings.word_embeddings.weight", &[cfg.vocab_size, h])?,
-        position: t("embeddings.position_embeddings.weight", &[cfg.max_position_embeddings, h])?,
-        token_type: t("embeddings.token_type_embeddings.weight", &[cfg.type_vocab_size, h])?,
-        ln_gamma: t("embeddings.LayerNorm.weight", &[h])?,
-        ln_beta: t("embeddings.LayerNorm.bias", &[h])?,
-    };
-    let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-    for l in 0..cfg.num_hidden_layers {
-        let n = |s: &str| format!("encoder.layer.{l}.{s}");
-        let q = t(&n("attention.self.query.weight"), &[h, h])?;
-        let k = t(&n("attention.self.key.weight"), &[h, h])?;
-        let v = t(&n("attention.self.value.weight"), &[h, h])?;
-        let qb = t(&n("attention.self.query.bias"), &[h])?;
-        let kb = t(&n("attention.self.key.bias"), &[h])?;
-        let vb = t(&n("attention.self.value.bias"), &[h])?;
-        layers.push(Layer {
-            qkv_w: concat_rows(&[&q, &k, &v]),
-            qkv_b: concat_rows(&[&qb, &kb, &vb]),
-            attn_out_w: t(&n("attention.output.dense.weight"), &[h, h])?,
-            attn_out_b: t(&n("attention.output.dense.bias"), &[h])?,
-            attn_ln_g: t(&n("attention.output.LayerNorm.weight"), &[h])?,
-            attn_ln_b: t(&n("attention.output.LayerNorm.bias"), &[h])?,
-            ffn_in_w: t(&n("intermediate.dense.weight"), &[i, h])?,
-            ffn_in_b: t(&n("intermediate.dense.bias"), &[i])?,
-            ffn_out_w: t(&n("output.dense.weight"), &[h, i])?,
-            ffn_out_b: t(&n("output.dense.bias"), &[h])?,
-            out_ln_g: t(&n("output.LayerNorm.weight"), &[h])?,
-            out_ln_b: t(&n("output.LayerNorm.bias"), &[h])?,
-        });
-    }
-    Ok(Bert { cfg: cfg.clone(), emb, layers })
+    Bert::build(cfg, |spec| match spec.name.strip_suffix(&format!("{QKV}.weight")) {
+        Some(layer) => {
+            let h = cfg.hidden_size;
+            let parts = ["query", "key", "value"]
+                .map(|w| file.tensor(&format!("{p}{layer}attention.self.{w}.weight"), &[h, h]));
+            let [q, k, v] = parts;
+            Ok(concat_rows(&[&q?, &k?, &v?]))
+        }
+        None => match spec.name.strip_suffix(&format!("{QKV}.bias")) {
+            Some(layer) => {
+                let h = cfg.hidden_size;
+                let parts = ["query", "key", "value"]
+                    .map(|w| file.tensor(&format!("{p}{layer}attention.self.{w}.bias"), &[h]));
+                let [q, k, v] = parts;
+                Ok(concat_rows(&[&q?, &k?, &v?]))
+            }
+            None => file.tensor(&format!("{p}{}", spec.name), &spec.shape),
+        },
+    })
+}
+
+/// A BERT of shape `cfg` with random weights (N(0, 0.02) matrices, embeddings, LayerNorm β and
+/// biases; LayerNorm γ = 1 + N(0, 0.02)), drawn in catalogue order: for benchmarks, where only the
+/// shapes matter.
+pub fn random(cfg: &BertConfig, seed: u64) -> Bert<Tensor> {
+    let mut rng = crate::rng::Rng::new(seed);
+    let built = Bert::build(cfg, |spec| {
+        let mean = match spec.draw {
+            Draw::Normal => 0.0,
+            Draw::OnePlusNormal => 1.0,
+        };
+        let n = spec.shape.iter().product();
+        Ok(Tensor::from_vec(
+            spec.shape.clone(),
+            (0..n).map(|_| (mean + 0.02 * rng.normal()) as f32).collect(),
+        ))
+    });
+    built.expect("drawing a tensor cannot fail")
 }
 
 /// Stacks tensors along their first dimension.
-/// A BERT of shape `cfg` with random weights (N(0, 0.02) matrices and embeddings, LayerNorm
-/// γ = 1 + N(0, 0.02), β and biases N(0, 0.02)): for benchmarks, where only the shapes matter.
-pub fn random(cfg: &BertConfig, seed: u64) -> Bert<Tensor> {
-    let mut rng = crate::rng::Rng::new(seed);
-    let mut t = |shape: &[usize], mean: f64| {
-        let n = shape.iter().product();
-        Tensor::from_vec(shape.to_vec(), (0..n).map(|_| (mean + 0.02 * rng.normal()) as f32).collect())
-    };
-    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
-    let emb = EmbeddingWeights {
-        word: t(&[cfg.vocab_size, h], 0.0),
-        position: t(&[cfg.max_position_embeddings, h], 0.0),
-        token_type: t(&[cfg.type_vocab_size, h], 0.0),
-        ln_gamma: t(&[h], 1.0),
-        ln_beta: t(&[h], 0.0),
-    };
-    let layers = (0..cfg.num_hidden_layers)
-        .map(|_| Layer {
-            qkv_w: t(&[3 * h, h], 0.0),
-            qkv_b: t(&[3 * h], 0.0),
-            attn_out_w: t(&[h, h], 0.0),
-            attn_out_b: t(&[h], 0.0),
-            attn_ln_g: t(&[h], 1.0),
-            attn_ln_b: t(&[h], 0.0),
-            ffn_in_w: t(&[i, h], 0.0),
-            ffn_in_b: t(&[i], 0.0),
-            ffn_out_w: t(&[h, i], 0.0),
-            ffn_out_b: t(&[h], 0.0),
-            out_ln_g: t(&[h], 1.0),
-            out_ln_b: t(&[h], 0.0),
-        })
-        .collect();
-    Bert { cfg: cfg.clone(), emb, layers }
-}
-
 fn concat_rows(parts: &[&Tensor]) -> Tensor {
     let mut shape = parts[0].shape().to_vec();
     shape[0] = parts.iter().map(|t| t.shape()[0]).sum();
@@ -150,35 +120,155 @@ fn concat_rows(parts: &[&Tensor]) -> Tensor {
     Tensor::from_vec(shape, data)
 }
 
+/// The fused Q/K/V projection's name; checkpoints split it into `query`, `key`, `value`.
+pub const QKV: &str = "attention.self.qkv";
+
+/// How random init draws a tensor ([`random`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Draw {
+    /// N(0, 0.02)
+    Normal,
+    /// 1 + N(0, 0.02) (LayerNorm γ)
+    OnePlusNormal,
+}
+
+/// One encoder tensor: its Hugging Face name after the `bert.` prefix (Q, K and V fused as
+/// [`QKV`]), its shape, and how random init draws it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub draw: Draw,
+}
+
+/// Every encoder tensor of `cfg`: the one catalogue that loading, random init, mapping to a
+/// backend or to gradient buffers, and the optimizer's and checkpoints' names all walk, in this
+/// order (the embeddings, then each layer).
+pub fn catalogue(cfg: &BertConfig) -> Vec<TensorSpec> {
+    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+    let spec = |name: String, shape: &[usize], draw| TensorSpec { name, shape: shape.to_vec(), draw };
+    let (n, g) = (Draw::Normal, Draw::OnePlusNormal);
+    let mut out = vec![
+        spec("embeddings.word_embeddings.weight".into(), &[cfg.vocab_size, h], n),
+        spec("embeddings.position_embeddings.weight".into(), &[cfg.max_position_embeddings, h], n),
+        spec("embeddings.token_type_embeddings.weight".into(), &[cfg.type_vocab_size, h], n),
+        spec("embeddings.LayerNorm.weight".into(), &[h], g),
+        spec("embeddings.LayerNorm.bias".into(), &[h], n),
+    ];
+    for l in 0..cfg.num_hidden_layers {
+        let name = |s: &str| format!("encoder.layer.{l}.{s}");
+        out.extend([
+            spec(name(&format!("{QKV}.weight")), &[3 * h, h], n),
+            spec(name(&format!("{QKV}.bias")), &[3 * h], n),
+            spec(name("attention.output.dense.weight"), &[h, h], n),
+            spec(name("attention.output.dense.bias"), &[h], n),
+            spec(name("attention.output.LayerNorm.weight"), &[h], g),
+            spec(name("attention.output.LayerNorm.bias"), &[h], n),
+            spec(name("intermediate.dense.weight"), &[i, h], n),
+            spec(name("intermediate.dense.bias"), &[i], n),
+            spec(name("output.dense.weight"), &[h, i], n),
+            spec(name("output.dense.bias"), &[h], n),
+            spec(name("output.LayerNorm.weight"), &[h], g),
+            spec(name("output.LayerNorm.bias"), &[h], n),
+        ]);
+    }
+    out
+}
+
 impl<W> Bert<W> {
-    /// The same structure with every tensor mapped by `f` (to a backend, to gradient buffers).
-    pub fn map<V>(&self, mut f: impl FnMut(&W) -> Result<V>) -> Result<Bert<V>> {
-        let e = &self.emb;
+    /// An encoder of shape `cfg` made tensor by tensor, in [`catalogue`] order.
+    pub fn build(cfg: &BertConfig, mut make: impl FnMut(&TensorSpec) -> Result<W>) -> Result<Bert<W>> {
+        let specs = catalogue(cfg);
+        let mut specs = specs.iter();
+        let mut next = || make(specs.next().expect("the catalogue lists every tensor"));
         let emb = EmbeddingWeights {
-            word: f(&e.word)?,
-            position: f(&e.position)?,
-            token_type: f(&e.token_type)?,
-            ln_gamma: f(&e.ln_gamma)?,
-            ln_beta: f(&e.ln_beta)?,
+            word: next()?,
+            position: next()?,
+            token_type: next()?,
+            ln_gamma: next()?,
+            ln_beta: next()?,
         };
-        let mut layers = Vec::with_capacity(self.layers.len());
-        for l in &self.layers {
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for _ in 0..cfg.num_hidden_layers {
             layers.push(Layer {
-                qkv_w: f(&l.qkv_w)?,
-                qkv_b: f(&l.qkv_b)?,
-                attn_out_w: f(&l.attn_out_w)?,
-                attn_out_b: f(&l.attn_out_b)?,
-                attn_ln_g: f(&l.attn_ln_g)?,
-                attn_ln_b: f(&l.attn_ln_b)?,
-                ffn_in_w: f(&l.ffn_in_w)?,
-                ffn_in_b: f(&l.ffn_in_b)?,
-                ffn_out_w: f(&l.ffn_out_w)?,
-                ffn_out_b: f(&l.ffn_out_b)?,
-                out_ln_g: f(&l.out_ln_g)?,
-                out_ln_b: f(&l.out_ln_b)?,
+                qkv_w: next()?,
+                qkv_b: next()?,
+                attn_out_w: next()?,
+                attn_out_b: next()?,
+                attn_ln_g: next()?,
+                attn_ln_b: next()?,
+                ffn_in_w: next()?,
+                ffn_in_b: next()?,
+                ffn_out_w: next()?,
+                ffn_out_b: next()?,
+                out_ln_g: next()?,
+                out_ln_b: next()?,
             });
         }
-        Ok(Bert { cfg: self.cfg.clone(), emb, layers })
+        Ok(Bert { cfg: cfg.clone(), emb, layers })
+    }
+
+    /// Every tensor, in [`catalogue`] order.
+    pub fn tensors(&self) -> Vec<&W> {
+        let e = &self.emb;
+        let mut out = vec![&e.word, &e.position, &e.token_type, &e.ln_gamma, &e.ln_beta];
+        for l in &self.layers {
+            out.extend([
+                &l.qkv_w,
+                &l.qkv_b,
+                &l.attn_out_w,
+                &l.attn_out_b,
+                &l.attn_ln_g,
+                &l.attn_ln_b,
+                &l.ffn_in_w,
+                &l.ffn_in_b,
+                &l.ffn_out_w,
+                &l.ffn_out_b,
+                &l.out_ln_g,
+                &l.out_ln_b,
+            ]);
+        }
+        out
+    }
+
+    /// Every tensor, mutable, in [`catalogue`] order.
+    pub fn tensors_mut(&mut self) -> Vec<&mut W> {
+        let EmbeddingWeights { word, position, token_type, ln_gamma, ln_beta } = &mut self.emb;
+        let mut out = vec![word, position, token_type, ln_gamma, ln_beta];
+        for l in &mut self.layers {
+            let Layer {
+                qkv_w,
+                qkv_b,
+                attn_out_w,
+                attn_out_b,
+                attn_ln_g,
+                attn_ln_b,
+                ffn_in_w,
+                ffn_in_b,
+                ffn_out_w,
+                ffn_out_b,
+                out_ln_g,
+                out_ln_b,
+            } = l;
+            out.extend([
+                qkv_w, qkv_b, attn_out_w, attn_out_b, attn_ln_g, attn_ln_b, ffn_in_w, ffn_in_b, ffn_out_w,
+                ffn_out_b, out_ln_g, out_ln_b,
+            ]);
+        }
+        out
+    }
+
+    /// Every tensor with its `bert.`-prefixed Hugging Face name (Q, K, V fused as [`QKV`]): what the
+    /// optimizer, the gradient buffers and the checkpoints walk.
+    pub fn named_mut(&mut self) -> Vec<(String, &mut W)> {
+        let names = catalogue(&self.cfg).into_iter().map(|s| format!("bert.{}", s.name));
+        names.zip(self.tensors_mut()).collect()
+    }
+
+    /// The same structure with every tensor mapped by `f` (to a backend, to gradient buffers).
+    pub fn map<V>(&self, mut f: impl FnMut(&W) -> Result<V>) -> Result<Bert<V>> {
+        let mut tensors = self.tensors().into_iter();
+        Bert::build(&self.cfg, |_| f(tensors.next().expect("a tensor per catalogue entry")))
     }
 }
 
@@ -426,4 +516,40 @@ impl<W> Bert<W> {
 /// `Σᵢ βᵢ·encoderᵢ` over every encoder weight (Model Soup).
 pub fn mix_encoders(parts: &[&Bert<Tensor>], beta: &[f32]) -> Result<Bert<Tensor>> {
     crate::adapter::mix::mix(parts, beta, |b| b.map(|t| Ok(t.clone())), Bert::named_mut)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_catalogue_is_what_every_walk_sees() {
+        let cfg = BertConfig {
+            hidden_size: 8,
+            intermediate_size: 12,
+            num_hidden_layers: 2,
+            vocab_size: 20,
+            max_position_embeddings: 10,
+            ..BertConfig::bert_base()
+        };
+        let specs = catalogue(&cfg);
+        assert_eq!(specs.len(), 5 + 12 * 2);
+        let names: std::collections::BTreeSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names.len(), specs.len(), "names are unique");
+        let mut bert = random(&cfg, 3);
+        assert_eq!(bert.layers[1].ffn_out_w.shape(), &[8, 12]);
+        for (s, t) in specs.iter().zip(bert.tensors()) {
+            assert_eq!(t.shape(), s.shape.as_slice(), "{}", s.name);
+            let mean = t.data().iter().sum::<f32>() / t.data().len() as f32;
+            // LayerNorm γ drawn around 1, everything else around 0
+            assert_eq!(mean > 0.5, s.draw == Draw::OnePlusNormal, "{}", s.name);
+        }
+        let named: Vec<String> = bert.named_mut().into_iter().map(|(n, _)| n).collect();
+        let want: Vec<String> = specs.iter().map(|s| format!("bert.{}", s.name)).collect();
+        assert_eq!(named, want);
+        // map keeps every tensor in place
+        let ids = bert.map(|t| Ok(t.data()[0])).unwrap();
+        let firsts: Vec<f32> = bert.tensors().iter().map(|t| t.data()[0]).collect();
+        assert_eq!(ids.tensors().into_iter().copied().collect::<Vec<_>>(), firsts);
+    }
 }
