@@ -5,6 +5,21 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
+/// JSON lines: one compact JSON value per row, each ended by a newline.
+pub fn jsonl<T: serde::Serialize>(rows: impl IntoIterator<Item = T>) -> Result<String> {
+    let mut text = String::new();
+    for r in rows {
+        text += &serde_json::to_string(&r)?;
+        text.push('\n');
+    }
+    Ok(text)
+}
+
+/// [`jsonl`] written atomically to `path`.
+pub fn write_jsonl<T: serde::Serialize>(path: &Path, rows: impl IntoIterator<Item = T>) -> Result<()> {
+    write_atomic(path, jsonl(rows)?.as_bytes())
+}
+
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename, so a
 /// reader never sees a half-written file and a crash leaves the old file intact.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {

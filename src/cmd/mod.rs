@@ -187,14 +187,7 @@ pub fn write_jsonl(path: Option<&Path>, rows: impl Iterator<Item = serde_json::V
             }
             Ok(())
         }
-        Some(p) => {
-            let mut text = String::new();
-            for r in rows {
-                text += &r.to_string();
-                text.push('\n');
-            }
-            admix::io::write_atomic(p, text.as_bytes())
-        }
+        Some(p) => admix::io::write_jsonl(p, rows),
     }
 }
 

@@ -20,8 +20,8 @@
 //!
 //! Stages call training and the attacks as library jobs ([`TrainJob`], [`AttackJob`]); each job
 //! writes its config beside its output (`train.json`, `job.json`), which is also the stage's cache
-//! key. The run's sizes are its [`plan::Plan`]; [`methods`] builds every compared method from the
-//! trained models; [`evaluation`] scores them.
+//! key. The run's sizes are its [`plan::Plan`]; `methods.rs` builds every compared method from the
+//! trained models; `evaluation.rs` scores them.
 
 mod evaluation;
 mod methods;
@@ -148,12 +148,7 @@ impl MixupConfig {
 
 /// Labelled examples as JSONL (labels by name).
 fn jsonl(examples: &[Example], labels: &[String]) -> Result<String> {
-    let mut s = String::new();
-    for e in examples {
-        s += &serde_json::to_string(&serde_json::json!({"text": e.text, "label": labels[e.label]}))?;
-        s.push('\n');
-    }
-    Ok(s)
+    io::jsonl(examples.iter().map(|e| serde_json::json!({"text": e.text, "label": labels[e.label]})))
 }
 
 fn read_jsonl(path: &Path, labels: &[String]) -> Result<Vec<Example>> {

@@ -51,7 +51,7 @@ impl Mat {
     }
 }
 
-/// The CPU backend: the f32 reference ([`Cpu`], the constant), or with bf16 GEMMs in its inference
+/// The CPU backend: the f32 reference (the constant [`const@Cpu`]), or with bf16 GEMMs in its inference
 /// linears ([`Cpu::bf16`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Cpu {
