@@ -37,10 +37,12 @@ enum Command {
     Similarity(cmd::score::SimilarityArgs),
     /// Train an adapter + head (or the full model) on MR or your own labelled data.
     Train(cmd::train::TrainArgs),
-    /// Evaluate a checkpoint on a split: accuracy, loss, per-class precision/recall/F1.
+    /// Evaluate a classifier (a checkpoint, or a mixture of adapters as a whole) on a split:
+    /// accuracy, loss, per-class precision/recall/F1.
     Eval(cmd::eval::EvalArgs),
-    /// Attack a checkpoint on a split (pgd, fgsm, hotflip, deepwordbug, pwws, textfooler, textbugger):
-    /// TextAttack's outcomes and summary; --out writes results.jsonl and summary.json.
+    /// Attack a classifier (a checkpoint, or a mixture as a whole) on a split (pgd, fgsm, hotflip,
+    /// deepwordbug, pwws, textfooler, textbugger): TextAttack's outcomes and summary; --out writes
+    /// results.jsonl, summary.json and job.json.
     Attack(cmd::attack::AttackArgs),
     /// AdpMixup end to end: clean and adversarial adapters, baselines, weight-space mixing (static
     /// and entropy β), transfer and adaptive robustness; writes report.md, report.json, tradeoff.png.

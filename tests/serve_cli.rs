@@ -250,3 +250,29 @@ fn score_stream_answers_each_line_as_score_does() {
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     assert_error(&admix(&["score", "--stream", "in.txt", "--adapter", &file], b""), "--stream reads stdin");
 }
+
+#[test]
+fn a_static_beta_serves_adapterhubs_mix() {
+    // `--beta 0.3,0.7` over clean and adv is the fixture's `mix` adapter (0.3·clean + 0.7·adv)
+    let (sentences, _) = common::sentences();
+    let (_, logits) = common::fixture("adapter_oracle.safetensors").f64s("mix.logits").unwrap();
+    let file = adapters_file();
+    let srv = Serve::start(&[
+        "--adapter",
+        &format!("{file}#clean"),
+        "--adapter",
+        &format!("{file}#adv"),
+        "--beta",
+        "0.3,0.7",
+    ]);
+    let preds = srv.score(&sentences);
+    for (i, p) in preds.iter().enumerate() {
+        let want = softmax(&logits[2 * i..2 * i + 2]);
+        let got = floats(&p["probs"]);
+        assert!((got[0] - want[0]).abs() < 1e-5, "sentence {i}: {got:?} vs AdapterHub's mix {want:?}");
+        let beta = floats(&p["beta"]);
+        assert!((beta[0] - 0.3).abs() < 1e-7 && (beta[1] - 0.7).abs() < 1e-7, "{beta:?}");
+    }
+    let (ok, rest) = srv.terminate();
+    assert!(ok, "{rest}");
+}

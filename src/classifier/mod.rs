@@ -139,8 +139,6 @@ pub struct Loaded {
     pub members: Vec<Member>,
     /// label names in id order: a checkpoint directory's, or the ids for a safetensors file
     pub labels: Vec<String>,
-    /// whether the label names came from a checkpoint (else they are the ids)
-    pub named_labels: bool,
     pub mixing: BetaRule,
     /// the sources as given, for messages and records
     pub names: Vec<String>,
@@ -169,7 +167,7 @@ pub fn load(spec: &ClassifierSpec, model: Option<&Path>, max_len: Option<usize>)
     let (layers, hidden) = (model.config.num_hidden_layers, model.config.hidden_size);
     let mixed = spec.sources.len() > 1;
     let mut members = Vec::new();
-    let mut labels: Option<(Vec<String>, bool)> = None;
+    let mut labels: Option<Vec<String>> = None;
     let mut fine_tuned = false;
     for (source, dir) in spec.sources.iter().zip(&dirs) {
         ensure!(
@@ -177,7 +175,7 @@ pub fn load(spec: &ClassifierSpec, model: Option<&Path>, max_len: Option<usize>)
             "cannot open {}: it does not exist (give a checkpoint directory or a safetensors file)",
             source.path.display()
         );
-        let (member, these, named) = match dir {
+        let (member, these) = match dir {
             Some(dir) => {
                 ensure!(
                     source.adapter.is_none() && source.head.is_none(),
@@ -190,7 +188,7 @@ pub fn load(spec: &ClassifierSpec, model: Option<&Path>, max_len: Option<usize>)
                     model = ModelDir::open(d, max_len)?;
                     fine_tuned = true;
                 }
-                (Member { adapter: ck.adapter, head: ck.head }, ck.labels, true)
+                (Member { adapter: ck.adapter, head: ck.head }, ck.labels)
             }
             None => {
                 let file = WeightFile::open(&source.path)?;
@@ -203,15 +201,15 @@ pub fn load(spec: &ClassifierSpec, model: Option<&Path>, max_len: Option<usize>)
                     hidden,
                 )?;
                 let ids = (0..h.num_labels).map(|i| i.to_string()).collect();
-                (Member { adapter: Some(a), head: h }, ids, false)
+                (Member { adapter: Some(a), head: h }, ids)
             }
         };
         if mixed && member.adapter.is_none() {
             bail!("{} holds no adapter (a head-only model cannot be mixed)", source.label());
         }
         match &labels {
-            None => labels = Some((these, named)),
-            Some((l, _)) if *l != these => bail!(
+            None => labels = Some(these),
+            Some(l) if *l != these => bail!(
                 "{} has labels {these:?}, {} has {l:?}: only classifiers of the same labels can be mixed",
                 source.label(),
                 spec.sources[0].label()
@@ -220,12 +218,11 @@ pub fn load(spec: &ClassifierSpec, model: Option<&Path>, max_len: Option<usize>)
         }
         members.push(member);
     }
-    let (labels, named_labels) = labels.context("no classifier given")?;
+    let labels = labels.context("no classifier given")?;
     Ok(Loaded {
         model,
         members,
         labels,
-        named_labels,
         mixing: spec.mixing.clone(),
         names: spec.sources.iter().map(Source::label).collect(),
         fine_tuned,
