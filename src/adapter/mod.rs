@@ -34,6 +34,72 @@ pub struct Bottleneck<W> {
     pub up_b: W,
 }
 
+/// One tensor of a bottleneck: the catalogue that loading, zero and random init, mapping and the
+/// checkpoint names all walk, in [`BottleneckPart::ALL`]'s order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BottleneckPart {
+    DownW,
+    DownB,
+    UpW,
+    UpB,
+}
+
+impl BottleneckPart {
+    pub const ALL: [BottleneckPart; 4] =
+        [BottleneckPart::DownW, BottleneckPart::DownB, BottleneckPart::UpW, BottleneckPart::UpB];
+
+    /// The AdapterHub name under the module (`….adapters.<name>.`).
+    pub fn name(self) -> &'static str {
+        match self {
+            BottleneckPart::DownW => "adapter_down.0.weight",
+            BottleneckPart::DownB => "adapter_down.0.bias",
+            BottleneckPart::UpW => "adapter_up.weight",
+            BottleneckPart::UpB => "adapter_up.bias",
+        }
+    }
+
+    /// The shape for bottleneck size `r` in a model of `hidden`.
+    pub fn shape(self, r: usize, hidden: usize) -> Vec<usize> {
+        match self {
+            BottleneckPart::DownW => vec![r, hidden],
+            BottleneckPart::DownB => vec![r],
+            BottleneckPart::UpW => vec![hidden, r],
+            BottleneckPart::UpB => vec![hidden],
+        }
+    }
+}
+
+impl<W> Bottleneck<W> {
+    /// A bottleneck made tensor by tensor, in [`BottleneckPart::ALL`]'s order.
+    pub fn build(mut make: impl FnMut(BottleneckPart) -> Result<W>) -> Result<Self> {
+        Ok(Bottleneck {
+            down_w: make(BottleneckPart::DownW)?,
+            down_b: make(BottleneckPart::DownB)?,
+            up_w: make(BottleneckPart::UpW)?,
+            up_b: make(BottleneckPart::UpB)?,
+        })
+    }
+
+    pub fn get(&self, part: BottleneckPart) -> &W {
+        match part {
+            BottleneckPart::DownW => &self.down_w,
+            BottleneckPart::DownB => &self.down_b,
+            BottleneckPart::UpW => &self.up_w,
+            BottleneckPart::UpB => &self.up_b,
+        }
+    }
+
+    /// Every tensor, mutable, in [`BottleneckPart::ALL`]'s order.
+    pub fn tensors_mut(&mut self) -> [&mut W; 4] {
+        let Bottleneck { down_w, down_b, up_w, up_b } = self;
+        [down_w, down_b, up_w, up_b]
+    }
+
+    pub fn map<V>(&self, f: &mut impl FnMut(&W) -> Result<V>) -> Result<Bottleneck<V>> {
+        Bottleneck::build(|p| f(self.get(p)))
+    }
+}
+
 pub struct AdapterLayer<W> {
     /// after the FFN (`output.adapters.<name>`)
     pub output: Bottleneck<W>,
@@ -97,29 +163,23 @@ fn bottleneck(file: &WeightFile, base: &str, hidden: usize) -> Result<Option<Bot
         );
     }
     let r = dw.shape()[0];
-    let get = |suffix: &str, shape: &[usize]| -> Result<Tensor> {
+    let b = Bottleneck::build(|part| {
+        if part == BottleneckPart::DownW {
+            return Ok(dw.clone());
+        }
+        let suffix = part.name();
         let n = find(file, &format!("{base}.{suffix}"))
             .with_context(|| format!("{}: `{base}.{suffix}` missing", file.path().display()))?;
-        file.tensor(&n, shape)
-    };
-    Ok(Some(Bottleneck {
-        down_w: dw,
-        down_b: get("adapter_down.0.bias", &[r])?,
-        up_w: get("adapter_up.weight", &[hidden, r])?,
-        up_b: get("adapter_up.bias", &[hidden])?,
-    }))
+        file.tensor(&n, &part.shape(r, hidden))
+    })?;
+    Ok(Some(b))
 }
 
 /// A bottleneck that adds exactly nothing (`A(z) = 0`): the stand-in for a layer an adapter
 /// leaves out, so that every layer has the same structure (for mixing and stacking).
 fn zero_bottleneck(r: usize, hidden: usize) -> Bottleneck<Tensor> {
-    let z = |shape: Vec<usize>| Tensor::from_vec(shape.clone(), vec![0.0; shape.iter().product()]);
-    Bottleneck {
-        down_w: z(vec![r, hidden]),
-        down_b: z(vec![r]),
-        up_w: z(vec![hidden, r]),
-        up_b: z(vec![hidden]),
-    }
+    let zero = |shape: Vec<usize>| Tensor::from_vec(shape.clone(), vec![0.0; shape.iter().product()]);
+    Bottleneck::build(|part| Ok(zero(part.shape(r, hidden)))).expect("zeros cannot fail")
 }
 
 impl Adapter<Tensor> {
@@ -235,17 +295,6 @@ impl Adapter<Tensor> {
 
     pub fn to_backend<B: Backend>(&self, be: &B) -> Result<Adapter<B::Weight>> {
         self.map(|t| be.weight(t))
-    }
-}
-
-impl<W> Bottleneck<W> {
-    pub fn map<V>(&self, f: &mut impl FnMut(&W) -> Result<V>) -> Result<Bottleneck<V>> {
-        Ok(Bottleneck {
-            down_w: f(&self.down_w)?,
-            down_b: f(&self.down_b)?,
-            up_w: f(&self.up_w)?,
-            up_b: f(&self.up_b)?,
-        })
     }
 }
 

@@ -5,13 +5,12 @@
 //! The views are generic in the element type: `W` is a parameter on a backend, and the same
 //! structs with `W = Act` hold the gradients (and the optimizer moments).
 
-use crate::adapter::{linear_module, Adapter, Bottleneck, ClassificationHead};
+use crate::adapter::{linear_module, Adapter, Bottleneck, BottleneckPart, ClassificationHead};
 
 fn bottleneck<'a, W>(out: &mut Vec<(String, &'a mut W)>, base: &str, b: &'a mut Bottleneck<W>) {
-    out.push((format!("{base}.adapter_down.0.weight"), &mut b.down_w));
-    out.push((format!("{base}.adapter_down.0.bias"), &mut b.down_b));
-    out.push((format!("{base}.adapter_up.weight"), &mut b.up_w));
-    out.push((format!("{base}.adapter_up.bias"), &mut b.up_b));
+    for (part, t) in BottleneckPart::ALL.into_iter().zip(b.tensors_mut()) {
+        out.push((format!("{base}.{}", part.name()), t));
+    }
 }
 
 impl<W> Adapter<W> {

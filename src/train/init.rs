@@ -7,7 +7,9 @@
 
 use anyhow::{bail, Result};
 
-use crate::adapter::{Adapter, AdapterKind, AdapterLayer, Bottleneck, ClassificationHead, Dense, Init};
+use crate::adapter::{
+    Adapter, AdapterKind, AdapterLayer, Bottleneck, BottleneckPart, ClassificationHead, Dense, Init,
+};
 use crate::backend::Activation;
 use crate::rng::Rng;
 use crate::weights::Tensor;
@@ -37,21 +39,19 @@ fn zeros(shape: Vec<usize>) -> Tensor {
     Tensor::from_vec(shape, vec![0.0; n])
 }
 
+/// A fresh bottleneck: biases zero; `bert` draws both projections N(0, 0.02), `mam` the down
+/// projection U(±1/√hidden) and a zero up projection (drawn in the catalogue's order).
 fn bottleneck(rng: &mut Rng, hidden: usize, r: usize, init: Init) -> Bottleneck<Tensor> {
-    match init {
-        Init::Bert => Bottleneck {
-            down_w: normal(rng, vec![r, hidden], 0.02),
-            down_b: zeros(vec![r]),
-            up_w: normal(rng, vec![hidden, r], 0.02),
-            up_b: zeros(vec![hidden]),
-        },
-        Init::Mam => Bottleneck {
-            down_w: uniform(rng, vec![r, hidden], 1.0 / (hidden as f64).sqrt()),
-            down_b: zeros(vec![r]),
-            up_w: zeros(vec![hidden, r]),
-            up_b: zeros(vec![hidden]),
-        },
-    }
+    let made = Bottleneck::build(|part| {
+        let shape = part.shape(r, hidden);
+        Ok(match (init, part) {
+            (_, BottleneckPart::DownB | BottleneckPart::UpB) => zeros(shape),
+            (Init::Bert, _) => normal(rng, shape, 0.02),
+            (Init::Mam, BottleneckPart::DownW) => uniform(rng, shape, 1.0 / (hidden as f64).sqrt()),
+            (Init::Mam, BottleneckPart::UpW) => zeros(shape),
+        })
+    });
+    made.expect("drawing a tensor cannot fail")
 }
 
 pub fn new_adapter(
