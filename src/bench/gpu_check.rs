@@ -5,8 +5,9 @@
 //!    transcription matches the hardware);
 //! 2. every kernel against the CPU reference on the device, outputs poisoned, several seeds,
 //!    each launch synchronised so that a fault names its kernel;
-//! 3. (unless `--correctness-only`) the two ceilings measured on the device (device-to-device
-//!    copy bandwidth; cuBLAS bf16 GEMM rate), each kernel timed at BERT-base shapes against its
+//! 3. (unless `--correctness-only`) the two ceilings measured on the device by `admix bench`'s
+//!    own [`crate::bench::ceilings::cuda`] (device-to-device copy bandwidth; cuBLAS bf16 GEMM
+//!    rate), each kernel timed ([`crate::bench::median_ms`]) at BERT-base shapes against its
 //!    roofline floor (FLOPs and bytes counted), the GEMMs against cuBLAS at the same shapes, and a
 //!    BERT-base forward (random weights, batch 32 × 128) with and without a seq_bn adapter.
 //!
@@ -28,6 +29,7 @@ use crate::backend::cuda::gpu::Gpu;
 use crate::backend::cuda::{checks, conformance, launch, Cuda};
 use crate::backend::TokenBatch;
 use crate::backend::{Activation, Backend, EmbeddingWeights};
+use crate::bench::median_ms;
 use crate::model::bert;
 use crate::model::classify::Model;
 use crate::model::config::BertConfig;
@@ -125,7 +127,7 @@ pub fn run(opts: &Options) -> Result<bool> {
     gpu.set_sync_each(false);
 
     if !opts.correctness_only {
-        performance(&gpu, &exec, &mut r)?;
+        performance(&exec, &mut r)?;
     }
 
     r.json.insert("failures".into(), json!(r.failures));
@@ -138,7 +140,7 @@ pub fn run(opts: &Options) -> Result<bool> {
     Ok(r.failures == 0)
 }
 
-fn performance(gpu: &Gpu, exec: &Arc<dyn Executor>, r: &mut Report) -> Result<()> {
+fn performance(exec: &Arc<dyn Executor>, r: &mut Report) -> Result<()> {
     let mut rng = Rng::new(7);
     let (warm, reps) = (3, 20);
 
@@ -204,11 +206,11 @@ fn performance(gpu: &Gpu, exec: &Arc<dyn Executor>, r: &mut Report) -> Result<()
         let bias = random_buf(exec, n, 0.1, &mut rng)?;
         let resid = random_buf(exec, m * n, 1.0, &mut rng)?;
         let y = DevBuf::new(exec, m * n * 2)?;
-        let ms = gpu.time_ms(warm, reps, || {
+        let ms = median_ms(&**exec, warm, reps, || {
             launch::linear(&**exec, &y, &x, &w, Some(&bias), res.then_some(&resid), (m, n, k), act)
         })?;
         let cb = match &cublas {
-            Ok(c) => Some(gpu.time_ms(warm, reps, || c.gemm(&y, &x, &w, m, n, k))?),
+            Ok(c) => Some(median_ms(&**exec, warm, reps, || c.gemm(&y, &x, &w, m, n, k))?),
             Err(_) => None,
         };
         let bytes = 2.0 * (m * k + n * k + m * n * (1 + res as usize)) as f64;
@@ -224,7 +226,7 @@ fn performance(gpu: &Gpu, exec: &Arc<dyn Executor>, r: &mut Report) -> Result<()
         let dw = DevBuf::new(exec, n * k * 4)?;
         dw.fill(0)?;
         let dw_pass = name.contains("dW");
-        let ms = gpu.time_ms(warm, reps, || {
+        let ms = median_ms(&**exec, warm, reps, || {
             if dw_pass {
                 launch::linear_dw(&**exec, &dw, &dy, &x, (m, n, k))
             } else {
@@ -232,8 +234,8 @@ fn performance(gpu: &Gpu, exec: &Arc<dyn Executor>, r: &mut Report) -> Result<()
             }
         })?;
         let cb = match &cublas {
-            Ok(c) if dw_pass => Some(gpu.time_ms(warm, reps, || c.gemm_dw(&dw, &dy, &x, m, n, k))?),
-            Ok(c) => Some(gpu.time_ms(warm, reps, || c.gemm_dx(&dx, &dy, &w, m, n, k))?),
+            Ok(c) if dw_pass => Some(median_ms(&**exec, warm, reps, || c.gemm_dw(&dw, &dy, &x, m, n, k))?),
+            Ok(c) => Some(median_ms(&**exec, warm, reps, || c.gemm_dx(&dx, &dy, &w, m, n, k))?),
             Err(_) => None,
         };
         let out_bytes = if dw_pass { 8 * n * k } else { 2 * m * k };
@@ -246,7 +248,8 @@ fn performance(gpu: &Gpu, exec: &Arc<dyn Executor>, r: &mut Report) -> Result<()
     let g = random_buf(exec, h, 1.0, &mut rng)?;
     let bt = random_buf(exec, h, 0.1, &mut rng)?;
     let y = DevBuf::new(exec, tokens * h * 2)?;
-    let ms = gpu.time_ms(warm, reps, || launch::layernorm(&**exec, &y, &x, &g, &bt, tokens, h, 1e-12))?;
+    let ms =
+        median_ms(&**exec, warm, reps, || launch::layernorm(&**exec, &y, &x, &g, &bt, tokens, h, 1e-12))?;
     row(
         r,
         "layernorm",
@@ -256,12 +259,13 @@ fn performance(gpu: &Gpu, exec: &Arc<dyn Executor>, r: &mut Report) -> Result<()
         4.0 * (tokens * h) as f64,
         None,
     );
-    let ms = gpu.time_ms(warm, reps, || launch::add(&**exec, &y, &x, &x2, tokens * h))?;
+    let ms = median_ms(&**exec, warm, reps, || launch::add(&**exec, &y, &x, &x2, tokens * h))?;
     row(r, "add", format!("{tokens}×{h}"), ms, (tokens * h) as f64, 6.0 * (tokens * h) as f64, None);
     let big = random_buf(exec, tokens * ffn, 1.0, &mut rng)?;
     let big_y = DevBuf::new(exec, tokens * ffn * 2)?;
-    let ms = gpu
-        .time_ms(warm, reps, || launch::activation(&**exec, &big_y, &big, tokens * ffn, Activation::Gelu))?;
+    let ms = median_ms(&**exec, warm, reps, || {
+        launch::activation(&**exec, &big_y, &big, tokens * ffn, Activation::Gelu)
+    })?;
     row(
         r,
         "activation gelu",
@@ -297,8 +301,9 @@ fn performance(gpu: &Gpu, exec: &Arc<dyn Executor>, r: &mut Report) -> Result<()
     let ids: Vec<i32> = (0..tokens).map(|_| (rng.next_u64() % 30522) as i32).collect();
     let ids = DevBuf::from_slice(exec, &ids)?;
     let types = DevBuf::from_slice(exec, &vec![0i32; tokens])?;
-    let ms =
-        gpu.time_ms(warm, reps, || launch::embed(&**exec, &y, &ids, &types, &we, None, tokens, seq, 1e-12))?;
+    let ms = median_ms(&**exec, warm, reps, || {
+        launch::embed(&**exec, &y, &ids, &types, &we, None, tokens, seq, 1e-12)
+    })?;
     row(
         r,
         "embedding + layernorm",
@@ -312,8 +317,9 @@ fn performance(gpu: &Gpu, exec: &Arc<dyn Executor>, r: &mut Report) -> Result<()
     let d = h / heads;
     let qkv = random_buf(exec, tokens * 3 * h, 1.0, &mut rng)?;
     let lens = DevBuf::from_slice(exec, &vec![seq as i32; batch])?;
-    let ms =
-        gpu.time_ms(warm, reps, || launch::attention(&**exec, &y, &qkv, &lens, batch, seq, heads, d, None))?;
+    let ms = median_ms(&**exec, warm, reps, || {
+        launch::attention(&**exec, &y, &qkv, &lens, batch, seq, heads, d, None)
+    })?;
     let flops = 4.0 * (batch * heads * seq * seq * d) as f64;
     row(
         r,
@@ -325,7 +331,8 @@ fn performance(gpu: &Gpu, exec: &Arc<dyn Executor>, r: &mut Report) -> Result<()
         None,
     );
     let pooled = DevBuf::new(exec, batch * h * 2)?;
-    let ms = gpu.time_ms(warm, reps, || launch::mean_pool_l2(&**exec, &pooled, &x, &lens, batch, seq, h))?;
+    let ms =
+        median_ms(&**exec, warm, reps, || launch::mean_pool_l2(&**exec, &pooled, &x, &lens, batch, seq, h))?;
     row(
         r,
         "mean pool + l2",
@@ -356,9 +363,9 @@ fn performance(gpu: &Gpu, exec: &Arc<dyn Executor>, r: &mut Report) -> Result<()
         lens: vec![seq; batch],
         truncated: vec![false; batch],
     };
-    let plain = gpu.time_ms(2, 10, || model.encode(&cuda, &tb, None, |_, _| {}).map(drop))?;
+    let plain = median_ms(&**exec, 2, 10, || model.encode(&cuda, &tb, None, |_, _| {}).map(drop))?;
     let with_adapter =
-        gpu.time_ms(2, 10, || model.encode(&cuda, &tb, Some(&adapter), |_, _| {}).map(drop))?;
+        median_ms(&**exec, 2, 10, || model.encode(&cuda, &tb, Some(&adapter), |_, _| {}).map(drop))?;
     r.line(format!(
         "\n## BERT-base forward and adapter training step (random weights, batch {batch} × seq {seq}, median of 10)\n"
     ));
@@ -375,7 +382,7 @@ fn performance(gpu: &Gpu, exec: &Arc<dyn Executor>, r: &mut Report) -> Result<()
     let labels: Vec<u32> = (0..batch as u32).map(|i| i % 2).collect();
     let mut opt = AdamW::new(AdamWConfig::default());
     let mut step = 0u64;
-    let train_ms = gpu.time_ms(2, 10, || {
+    let train_ms = median_ms(&**exec, 2, 10, || {
         step += 1;
         let plan = Some(bert::DropoutPlan { hidden: 0.1, attention: 0.1, seed: 1, step });
         trainee.zero_grads(&cuda)?;

@@ -163,6 +163,17 @@ pub fn stats(mut ms: Vec<f64>) -> Result<(f64, f64, f64)> {
     Ok((rank(0.5), rank(0.99), ms[0]))
 }
 
+/// The median time (ms) of `reps` runs of `f` on `exec` after `warmup` untimed ones (the GPU
+/// check's kernel timings; [`Timer`] adds the cache flush for the suites).
+pub fn median_ms(
+    exec: &dyn crate::backend::cuda::Executor,
+    warmup: usize,
+    reps: usize,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<f64> {
+    Ok(stats(exec.time_runs(warmup, reps.max(1), &mut || Ok(()), &mut f)?)?.0)
+}
+
 /// Times `f` on `be` under `plan` (warm-up, repetitions, the cache flush before each run).
 pub struct Timer<'a, B: Backend> {
     pub be: &'a B,

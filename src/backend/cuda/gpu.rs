@@ -130,14 +130,6 @@ impl Gpu {
         self.sync_each.store(on, Ordering::Relaxed);
     }
 
-    /// Median milliseconds of `f` over `reps` runs after `warmup` runs, timed with CUDA events
-    /// on the default stream (`f` only queues work).
-    pub fn time_ms(&self, warmup: usize, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-        let mut times = Executor::time_runs(self, warmup, reps.max(1), &mut || Ok(()), &mut f)?;
-        times.sort_by(|a, b| a.total_cmp(b));
-        Ok(times[times.len() / 2])
-    }
-
     /// Waits for all queued work; a fault in an earlier kernel is reported here.
     pub fn synchronize(&self) -> Result<()> {
         self.current()?;
