@@ -80,8 +80,6 @@ pub fn run_batches<T>(
     if inputs.is_empty() {
         bail!("no inputs");
     }
-    let mut order: Vec<usize> = (0..inputs.len()).collect();
-    order.sort_by_key(|&i| inputs[i].text.len() + inputs[i].pair.as_ref().map_or(0, |p| p.len()));
     let bar = indicatif::ProgressBar::new(inputs.len() as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} texts {per_sec} eta {eta}")
@@ -89,7 +87,7 @@ pub fn run_batches<T>(
     );
     let mut results: Vec<Option<T>> = (0..inputs.len()).map(|_| None).collect();
     let mut truncated = 0;
-    for chunk in order.chunks(batch_size.max(1)) {
+    for chunk in &crate::data::batches::eval_batches(&TextInput::lengths(inputs), batch_size.max(1)) {
         let texts: Vec<TextInput> = chunk.iter().map(|&i| inputs[i].clone()).collect();
         let batch = tokenizer.encode(&texts)?;
         truncated += batch.truncated.iter().filter(|&&t| t).count();

@@ -18,6 +18,12 @@ pub struct TextInput {
 }
 
 impl TextInput {
+    /// The length in bytes of each input (both texts of a pair): the key inputs are sorted by so
+    /// that batches of similar lengths pad less.
+    pub fn lengths(inputs: &[TextInput]) -> Vec<usize> {
+        inputs.iter().map(|t| t.text.len() + t.pair.as_ref().map_or(0, String::len)).collect()
+    }
+
     pub fn single(text: impl Into<String>) -> Self {
         TextInput { text: text.into(), pair: None }
     }

@@ -58,10 +58,8 @@ where
 {
     fn score(&self, inputs: &[TextInput]) -> Result<Vec<Scored>> {
         // length-sorted chunks pad less
-        let mut order: Vec<usize> = (0..inputs.len()).collect();
-        order.sort_by_key(|&i| inputs[i].text.len() + inputs[i].pair.as_ref().map_or(0, String::len));
         let mut out: Vec<Option<Scored>> = vec![None; inputs.len()];
-        for chunk in order.chunks(self.max_batch) {
+        for chunk in &crate::data::batches::eval_batches(&TextInput::lengths(inputs), self.max_batch) {
             let _range = profile::range("score batch");
             let texts: Vec<TextInput> = chunk.iter().map(|&i| inputs[i].clone()).collect();
             let batch = self.tokenizer.encode(&texts)?;
