@@ -10,9 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use super::metrics::{AttackRecord, Summary};
 use super::run::{self, AttackConfig};
-use crate::backend::{Backend, Device};
+use crate::backend::Device;
 use crate::classifier::{self, ClassifierSpec};
-use crate::data::{self, Example};
+use crate::data;
 
 /// One attack run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -89,24 +89,6 @@ pub fn run(job: &AttackJob) -> Result<AttackRun> {
         write_results(dir, job, &attacked)?;
     }
     Ok(attacked)
-}
-
-/// Attacks `examples` against an already built classifier (the AdpMixup pipeline's adaptive
-/// protocol: each method attacked as a whole, with the black-box attacks).
-#[allow(clippy::too_many_arguments)]
-pub fn attack_examples<B: Backend>(
-    be: &B,
-    clf: &dyn crate::model::classify::Classify<B>,
-    tok: &crate::model::tokenizer::TextTokenizer,
-    word_table: &crate::weights::Tensor,
-    examples: &[Example],
-    cfg: &AttackConfig,
-    wordnet: Option<&Path>,
-    glove: Option<&Path>,
-) -> Result<Vec<AttackRecord>> {
-    cfg.check()?;
-    let (wn, gl) = run::resources(cfg.kind, wordnet, glove)?;
-    run::run(be, clf, None, tok, word_table, examples, cfg, wn.as_ref(), gl.as_ref())
 }
 
 fn write_results(dir: &Path, job: &AttackJob, r: &AttackRun) -> Result<()> {

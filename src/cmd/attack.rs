@@ -10,7 +10,7 @@ use admix::attack::job::{self, AttackJob};
 use admix::attack::run::{AttackConfig, AttackKind};
 use admix::backend::Norm;
 
-use super::{choice, ClassifierArgs, MaxLen, Runtime, Seed};
+use super::{choice, ClassifierArgs, LabelledData, MaxLen, Runtime, Seed};
 
 #[derive(Args)]
 pub struct AttackArgs {
@@ -21,12 +21,8 @@ pub struct AttackArgs {
     /// gradient attacks need a single model or a static --beta mix)
     #[command(flatten)]
     clf: ClassifierArgs,
-    /// `mr`, or a labelled .tsv/.csv/.jsonl file
-    #[arg(long, default_value = "mr")]
-    data: String,
-    /// MR split: train, dev or test
-    #[arg(long, default_value = "test")]
-    split: String,
+    #[command(flatten)]
+    data: LabelledData,
     /// Attack the first N examples (default: all)
     #[arg(short = 'n', long)]
     num_examples: Option<usize>,
@@ -115,8 +111,8 @@ pub fn attack(a: AttackArgs) -> Result<()> {
         victim: a.clf.spec(None)?,
         model: a.rt.model,
         max_len: a.max_len.get(),
-        data: a.data,
-        split: a.split,
+        data: a.data.data,
+        split: a.data.split,
         num_examples: a.num_examples,
         device: a.rt.device,
         cpu_bf16: a.cpu_bf16,

@@ -8,7 +8,7 @@ use clap::Args;
 
 use admix::classifier::eval::{self, EvalJob, EvalRun};
 
-use super::{ClassifierArgs, MaxLen, Runtime};
+use super::{ClassifierArgs, LabelledData, MaxLen, Runtime};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -17,12 +17,8 @@ pub struct EvalArgs {
     checkpoint: Option<PathBuf>,
     #[command(flatten)]
     clf: ClassifierArgs,
-    /// `mr`, or a labelled .tsv/.csv/.jsonl file
-    #[arg(long, default_value = "mr")]
-    data: String,
-    /// MR split: train, dev or test
-    #[arg(long, default_value = "test")]
-    split: String,
+    #[command(flatten)]
+    data: LabelledData,
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
     /// Print the metrics as JSON
@@ -43,8 +39,8 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         classifier: a.clf.spec(a.checkpoint.as_deref())?,
         model: a.rt.model.clone(),
         max_len: a.max_len.get(),
-        data: a.data.clone(),
-        split: a.split.clone(),
+        data: a.data.data.clone(),
+        split: a.data.split.clone(),
         batch_size: a.batch_size,
         device: a.rt.device,
     };

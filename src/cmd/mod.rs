@@ -72,6 +72,17 @@ impl MaxLen {
     }
 }
 
+/// A labelled split to run on (`eval`, `attack`).
+#[derive(Args)]
+pub struct LabelledData {
+    /// `mr`, or a labelled .tsv/.csv/.jsonl file
+    #[arg(long, default_value = "mr")]
+    pub data: String,
+    /// MR split: train, dev or test
+    #[arg(long, default_value = "test")]
+    pub split: String,
+}
+
 /// The seed of everything random in a run.
 #[derive(Args)]
 pub struct Seed {

@@ -69,10 +69,6 @@ impl Cpu {
         bf16::require()?;
         Ok(Cpu { bf16: true })
     }
-
-    pub fn is_bf16(&self) -> bool {
-        self.bf16
-    }
 }
 
 /// Rows per rayon task for row-wise ops: big enough to amortise scheduling.
