@@ -75,7 +75,9 @@ pub fn random_adapter_head(
     h: usize,
     layers: usize,
 ) -> (admix::adapter::Adapter<Tensor>, admix::adapter::ClassificationHead<Tensor>) {
-    use admix::adapter::{Adapter, AdapterKind, AdapterLayer, Bottleneck, ClassificationHead, Dense};
+    use admix::adapter::{
+        Adapter, AdapterKind, AdapterLayer, Bottleneck, BottleneckPart, ClassificationHead,
+    };
     use admix::backend::Activation;
     let r = h / 16;
     let adapter = Adapter {
@@ -84,22 +86,21 @@ pub fn random_adapter_head(
         activation: Activation::Relu,
         layers: (0..layers as u64)
             .map(|l| AdapterLayer {
-                output: Bottleneck {
-                    down_w: tensor(&[r, h], 10 * l + 1),
-                    down_b: tensor(&[r], 10 * l + 2),
-                    up_w: tensor(&[h, r], 10 * l + 3),
-                    up_b: tensor(&[h], 10 * l + 4),
-                },
+                output: Bottleneck::build(|part| {
+                    let seed =
+                        10 * l + 1 + BottleneckPart::ALL.iter().position(|&p| p == part).unwrap() as u64;
+                    Ok(tensor(&part.shape(r, h), seed))
+                })
+                .unwrap(),
                 attention: None,
             })
             .collect(),
     };
-    let head = ClassificationHead {
-        name: "bench".into(),
-        hidden: vec![Dense { w: tensor(&[h, h], 91), b: tensor(&[h], 92) }],
-        out: Dense { w: tensor(&[2, h], 93), b: tensor(&[2], 94) },
-        activation: Activation::Tanh,
-        num_labels: 2,
-    };
+    let mut seed = 90;
+    let head = ClassificationHead::build("bench", 2, Activation::Tanh, 2, |part| {
+        seed += 1;
+        Ok(tensor(&part.shape(2, h, 2), seed))
+    })
+    .unwrap();
     (adapter, head)
 }

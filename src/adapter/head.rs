@@ -37,8 +37,40 @@ pub fn head_names(file: &WeightFile) -> BTreeSet<String> {
 
 /// AdapterHub's module index of linear layer `i` of a head (`Dropout, Linear, Activation` per
 /// hidden layer, then `Dropout, Linear`): 1, 4, 7, …
-pub fn linear_module(i: usize) -> usize {
+fn linear_module(i: usize) -> usize {
     3 * i + 1
+}
+
+/// One tensor of a head: the catalogue that loading, random init, `map` and the optimizer's and
+/// checkpoints' names walk (as [`super::BottleneckPart`] is the bottleneck's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeadPart {
+    /// the linear layer (0-based; the last is the output layer)
+    pub layer: usize,
+    /// the bias (else the weight)
+    pub bias: bool,
+}
+
+impl HeadPart {
+    /// Every tensor of a head of `layers` linear layers, in order: each layer's weight, then its bias.
+    pub fn all(layers: usize) -> impl Iterator<Item = HeadPart> {
+        (0..layers).flat_map(|layer| [false, true].map(|bias| HeadPart { layer, bias }))
+    }
+
+    /// The AdapterHub name under `heads.{name}.`: `1.weight`, `1.bias`, `4.weight`, …
+    pub fn name(self) -> String {
+        format!("{}.{}", linear_module(self.layer), if self.bias { "bias" } else { "weight" })
+    }
+
+    /// The shape in a head of `layers` linear layers on a model of `hidden`, with `labels` outputs.
+    pub fn shape(self, layers: usize, hidden: usize, labels: usize) -> Vec<usize> {
+        let out = if self.layer + 1 == layers { labels } else { hidden };
+        if self.bias {
+            vec![out]
+        } else {
+            vec![out, hidden]
+        }
+    }
 }
 
 impl ClassificationHead<Tensor> {
@@ -61,9 +93,8 @@ impl ClassificationHead<Tensor> {
             bail!("head `{name}` has {layers} layers; admix runs heads of 1 to {MAX_HEAD_LAYERS} layers");
         }
         // every tensor of the head must be one of its layers' (no layer is silently ignored)
-        let expected: BTreeSet<String> = (0..layers)
-            .flat_map(|i| ["weight", "bias"].map(|k| format!("{p}.{}.{k}", linear_module(i))))
-            .collect();
+        let full = |part: HeadPart| format!("{p}.{}", part.name());
+        let expected: BTreeSet<String> = HeadPart::all(layers).map(full).collect();
         let prefix = format!("{p}.");
         if let Some(extra) = file.names().find(|n| n.starts_with(&prefix) && !expected.contains(*n)) {
             bail!(
@@ -71,7 +102,7 @@ impl ClassificationHead<Tensor> {
                 file.path().display()
             );
         }
-        let last = format!("{p}.{}.weight", linear_module(layers - 1));
+        let last = full(HeadPart { layer: layers - 1, bias: false });
         let out_w = file.tensor_any_shape(&last)?;
         if out_w.shape().len() != 2 || out_w.shape()[1] != hidden || out_w.shape()[0] < 2 {
             bail!(
@@ -80,23 +111,9 @@ impl ClassificationHead<Tensor> {
                 out_w.shape()
             );
         }
-        let num_labels = out_w.shape()[0];
-        let dense = |i: usize| -> Result<Dense<Tensor>> {
-            let m = linear_module(i);
-            Ok(Dense {
-                w: file.tensor(&format!("{p}.{m}.weight"), &[hidden, hidden])?,
-                b: file.tensor(&format!("{p}.{m}.bias"), &[hidden])?,
-            })
-        };
-        Ok(ClassificationHead {
-            name: name.to_string(),
-            hidden: (0..layers - 1).map(dense).collect::<Result<_>>()?,
-            out: Dense {
-                b: file.tensor(&format!("{p}.{}.bias", linear_module(layers - 1)), &[num_labels])?,
-                w: out_w,
-            },
-            activation,
-            num_labels,
+        let labels = out_w.shape()[0];
+        Self::build(name, layers, activation, labels, |part| {
+            file.tensor(&full(part), &part.shape(layers, hidden, labels))
         })
     }
 
@@ -116,21 +133,43 @@ pub struct HeadSaved<A> {
     total_rows: usize,
 }
 
-impl<W> Dense<W> {
-    fn map<V>(&self, f: &mut impl FnMut(&W) -> Result<V>) -> Result<Dense<V>> {
-        Ok(Dense { w: f(&self.w)?, b: f(&self.b)? })
-    }
-}
-
 impl<W> ClassificationHead<W> {
+    /// A head of `layers` linear layers made tensor by tensor, in [`HeadPart::all`]'s order.
+    pub fn build(
+        name: &str,
+        layers: usize,
+        activation: Activation,
+        num_labels: usize,
+        mut make: impl FnMut(HeadPart) -> Result<W>,
+    ) -> Result<Self> {
+        ensure!(layers >= 1, "a classification head has at least one linear layer");
+        let mut dense = |layer| -> Result<Dense<W>> {
+            Ok(Dense { w: make(HeadPart { layer, bias: false })?, b: make(HeadPart { layer, bias: true })? })
+        };
+        let hidden = (0..layers - 1).map(&mut dense).collect::<Result<_>>()?;
+        let out = dense(layers - 1)?;
+        Ok(ClassificationHead { name: name.to_string(), hidden, out, activation, num_labels })
+    }
+
+    pub fn get(&self, part: HeadPart) -> &W {
+        let d = self.hidden.get(part.layer).unwrap_or(&self.out);
+        if part.bias {
+            &d.b
+        } else {
+            &d.w
+        }
+    }
+
+    /// Every tensor, mutable, in [`HeadPart::all`]'s order.
+    pub fn tensors_mut(&mut self) -> Vec<&mut W> {
+        let layers = self.hidden.iter_mut().chain(std::iter::once(&mut self.out));
+        layers.flat_map(|d| [&mut d.w, &mut d.b]).collect()
+    }
+
     /// The same structure with every tensor mapped by `f` (to a backend, to gradient buffers).
     pub fn map<V>(&self, mut f: impl FnMut(&W) -> Result<V>) -> Result<ClassificationHead<V>> {
-        Ok(ClassificationHead {
-            name: self.name.clone(),
-            hidden: self.hidden.iter().map(|d| d.map(&mut f)).collect::<Result<_>>()?,
-            out: self.out.map(&mut f)?,
-            activation: self.activation,
-            num_labels: self.num_labels,
+        ClassificationHead::build(&self.name, self.layers(), self.activation, self.num_labels, |p| {
+            f(self.get(p))
         })
     }
 
@@ -241,5 +280,39 @@ impl<W> ClassificationHead<W> {
             }
         }
         be.scatter_rows(&dx, &s.rows, s.total_rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_catalogue_follows_adapterhubs_module_layout() {
+        // AdapterHub's ClassificationHead: Dropout, Linear, Activation per hidden layer, then
+        // Dropout, Linear; a 3-layer head has its linear layers at modules 1, 4 and 7
+        let parts: Vec<_> = HeadPart::all(3).map(|p| (p.name(), p.shape(3, 8, 5))).collect();
+        let want = [
+            ("1.weight", vec![8, 8]),
+            ("1.bias", vec![8]),
+            ("4.weight", vec![8, 8]),
+            ("4.bias", vec![8]),
+            ("7.weight", vec![5, 8]),
+            ("7.bias", vec![5]),
+        ];
+        assert_eq!(parts, want.map(|(n, s)| (n.to_string(), s)));
+
+        // build, get and tensors_mut walk the same order
+        let mut k = 0;
+        let mut head = ClassificationHead::build("h", 3, Activation::Relu, 5, |p| {
+            k += 1;
+            Ok((p, k))
+        })
+        .unwrap();
+        for p in HeadPart::all(3) {
+            assert_eq!(head.get(p).0, p);
+        }
+        let order: Vec<usize> = head.tensors_mut().into_iter().map(|t| t.1).collect();
+        assert_eq!(order, (1..=6).collect::<Vec<_>>());
     }
 }

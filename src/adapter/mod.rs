@@ -9,7 +9,7 @@ pub mod config;
 mod head;
 pub mod mix;
 pub use config::Init;
-pub use head::{head_names, linear_module, ClassificationHead, Dense, HeadSaved, MAX_HEAD_LAYERS};
+pub use head::{head_names, ClassificationHead, Dense, HeadPart, HeadSaved, MAX_HEAD_LAYERS};
 
 use std::collections::BTreeSet;
 

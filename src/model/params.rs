@@ -5,7 +5,7 @@
 //! The views are generic in the element type: `W` is a parameter on a backend, and the same
 //! structs with `W = Act` hold the gradients (and the optimizer moments).
 
-use crate::adapter::{linear_module, Adapter, Bottleneck, BottleneckPart, ClassificationHead};
+use crate::adapter::{Adapter, Bottleneck, BottleneckPart, ClassificationHead, HeadPart};
 
 fn bottleneck<'a, W>(out: &mut Vec<(String, &'a mut W)>, base: &str, b: &'a mut Bottleneck<W>) {
     for (part, t) in BottleneckPart::ALL.into_iter().zip(b.tensors_mut()) {
@@ -33,12 +33,7 @@ impl<W> ClassificationHead<W> {
     /// `heads.{name}.1.…`, `heads.{name}.4.…`, … (AdapterHub names).
     pub fn named_mut(&mut self) -> Vec<(String, &mut W)> {
         let p = format!("heads.{}", self.name);
-        let mut out = vec![];
-        for (i, d) in self.hidden.iter_mut().chain(std::iter::once(&mut self.out)).enumerate() {
-            let m = linear_module(i);
-            out.push((format!("{p}.{m}.weight"), &mut d.w));
-            out.push((format!("{p}.{m}.bias"), &mut d.b));
-        }
-        out
+        let parts = HeadPart::all(self.layers());
+        parts.zip(self.tensors_mut()).map(|(part, t)| (format!("{p}.{}", part.name()), t)).collect()
     }
 }

@@ -8,7 +8,7 @@
 use anyhow::{bail, Result};
 
 use crate::adapter::{
-    Adapter, AdapterKind, AdapterLayer, Bottleneck, BottleneckPart, ClassificationHead, Dense, Init,
+    Adapter, AdapterKind, AdapterLayer, Bottleneck, BottleneckPart, ClassificationHead, Init,
 };
 use crate::backend::Activation;
 use crate::rng::Rng;
@@ -75,14 +75,13 @@ pub fn new_adapter(
     Ok(Adapter { name: name.to_string(), kind: spec.kind, activation: spec.activation, layers })
 }
 
+/// AdapterHub's default head (two linear layers, tanh): weights N(0, 0.02), biases zero, drawn
+/// in the catalogue's order.
 pub fn new_head(name: &str, hidden: usize, labels: usize, rng: &mut Rng) -> ClassificationHead<Tensor> {
-    let dense_w = normal(rng, vec![hidden, hidden], 0.02);
-    let out_w = normal(rng, vec![labels, hidden], 0.02);
-    ClassificationHead {
-        name: name.to_string(),
-        hidden: vec![Dense { w: dense_w, b: zeros(vec![hidden]) }],
-        out: Dense { w: out_w, b: zeros(vec![labels]) },
-        activation: Activation::Tanh,
-        num_labels: labels,
-    }
+    const LAYERS: usize = 2;
+    let made = ClassificationHead::build(name, LAYERS, Activation::Tanh, labels, |part| {
+        let shape = part.shape(LAYERS, hidden, labels);
+        Ok(if part.bias { zeros(shape) } else { normal(rng, shape, 0.02) })
+    });
+    made.expect("drawing a tensor cannot fail")
 }
