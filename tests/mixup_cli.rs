@@ -7,7 +7,7 @@ mod common;
 use std::path::PathBuf;
 use std::process::Output;
 
-use common::cli::{admix, assert_error};
+use common::cli::{admix, assert_error, assert_error_after_progress};
 use common::tiny;
 use safetensors::Dtype;
 
@@ -173,8 +173,21 @@ fn the_pipeline_runs_every_stage_and_reports_what_the_stages_measured() {
     assert!(!err.contains("training a seq_bn"), "a finished stage ran again: {err}");
     assert!(err.contains("train-clean: done"), "{err}");
     assert_eq!(std::fs::read_to_string(run.join("evaluation.json")).unwrap(), before);
-    // other settings refuse the directory
+    // other settings refuse the directory: the plan's sizes ...
     assert_error(&env.mixup("run", &["--tau", "0.5", "--epochs", "3"]), "holds a run with other settings");
+    // ... and every stage's record of its own config
+    for (stage, record) in [
+        ("data", "data/config.json"),
+        ("evaluate", "evaluation.config.json"),
+        ("adaptive", "adaptive/adpmixup-entropy-0p1-deepwordbug.config.json"),
+    ] {
+        assert!(run.join(record).is_file(), "{stage}: no {record}");
+    }
+    assert_eq!(json(&run.join("evaluation.config.json"))["tau"].as_f64(), Some(0.1));
+    let refused =
+        |extra: &[&str], needle: &str| assert_error_after_progress(&env.mixup("run", extra), needle);
+    refused(&["--tau", "0.5"], "stage evaluate finished with other settings");
+    refused(&["--query-budget", "50"], "stage attack-train-deepwordbug finished with other settings");
 }
 
 #[test]

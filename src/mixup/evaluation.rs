@@ -164,11 +164,39 @@ fn evaluation<B: Backend + 'static>(
     Ok(Evaluation { methods, sweep, attribution })
 }
 
+/// The `evaluate` stage's record (`evaluation.config.json`): what it scored and with which τ and β.
+#[derive(Serialize)]
+struct EvaluateRecord<'a> {
+    tau: f32,
+    taus: &'a [f32],
+    beta_step: f32,
+    test_examples: usize,
+    /// (attack, known, adversarial examples)
+    sets: Vec<(&'a str, bool, usize)>,
+}
+
+/// An adaptive stage's record (`adaptive/<method>-<attack>.config.json`).
+#[derive(Serialize)]
+struct AdaptiveRecord<'a> {
+    method: &'a Spec,
+    attack: &'a str,
+    examples: usize,
+    query_budget: u64,
+    seed: u64,
+}
+
 pub(super) fn evaluate<B: Backend + 'static>(be: &B, c: &Ctx, st: &mut Stages) -> Result<Report> {
     let zoo = Zoo::open(c)?;
     let file = c.out.join("evaluation.json");
     let times = st.log.seconds.clone();
-    st.run("evaluate", || {
+    let record = EvaluateRecord {
+        tau: c.a.tau,
+        taus: &c.a.taus,
+        beta_step: c.a.beta_step,
+        test_examples: c.test.len(),
+        sets: c.sets.iter().map(|(k, known, v)| (k.as_str(), *known, v.len())).collect(),
+    };
+    st.run_recorded("evaluate", &c.out.join("evaluation.config.json"), &record, || {
         let e = evaluation(be, c, &zoo, &times)?;
         io::write_atomic(&file, serde_json::to_string_pretty(&e)?.as_bytes())
     })?;
@@ -187,7 +215,15 @@ pub(super) fn evaluate<B: Backend + 'static>(be: &B, c: &Ctx, st: &mut Stages) -
             for k in &attacks {
                 let stage = format!("adaptive-{}-{k}", report::slug(&row.name));
                 let file = dir.join(format!("{}.json", &stage["adaptive-".len()..]));
-                st.run(&stage, || {
+                let record = AdaptiveRecord {
+                    method: &row.spec,
+                    attack: k,
+                    examples: victims.len(),
+                    query_budget: c.a.query_budget,
+                    seed: c.plan.seed,
+                };
+                let record_file = dir.join(format!("{}.config.json", &stage["adaptive-".len()..]));
+                st.run_recorded(&stage, &record_file, &record, || {
                     let mut cfg = AttackConfig::new(Choice::parse(k)?);
                     cfg.query_budget = c.a.query_budget;
                     cfg.seed = c.plan.seed;

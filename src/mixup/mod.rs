@@ -18,9 +18,10 @@
 //! 7. `adaptive-<method>-k`: each method attacked directly (the mixture as a whole);
 //! 8. the report: report.md, report.json, tradeoff.png ([`report`]).
 //!
-//! Stages call training and the attacks as library jobs ([`TrainJob`], [`AttackJob`]); each job
-//! writes its config beside its output (`train.json`, `job.json`), which is also the stage's cache
-//! key. The run's sizes are its [`plan::Plan`]; `methods.rs` builds every compared method from the
+//! Stages call training and the attacks as library jobs ([`TrainJob`], [`AttackJob`]). Every stage
+//! writes its config beside its output — the jobs `train.json` and `job.json`, the others
+//! `data/config.json`, `evaluation.config.json` and `adaptive/<method>-<attack>.config.json` — the
+//! stage's record and its cache key: a finished stage asked for with other settings is refused. The run's sizes are its [`plan::Plan`]; `methods.rs` builds every compared method from the
 //! trained models; `evaluation.rs` scores them.
 
 mod evaluation;
@@ -146,6 +147,18 @@ impl MixupConfig {
     }
 }
 
+/// The `data` stage's record (`data/config.json`): where the splits came from and how they were
+/// sampled.
+#[derive(Serialize)]
+struct DataRecord {
+    data: String,
+    train: Option<usize>,
+    adv: Option<usize>,
+    dev: Option<usize>,
+    test: Option<usize>,
+    seed: u64,
+}
+
 /// Labelled examples as JSONL (labels by name).
 fn jsonl(examples: &[Example], labels: &[String]) -> Result<String> {
     io::jsonl(examples.iter().map(|e| serde_json::json!({"text": e.text, "label": labels[e.label]})))
@@ -240,7 +253,15 @@ pub fn run(a: &MixupConfig) -> Result<Report> {
     let labels_file = data.join("labels.json");
     // read (and check) the data before any stage prints
     let fresh = if st.log.seconds.contains_key("data") { None } else { Some(splits(a)?) };
-    st.run("data", || {
+    let record = DataRecord {
+        data: plan.data.clone(),
+        train: plan.train,
+        adv: plan.adv,
+        dev: plan.dev,
+        test: plan.test,
+        seed: plan.seed,
+    };
+    st.run_recorded("data", &data.join("config.json"), &record, || {
         let ([train, dev, test], labels) = fresh.context("the splits")?;
         std::fs::create_dir_all(&data)?;
         let train = sample(train, plan.train, plan.seed);

@@ -85,6 +85,21 @@ impl Stages {
         self.run(name, f)
     }
 
+    /// [`Stages::run_job`] for a stage that is not a job: `config` is written to `record` once `f`
+    /// finished, the stage's record and cache key as a job's own.
+    pub fn run_recorded<T: Serialize>(
+        &mut self,
+        name: &str,
+        record: &Path,
+        config: &T,
+        f: impl FnOnce() -> Result<()>,
+    ) -> Result<f64> {
+        self.run_job(name, record, config, || {
+            f()?;
+            io::write_atomic(record, serde_json::to_string_pretty(config)?.as_bytes())
+        })
+    }
+
     fn start(&mut self, name: &str, f: impl FnOnce() -> Result<()>) -> Result<f64> {
         eprintln!("[mixup] {name} ...");
         let t = Instant::now();

@@ -26,3 +26,17 @@ pub fn assert_error(out: &Output, needle: &str) {
     assert!(lines[0].starts_with("error:"), "{err}");
     assert!(err.contains(needle), "expected `{needle}` in: {err}");
 }
+
+/// Asserts a failure whose last stderr line (after progress lines) is the only `error:` line and
+/// contains `needle`.
+pub fn assert_error_after_progress(out: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure, got success; stderr: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    let last = err.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
+    assert!(
+        last.starts_with("error:") && last.contains(needle),
+        "expected `error: …{needle}…` last in: {err}"
+    );
+    assert_eq!(err.lines().filter(|l| l.starts_with("error:")).count(), 1, "{err}");
+}
