@@ -220,16 +220,19 @@ fn awkward_texts_get_outcomes_and_bad_input_is_one_clear_error() {
         assert_eq!(records(&env.p(&format!("emu-{attack}"))).len(), 5, "{attack} on emu");
     }
     // bf16 scoring on the CPU where it has AVX512-BF16, one clear error where it does not
-    let out = env.attack("deepwordbug", "awkward.tsv", "bf16", &["--cpu-bf16"]);
+    let out = env.attack("deepwordbug", "awkward.tsv", "bf16", &["--precision", "bf16"]);
     if admix::backend::cpu::bf16::available() {
         ok(&out);
         assert_eq!(records(&env.p("bf16")).len(), 5);
+        let job: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(env.p("bf16/job.json")).unwrap()).unwrap();
+        assert_eq!(job["precision"], "bf16");
     } else {
         assert_error(&out, "AVX512-BF16");
     }
     assert_error(
-        &env.attack("deepwordbug", "awkward.tsv", "x", &["--cpu-bf16", "--device", "emu"]),
-        "--cpu-bf16",
+        &env.attack("deepwordbug", "awkward.tsv", "x", &["--precision", "f32", "--device", "emu"]),
+        "precision f32 is the CPU's",
     );
     let out = env.attack("deepwordbug", "dev.tsv", "x", &["--query-budget", "0"]);
     assert_error(&out, "query budget");

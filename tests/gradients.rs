@@ -172,3 +172,34 @@ fn a_zero_houlsby_adapter_is_the_identity() {
     let without = bert.encode(&Cpu, &s.batch, None, |_, _| {}).unwrap();
     assert_eq!(Cpu.download(&with).unwrap().2, Cpu.download(&without).unwrap().2);
 }
+
+#[test]
+fn bf16_gemms_give_the_f32_gradients_within_bf16s_precision() {
+    // the bf16 backend rounds the inputs of every linear layer's forward and input-gradient GEMMs;
+    // weight gradients, master weights and the rest stay f32
+    let Ok(bf16) = Cpu::bf16() else {
+        eprintln!("skipped: this CPU has no AVX512-BF16");
+        return;
+    };
+    let s = setup();
+    for full in [false, true] {
+        let grads = |be: &Cpu| -> Vec<(String, Vec<f32>)> {
+            let mut m = frozen_model(&s, Some(adapter(AdapterKind::SeqBn, Activation::Gelu, 7)), full);
+            m.zero_grads(be).unwrap();
+            m.forward_backward(be, &s.batch, &s.labels, None, false).unwrap();
+            m.params().into_iter().map(|p| (p.name, p.grad.data.clone())).collect()
+        };
+        let (want, got) = (grads(&Cpu), grads(&bf16));
+        assert_eq!(want.len(), got.len());
+        let mut worst: f64 = 0.0;
+        for ((name, w), (_, g)) in want.iter().zip(&got) {
+            let d: f64 = w.iter().zip(g).map(|(w, g)| ((w - g) as f64).powi(2)).sum();
+            let n: f64 = w.iter().map(|w| (*w as f64).powi(2)).sum();
+            let rel = (d / n.max(1e-30)).sqrt();
+            assert!(rel < 5e-2, "{name}: bf16 gradient off by {rel:.2e} (relative)");
+            assert!(d > 0.0 || n == 0.0, "{name}: bf16 gradient equals f32's exactly: bf16 not in use?");
+            worst = worst.max(rel);
+        }
+        eprintln!("full = {full}: worst relative gradient difference bf16 vs f32 {worst:.2e}");
+    }
+}

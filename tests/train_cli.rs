@@ -297,3 +297,34 @@ fn trains_on_the_emulator_like_on_the_cpu() {
     let acc = eval_json(&env, &env.p("emu/best"))["accuracy"].as_f64().unwrap();
     assert!((acc - best).abs() <= 0.05, "the emu checkpoint evaluates to {acc} on the cpu, {best} recorded");
 }
+
+#[test]
+fn trains_in_bf16_on_the_cpu_like_in_f32() {
+    let env = Env::new();
+    let out = env.train("bf16", &["--precision", "bf16"]);
+    if !admix::backend::cpu::bf16::available() {
+        assert_error(&out, "AVX512-BF16");
+        return;
+    }
+    ok(&out);
+    ok(&env.train("f32", &[]));
+    let metrics = |run: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(env.p(&format!("{run}/metrics.jsonl")))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let (f32s, bf16s) = (metrics("f32"), metrics("bf16"));
+    assert_eq!(bf16s.len(), 10);
+    let (a, b) = (f32s[0]["train_loss"].as_f64().unwrap(), bf16s[0]["train_loss"].as_f64().unwrap());
+    assert!(a != b && (a - b).abs() < 0.02 * a, "first-epoch train loss: bf16 {b}, f32 {a}");
+    let best = bf16s.iter().map(|l| l["dev"]["accuracy"].as_f64().unwrap()).fold(0.0, f64::max);
+    assert!(best >= 0.9, "dev accuracy in bf16 {best}");
+    // the record says how it was trained; its checkpoint evaluates in f32
+    let job: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(env.p("bf16/train.json")).unwrap()).unwrap();
+    assert_eq!(job["precision"], "bf16");
+    let acc = eval_json(&env, &env.p("bf16/best"))["accuracy"].as_f64().unwrap();
+    assert!((acc - best).abs() <= 0.05, "the bf16 checkpoint evaluates to {acc} in f32, {best} recorded");
+}

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::metrics::{AttackRecord, Summary};
 use super::run::{self, AttackConfig};
-use crate::backend::Device;
+use crate::backend::{Device, Precision};
 use crate::classifier::{self, ClassifierSpec};
 use crate::data;
 
@@ -29,9 +29,8 @@ pub struct AttackJob {
     /// attack the first N examples (default: all)
     pub num_examples: Option<usize>,
     pub device: Device,
-    /// cpu: score with bf16 GEMMs (AVX512-BF16) instead of the f32 reference
-    #[serde(default)]
-    pub cpu_bf16: bool,
+    /// the GEMMs' precision (default: the device's own)
+    pub precision: Option<Precision>,
     /// WordNet and GloVe directories (default: the fetched ones)
     pub wordnet: Option<PathBuf>,
     pub glove: Option<PathBuf>,
@@ -53,7 +52,7 @@ pub struct AttackRun {
 /// when the job has an output directory.
 pub fn run(job: &AttackJob) -> Result<AttackRun> {
     job.attack.check()?;
-    let backend = job.device.open()?.cpu_bf16(job.cpu_bf16)?;
+    let backend = job.device.open(job.precision)?;
     let loaded = classifier::load(&job.victim, job.model.as_deref(), job.max_len)?;
     let mut examples = data::labelled_examples(&job.data, &job.split, &loaded.labels)?;
     if examples.iter().any(|e| e.pair.is_some()) {
@@ -100,7 +99,7 @@ fn write_results(dir: &Path, job: &AttackJob, r: &AttackRun) -> Result<()> {
         "data": r.data,
         "checkpoint": if victims.len() == 1 { serde_json::json!(victims[0]) } else { serde_json::json!(victims) },
         "device": crate::Choice::name(job.device),
-        "cpu_bf16": job.cpu_bf16,
+        "precision": job.precision.map(crate::Choice::name),
         "seconds": r.seconds,
         "summary": r.summary,
     });

@@ -27,15 +27,43 @@ pub enum Device {
 }
 
 impl Device {
-    /// The backend on this device; a clear error where there is no GPU (or no kernels were built).
-    /// The one place a device becomes a backend: code generic over [`Backend`] runs on the result
-    /// through [`with_backend!`](crate::with_backend).
-    pub fn open(self) -> anyhow::Result<AnyBackend> {
-        Ok(match self {
-            Device::Cpu => AnyBackend::Cpu(cpu::Cpu),
-            Device::Cuda => AnyBackend::Cuda(cuda::Cuda::gpu(0)?),
-            Device::Emu => AnyBackend::Cuda(cuda::Cuda::emulator()?),
+    /// The backend on this device computing its GEMMs at `precision` (`None`: the device's own,
+    /// f32 on the CPU and bf16 on CUDA); a clear error where there is no GPU (or no kernels were
+    /// built), for bf16 on a CPU without AVX512-BF16, and for f32 on CUDA. The one place a device
+    /// becomes a backend: code generic over [`Backend`] runs on the result through
+    /// [`with_backend!`](crate::with_backend).
+    pub fn open(self, precision: Option<Precision>) -> anyhow::Result<AnyBackend> {
+        Ok(match (self, precision) {
+            (Device::Cpu, None | Some(Precision::F32)) => AnyBackend::Cpu(cpu::Cpu),
+            (Device::Cpu, Some(Precision::Bf16)) => AnyBackend::Cpu(cpu::Cpu::bf16()?),
+            (Device::Cuda | Device::Emu, Some(Precision::F32)) => anyhow::bail!(
+                "precision f32 is the CPU's: the CUDA kernels compute in bf16 with f32 accumulation \
+                 (use --device cpu, or --precision bf16)"
+            ),
+            (Device::Cuda, _) => AnyBackend::Cuda(cuda::Cuda::gpu(0)?),
+            (Device::Emu, _) => AnyBackend::Cuda(cuda::Cuda::emulator()?),
         })
+    }
+}
+
+/// The arithmetic of the GEMMs: `f32` (the CPU reference, which matches PyTorch to ~1e-7) or `bf16`
+/// (inputs rounded to bf16, products accumulated in f32: the CUDA kernels' numerics, and the CPU's
+/// on AVX512-BF16, at twice the f32 rate). Everything outside the GEMMs stays f32.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    F32,
+    Bf16,
+}
+
+impl crate::Choice for Precision {
+    const WHAT: &'static str = "precision";
+    const ALL: &'static [Self] = &[Precision::F32, Precision::Bf16];
+    fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
     }
 }
 
@@ -45,22 +73,8 @@ pub enum AnyBackend {
     Cuda(cuda::Cuda),
 }
 
-impl AnyBackend {
-    /// With `on`, the CPU backend's bf16 GEMMs ([`cpu::Cpu::bf16`]); an error on another device
-    /// (the CUDA path is bf16 already) or a CPU without AVX512-BF16.
-    pub fn cpu_bf16(self, on: bool) -> anyhow::Result<AnyBackend> {
-        match (on, self) {
-            (false, any) => Ok(any),
-            (true, AnyBackend::Cpu(_)) => Ok(AnyBackend::Cpu(cpu::Cpu::bf16()?)),
-            (true, AnyBackend::Cuda(_)) => {
-                anyhow::bail!("--cpu-bf16 is for --device cpu (the CUDA path is bf16 already)")
-            }
-        }
-    }
-}
-
 /// Runs `$body` with `$be` bound to the backend inside an [`AnyBackend`] (the body is compiled once
-/// per backend type): `with_backend!(device.open()?, be => run(&be, ...))`.
+/// per backend type): `with_backend!(device.open(precision)?, be => run(&be, ...))`.
 #[macro_export]
 macro_rules! with_backend {
     ($any:expr, $be:ident => $body:expr) => {

@@ -1,15 +1,17 @@
 //! The two ceilings a roofline is built from, measured on the device (never datasheet numbers):
 //! memory bandwidth by a large copy (bytes read + written), and arithmetic rate by a large GEMM
-//! through the best library there is (cuBLAS on a GPU; the CPU backend's own GEMM, the `gemm`
-//! crate, on the CPU). Each is the fastest of its runs: the best the device reached.
+//! through the best library there is (cuBLAS on a GPU; the CPU backend's own GEMM on the CPU: the
+//! `gemm` crate in f32, admix's AVX512-BF16 kernel in bf16). Each is the fastest of its runs: the
+//! best the device reached.
 
 use anyhow::Result;
 use serde::Serialize;
 
 use super::stats;
 use crate::backend::cuda::{cublas::Cublas, Cuda, DevBuf};
-use crate::backend::{Activation, Backend};
+use crate::backend::{Activation, Backend, Precision};
 use crate::weights::Tensor;
+use crate::Choice;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Ceilings {
@@ -60,8 +62,9 @@ fn best(times: Vec<f64>) -> Result<f64> {
 }
 
 /// The CPU: a host memcpy of `copy_mib` MiB split over the worker threads (the backend's ops run
-/// on all of them), and the f32 GEMM of side `gemm_n`.
-pub fn cpu(copy_mib: usize, gemm_n: usize) -> Result<Ceilings> {
+/// on all of them), and the GEMM of side `gemm_n` at the backend's precision (f32: the gemm crate;
+/// bf16: admix's AVX512-BF16 kernel).
+pub fn cpu(cpu: &crate::backend::cpu::Cpu, copy_mib: usize, gemm_n: usize) -> Result<Ceilings> {
     use rayon::prelude::*;
     let bytes = copy_mib << 20;
     let src = vec![0x3cu8; bytes];
@@ -105,7 +108,7 @@ pub fn cpu(copy_mib: usize, gemm_n: usize) -> Result<Ceilings> {
     let shapes = [(gemm_n, gemm_n, gemm_n), (2 * gemm_n, 3 * gemm_n / 4, 3 * gemm_n / 16)];
     let mut gemm: f64 = 0.0;
     for s in shapes {
-        gemm = gemm.max(backend_gemm(&crate::backend::cpu::Cpu, s, 5)?);
+        gemm = gemm.max(backend_gemm(cpu, s, 5)?);
     }
     Ok(Ceilings {
         copy_bytes_per_s: copy.max(update),
@@ -118,10 +121,15 @@ pub fn cpu(copy_mib: usize, gemm_n: usize) -> Result<Ceilings> {
         ),
         gemm_flops_per_s: gemm,
         gemm: format!(
-            "f32 GEMM, the better of {gemm_n}³ and {}×{}×{} (gemm crate)",
+            "{} GEMM, the better of {gemm_n}³ and {}×{}×{} ({})",
+            cpu.precision().name(),
             2 * gemm_n,
             3 * gemm_n / 4,
-            3 * gemm_n / 16
+            3 * gemm_n / 16,
+            match cpu.precision() {
+                Precision::F32 => "gemm crate",
+                Precision::Bf16 => "admix's vdpbf16ps kernel",
+            }
         ),
     })
 }

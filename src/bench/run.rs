@@ -6,8 +6,9 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::backend::cpu::Cpu;
 use crate::backend::cuda::{cublas::Cublas, Cuda, DevBuf};
-use crate::backend::{AnyBackend, Backend, Device};
+use crate::backend::{AnyBackend, Backend, Device, Precision};
 use crate::bench::ceilings::{self, Ceilings};
 use crate::bench::kernels::{self, Gemm};
 use crate::bench::{self, model, Plan, Row, Size, Timer};
@@ -39,6 +40,8 @@ impl crate::Choice for Suite {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BenchConfig {
     pub device: Device,
+    /// the GEMMs' precision (default: the device's own)
+    pub precision: Option<Precision>,
     pub suites: Vec<Suite>,
     pub models: Option<Vec<Size>>,
     pub batches: Option<Vec<usize>>,
@@ -140,12 +143,12 @@ impl Encoder {
 /// Runs the suites (or the profiled steps) that `a` asks for.
 pub fn run(a: &BenchConfig) -> Result<BenchOutcome> {
     let plan = plan(a)?;
-    match a.device.open()? {
-        AnyBackend::Cpu(cpu) => run_on(&cpu, a, &plan, None),
+    match a.device.open(a.precision)? {
+        AnyBackend::Cpu(cpu) => run_on(&cpu, a, &plan, Hardware::Cpu(&cpu)),
         AnyBackend::Cuda(cuda) => {
             // cuBLAS beside the kernels, on a GPU
             let cublas = if a.device == Device::Cuda { Cublas::open().ok() } else { None };
-            run_on(&cuda, a, &plan, Some((&cuda, cublas.as_ref())))
+            run_on(&cuda, a, &plan, Hardware::Cuda(&cuda, cublas.as_ref()))
         }
     }
 }
@@ -168,13 +171,20 @@ fn cublas_ms(cuda: &Cuda, c: &Cublas, which: Gemm, m: usize, n: usize, k: usize)
     Ok(bench::stats(times)?.0)
 }
 
-fn run_on<B: Backend>(
-    be: &B,
-    a: &BenchConfig,
-    plan: &Plan,
-    cuda: Option<(&Cuda, Option<&Cublas>)>,
-) -> Result<BenchOutcome> {
+/// What a bench run measures on, for its ceilings and references: the CPU at its precision, or a
+/// CUDA executor with cuBLAS where it loads.
+#[derive(Clone, Copy)]
+enum Hardware<'a> {
+    Cpu(&'a Cpu),
+    Cuda(&'a Cuda, Option<&'a Cublas>),
+}
+
+fn run_on<B: Backend>(be: &B, a: &BenchConfig, plan: &Plan, hw: Hardware) -> Result<BenchOutcome> {
     let device = a.device.name();
+    let precision = match hw {
+        Hardware::Cpu(cpu) => cpu.precision(),
+        Hardware::Cuda(..) => Precision::Bf16,
+    };
     if let Some(n) = a.profile_steps {
         anyhow::ensure!(n > 0, "--profile-steps must be positive");
         let size = plan.sizes[0];
@@ -207,10 +217,14 @@ fn run_on<B: Backend>(
     let kernels_on = a.suites.contains(&Suite::Kernels);
     let small = a.quick || a.device == Device::Emu;
     let measure_ceilings = || -> Result<Ceilings> {
-        match cuda {
-            None => ceilings::cpu(if small { 16 } else { 256 }, if small { 256 } else { 2048 }),
-            Some((c, _)) if a.device == Device::Emu => ceilings::cuda(c, 4, 64),
-            Some((c, _)) => ceilings::cuda(c, if small { 64 } else { 1024 }, if small { 1024 } else { 8192 }),
+        match hw {
+            Hardware::Cpu(cpu) => {
+                ceilings::cpu(cpu, if small { 16 } else { 256 }, if small { 256 } else { 2048 })
+            }
+            Hardware::Cuda(c, _) if a.device == Device::Emu => ceilings::cuda(c, 4, 64),
+            Hardware::Cuda(c, _) => {
+                ceilings::cuda(c, if small { 64 } else { 1024 }, if small { 1024 } else { 8192 })
+            }
         }
     };
     let before: Option<Ceilings> = kernels_on.then(measure_ceilings).transpose()?;
@@ -221,8 +235,8 @@ fn run_on<B: Backend>(
     };
     let timer = Timer::new(be, plan, flush_bytes)?;
     // cuBLAS's time at each GEMM shape, where there is cuBLAS
-    let reference = match cuda {
-        Some((c, Some(cb))) => {
+    let reference = match hw {
+        Hardware::Cuda(c, Some(cb)) => {
             Some(move |which: Gemm, m: usize, n: usize, k: usize| cublas_ms(c, cb, which, m, n, k))
         }
         _ => None,
@@ -276,7 +290,11 @@ fn run_on<B: Backend>(
         "machine": crate::provenance::machine(),
         "device": device,
         "backend": be.name(),
-        "gpu": cuda.map(|(c, _)| c.executor().describe()),
+        "precision": precision.name(),
+        "gpu": match hw {
+            Hardware::Cuda(c, _) => Some(c.executor().describe()),
+            Hardware::Cpu(_) => None,
+        },
         "plan": {
             "models": plan.sizes, "batches": plan.batches, "seq": plan.seq, "work_batch": plan.work_batch,
             "warmup": plan.warmup, "reps": plan.reps, "flush": plan.flush,
@@ -289,8 +307,9 @@ fn run_on<B: Backend>(
         crate::io::write_atomic(p, serde_json::to_string_pretty(&report)?.as_bytes())?;
     }
     let heading = format!(
-        "admix bench on {device} ({}), {}: {} warm-up + {} timed runs per case, median and p99\n",
+        "admix bench on {device} ({}, {}), {}: {} warm-up + {} timed runs per case, median and p99\n",
         be.name(),
+        precision.name(),
         crate::provenance::machine(),
         plan.warmup,
         plan.reps

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::metrics::{evaluate, Metrics};
 use super::ClassifierSpec;
-use crate::backend::Device;
+use crate::backend::{Device, Precision};
 use crate::data::{self, batches, Example};
 
 /// One evaluation.
@@ -24,6 +24,8 @@ pub struct EvalJob {
     pub split: String,
     pub batch_size: usize,
     pub device: Device,
+    /// the GEMMs' precision (default: the device's own)
+    pub precision: Option<Precision>,
 }
 
 /// What an evaluation found.
@@ -42,7 +44,7 @@ pub fn run(job: &EvalJob) -> Result<EvalRun> {
     let examples = data::labelled_examples(&job.data, &job.split, &loaded.labels)?;
     let encoded = batches::encode_split(&loaded.model, &examples, "evaluation")?;
     let pad = loaded.model.tokenizer.pad_id();
-    let (metrics, predictions) = crate::with_backend!(job.device.open()?, be => {
+    let (metrics, predictions) = crate::with_backend!(job.device.open(job.precision)?, be => {
         let built = loaded.build(&be)?;
         let bar = indicatif::ProgressBar::new(encoded.len() as u64);
         let out = evaluate(&be, built.classify(), &encoded, job.batch_size.max(1), pad, &loaded.labels, |n| {

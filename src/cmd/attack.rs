@@ -75,10 +75,6 @@ pub struct AttackArgs {
     /// textfooler, textbugger: the GloVe 6B 50d directory; default: the fetched one
     #[arg(long)]
     glove: Option<PathBuf>,
-    /// cpu: score with bf16 GEMMs (AVX512-BF16 CPUs; bf16 inputs, f32 accumulation, as on the GPU)
-    /// instead of the f32 reference
-    #[arg(long)]
-    cpu_bf16: bool,
     #[command(flatten)]
     seed: Seed,
     #[command(flatten)]
@@ -115,7 +111,7 @@ pub fn attack(a: AttackArgs) -> Result<()> {
         split: a.data.split,
         num_examples: a.num_examples,
         device: a.rt.device,
-        cpu_bf16: a.cpu_bf16,
+        precision: a.rt.precision,
         wordnet: a.wordnet,
         glove: a.glove,
         attack: config,

@@ -62,6 +62,7 @@ pub fn bench(a: BenchArgs) -> Result<()> {
     a.rt.init()?;
     let config = BenchConfig {
         device: a.rt.device,
+        precision: a.rt.precision,
         suites: a.suites,
         models: a.models,
         batches: a.batches,

@@ -43,6 +43,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         split: a.data.split.clone(),
         batch_size: a.batch_size,
         device: a.rt.device,
+        precision: a.rt.precision,
     };
     let r = eval::run(&job)?;
     if let Some(p) = &a.predictions {

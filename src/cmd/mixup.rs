@@ -120,6 +120,7 @@ pub fn mixup(a: MixupArgs) -> Result<()> {
         query_budget: a.query_budget,
         seed: a.seed.seed,
         device: a.rt.device,
+        precision: a.rt.precision,
     };
     let report = mixup::run(&config)?;
     let out = &config.out;

@@ -18,7 +18,7 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::Args;
 
 use admix::adapter::mix::BetaRule;
-use admix::backend::{Activation, Device};
+use admix::backend::{Activation, Device, Precision};
 use admix::classifier::{ClassifierSpec, Source};
 use admix::data::input::{self, Format, Record};
 use admix::Choice;
@@ -41,6 +41,11 @@ pub struct Runtime {
     /// on the CPU's SIMT emulator: slow, for checking without a GPU)
     #[arg(long, value_parser = choice::<Device>(), default_value = "cpu", env = "ADMIX_DEVICE")]
     pub device: Device,
+    /// The GEMMs' arithmetic: f32 (the CPU's default, the reference) or bf16 (bf16 inputs, f32
+    /// accumulation: the CUDA kernels' numerics, and on the CPU twice the f32 rate where it has
+    /// AVX512-BF16). Default: the device's own
+    #[arg(long, value_parser = choice::<Precision>(), env = "ADMIX_PRECISION")]
+    pub precision: Option<Precision>,
     /// Worker threads (default: all cores)
     #[arg(long)]
     pub threads: Option<usize>,

@@ -63,7 +63,7 @@ fn embeddings(a: &RunArgs) -> Result<(Vec<Record>, Vec<Vec<f32>>)> {
     a.rt.init()?;
     let model = ModelDir::open(&a.rt.model_dir(), a.max_len.get().unwrap_or(classifier::DEFAULT_MAX_LEN))?;
     let texts: Vec<TextInput> = inputs.iter().map(|r| r.input.clone()).collect();
-    let (emb, truncated) = admix::with_backend!(a.rt.device.open()?, be => {
+    let (emb, truncated) = admix::with_backend!(a.rt.device.open(a.rt.precision)?, be => {
         let engine = Engine::new(be, model, None, None)?;
         run_batches(&engine.tokenizer, &texts, a.batch_size as usize, |b| engine.embed_batch(b))?
     });
@@ -119,7 +119,7 @@ pub fn score(a: ScoreArgs) -> Result<()> {
     let loaded = classifier::load(&spec, a.run.rt.model.as_deref(), a.run.max_len.get())?;
     let labels = label_names(a.labels.as_deref(), &loaded.labels)?;
     let texts: Vec<TextInput> = inputs.iter().map(|r| r.input.clone()).collect();
-    let (scored, truncated) = admix::with_backend!(a.run.rt.device.open()?, be => {
+    let (scored, truncated) = admix::with_backend!(a.run.rt.device.open(a.run.rt.precision)?, be => {
         let built = loaded.build(&be)?;
         run_batches(&loaded.model.tokenizer, &texts, a.run.batch_size as usize, |b| built.score(&be, b))?
     });
@@ -157,7 +157,7 @@ fn stream(a: ScoreArgs) -> Result<()> {
     let loaded = classifier::load(&spec, a.run.rt.model.as_deref(), a.run.max_len.get())?;
     let labels = label_names(a.labels.as_deref(), &loaded.labels)?;
     let batch = a.run.batch_size as usize;
-    let scorer = admix::serve::scorer::open(a.run.rt.device, loaded, batch)?;
+    let scorer = admix::serve::scorer::open(a.run.rt.device, a.run.rt.precision, loaded, batch)?;
     let stdin = BufReader::new(std::io::stdin());
     let n = admix::serve::stream::run(&*scorer, &labels, stdin, std::io::stdout().lock(), batch)?;
     eprintln!("admix score --stream: {n} line(s) scored");

@@ -118,13 +118,15 @@ pub fn serve(a: ServeArgs) -> Result<()> {
             "mixing": rule,
             "tau": a.clf.tau,
             "device": a.rt.device.name(),
+            "precision": a.rt.precision.map(|p| p.name()),
             "max_batch": a.max_batch,
             "max_wait_us": a.max_wait_us,
             "max_texts": a.max_texts,
         }),
     };
-    let (device, max_batch) = (a.rt.device, a.max_batch);
-    let server = serve::Server::bind(config, move || serve::scorer::open(device, loaded, max_batch))?;
+    let (device, precision, max_batch) = (a.rt.device, a.rt.precision, a.max_batch);
+    let server =
+        serve::Server::bind(config, move || serve::scorer::open(device, precision, loaded, max_batch))?;
     // SAFETY: the handler only stores to an atomic (async-signal-safe).
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);

@@ -126,6 +126,7 @@ impl TrainArgs {
             freelb_eps: self.freelb_eps,
             freelb_alpha: self.freelb_alpha,
             device: self.rt.device,
+            precision: self.rt.precision,
         })
     }
 }

@@ -13,7 +13,7 @@ use super::Ctx;
 use crate::adapter::mix::BetaRule;
 use crate::attack::metrics::Summary;
 use crate::attack::run::{self, AttackConfig};
-use crate::backend::{Backend, TokenBatch};
+use crate::backend::{Backend, Precision, TokenBatch};
 use crate::data::batches;
 use crate::data::Example;
 use crate::io;
@@ -167,6 +167,7 @@ fn evaluation<B: Backend + 'static>(
 /// The `evaluate` stage's record (`evaluation.config.json`): what it scored and with which τ and β.
 #[derive(Serialize)]
 struct EvaluateRecord<'a> {
+    precision: Option<Precision>,
     tau: f32,
     taus: &'a [f32],
     beta_step: f32,
@@ -178,6 +179,7 @@ struct EvaluateRecord<'a> {
 /// An adaptive stage's record (`adaptive/<method>-<attack>.config.json`).
 #[derive(Serialize)]
 struct AdaptiveRecord<'a> {
+    precision: Option<Precision>,
     method: &'a Spec,
     attack: &'a str,
     examples: usize,
@@ -190,6 +192,7 @@ pub(super) fn evaluate<B: Backend + 'static>(be: &B, c: &Ctx, st: &mut Stages) -
     let file = c.out.join("evaluation.json");
     let times = st.log.seconds.clone();
     let record = EvaluateRecord {
+        precision: c.a.precision,
         tau: c.a.tau,
         taus: &c.a.taus,
         beta_step: c.a.beta_step,
@@ -216,6 +219,7 @@ pub(super) fn evaluate<B: Backend + 'static>(be: &B, c: &Ctx, st: &mut Stages) -
                 let stage = format!("adaptive-{}-{k}", report::slug(&row.name));
                 let file = dir.join(format!("{}.json", &stage["adaptive-".len()..]));
                 let record = AdaptiveRecord {
+                    precision: c.a.precision,
                     method: &row.spec,
                     attack: k,
                     examples: victims.len(),

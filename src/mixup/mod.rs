@@ -42,7 +42,7 @@ use self::stages::Stages;
 use crate::attack::job::AttackJob;
 use crate::attack::metrics::{AttackRecord, Outcome};
 use crate::attack::run::{AttackConfig, AttackKind};
-use crate::backend::Device;
+use crate::backend::{Device, Precision};
 use crate::classifier::ClassifierSpec;
 use crate::data::labeled::{self, LabelSet};
 use crate::data::{self, mr, Example};
@@ -113,6 +113,8 @@ pub struct MixupConfig {
     pub query_budget: u64,
     pub seed: u64,
     pub device: Device,
+    /// the GEMMs' precision in every stage (default: the device's own)
+    pub precision: Option<Precision>,
 }
 
 impl MixupConfig {
@@ -143,6 +145,7 @@ impl MixupConfig {
             query_budget: 2000,
             seed: 42,
             device: Device::Cpu,
+            precision: None,
         }
     }
 }
@@ -224,7 +227,7 @@ fn adversarial(records: &[AttackRecord]) -> Vec<Example> {
 /// Runs (or resumes) the pipeline into `a.out` and returns the report (also written there as
 /// report.md, report.json and tradeoff.png).
 pub fn run(a: &MixupConfig) -> Result<Report> {
-    drop(a.device.open()?); // a missing GPU is an error before any work
+    drop(a.device.open(a.precision)?); // a missing GPU (or bf16 CPU) is an error before any work
     if !(a.tau > 0.0 && a.tau.is_finite()) || a.taus.iter().any(|t| !(*t > 0.0 && t.is_finite())) {
         bail!("every τ must be positive");
     }
@@ -305,6 +308,7 @@ pub fn run(a: &MixupConfig) -> Result<Report> {
         }
         job.dropout = plan.dropout;
         job.device = a.device;
+        job.precision = a.precision;
         job.model = a.model.clone();
         job
     };
@@ -323,7 +327,7 @@ pub fn run(a: &MixupConfig) -> Result<Report> {
             split: "test".into(),
             num_examples: None,
             device: a.device,
-            cpu_bf16: false,
+            precision: a.precision,
             wordnet: None,
             glove: None,
             attack,
@@ -395,7 +399,8 @@ pub fn run(a: &MixupConfig) -> Result<Report> {
     // 6.–7. evaluation and the adaptive attacks
     let test = read_jsonl(&data.join("test.jsonl"), &labels)?;
     let ctx = Ctx { out: &out, plan: &plan, a, test: &test, sets: &sets };
-    let mut report = crate::with_backend!(a.device.open()?, be => evaluation::evaluate(&be, &ctx, &mut st)?);
+    let mut report =
+        crate::with_backend!(a.device.open(a.precision)?, be => evaluation::evaluate(&be, &ctx, &mut st)?);
     report.total_seconds = st.log.seconds.values().sum();
     report.stage_seconds = st.log.seconds.clone();
     eprintln!("[mixup] this invocation: {:.0} s", started.elapsed().as_secs_f64());

@@ -4,7 +4,7 @@
 use anyhow::{bail, ensure, Result};
 
 use crate::adapter::mix::BetaRule;
-use crate::backend::{Backend, Device};
+use crate::backend::{Backend, Device, Precision};
 use crate::classifier::Loaded;
 use crate::model::mixture::Mixture;
 use crate::model::tokenizer::{TextInput, TextTokenizer};
@@ -76,7 +76,12 @@ where
     }
 }
 
-/// The loaded classifier's scorer on `device`.
-pub fn open(device: Device, loaded: Loaded, max_batch: usize) -> Result<Box<dyn Score>> {
-    crate::with_backend!(device.open()?, be => Ok(Box::new(MixScorer::new(be, loaded, max_batch)?) as Box<dyn Score>))
+/// The loaded classifier's scorer on `device` at `precision` (`None`: the device's own).
+pub fn open(
+    device: Device,
+    precision: Option<Precision>,
+    loaded: Loaded,
+    max_batch: usize,
+) -> Result<Box<dyn Score>> {
+    crate::with_backend!(device.open(precision)?, be => Ok(Box::new(MixScorer::new(be, loaded, max_batch)?) as Box<dyn Score>))
 }

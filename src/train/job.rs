@@ -11,7 +11,7 @@ use super::optim::AdamWConfig;
 use super::trainer::{Summary, TrainConfig, TrainData};
 use crate::adapter::{AdapterKind, ClassificationHead, Init};
 use crate::assets;
-use crate::backend::{Activation, Backend, Device};
+use crate::backend::{Activation, Backend, Device, Precision};
 use crate::classifier::checkpoint::{self, Meta};
 use crate::data::batches;
 use crate::data::labeled::{self, LabelSet};
@@ -93,6 +93,8 @@ pub struct TrainJob {
     pub freelb_eps: f32,
     pub freelb_alpha: Option<f32>,
     pub device: Device,
+    /// the GEMMs' precision (default: the device's own; bf16 keeps f32 master weights and AdamW)
+    pub precision: Option<Precision>,
 }
 
 impl TrainJob {
@@ -124,6 +126,7 @@ impl TrainJob {
             freelb_eps: 1.0,
             freelb_alpha: None,
             device: Device::Cpu,
+            precision: None,
         }
     }
 
@@ -158,7 +161,7 @@ fn train_examples(a: &TrainJob) -> Result<(Vec<Example>, Option<Vec<Example>>, V
 /// the same settings; writes best/, last/, metrics.jsonl and train.json (the job) into `a.out`.
 pub fn run(a: &TrainJob) -> Result<Summary> {
     // the device first: a missing GPU should not cost a data load
-    let backend = a.device.open()?;
+    let backend = a.device.open(a.precision)?;
     // settings first: a bad flag should not cost a data load
     if let Some(lr) = a.lr {
         if !(lr > 0.0 && lr.is_finite()) {

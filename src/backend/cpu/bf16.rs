@@ -1,13 +1,17 @@
-//! An opt-in bf16 GEMM for the CPU backend's inference linears, on CPUs with AVX512-BF16
-//! (`vdpbf16ps`: 32 bf16 products per instruction, twice the f32 FMA rate): activations and
-//! weights are rounded to bf16 (nearest even), products are exact and accumulate in f32 — the
-//! numerics of the CUDA path's GEMMs. The f32 path stays the reference; this one belongs to a CPU
-//! backend made with [`super::Cpu::bf16`] (attack-time scoring, where the GEMMs are the whole cost).
+//! The bf16 GEMMs of a CPU backend made with [`super::Cpu::bf16`] (`--precision bf16`), on CPUs with
+//! AVX512-BF16 (`vdpbf16ps`: 32 bf16 products per instruction, twice the f32 FMA rate): activations
+//! and weights are rounded to bf16 (nearest even), products are exact and accumulate in f32 — the
+//! numerics of the CUDA path's GEMMs. The f32 path stays the reference. Two products against a
+//! weight `W [n×k]`: the linear layer's `x·Wᵀ` ([`gemm_acc`]) and its input gradient `dy·W`
+//! ([`gemm_acc_t`]); the weight gradient stays f32 (the master weights are f32, as on the GPU).
 //!
-//! Weights are packed once, kept with the weight tensor itself ([`Tensor::derived`]: freed with it,
-//! remade if its values change), into 16-column panels of bf16 pairs along K:
-//! `panel[p][kk][lane] = (W[16p + lane][2kk], W[16p + lane][2kk + 1])`, so one 64-byte load feeds
+//! Weights are packed once per orientation, kept with the weight tensor itself
+//! ([`Tensor::derived`]: freed with it, remade if its values change), into 16-column panels of bf16
+//! pairs along the reduced dimension: for `B [n×k]` (`W`, or `Wᵀ` for the gradient)
+//! `panel[p][kk][lane] = (B[16p + lane][2kk], B[16p + lane][2kk + 1])`, so one 64-byte load feeds
 //! 16 output columns; an 8-row × 32-column micro-kernel keeps 16 accumulators in registers.
+
+use std::sync::OnceLock;
 
 use anyhow::{bail, Result};
 use rayon::prelude::*;
@@ -30,7 +34,7 @@ pub fn available() -> bool {
 pub fn require() -> Result<()> {
     if !available() {
         bail!(
-            "this CPU has no AVX512-BF16 (vdpbf16ps): the bf16 CPU path is unavailable; use the default f32"
+            "precision bf16 on the CPU needs AVX512-BF16 (vdpbf16ps), which this CPU lacks (use --precision f32)"
         );
     }
     Ok(())
@@ -41,35 +45,69 @@ fn bf16_bits(x: f32) -> u32 {
     crate::backend::bf16::from_f32(x) as u32
 }
 
-/// A weight `[n, k]` packed into 16-column panels of bf16 pairs, `n` padded to 32, `k` to 2.
+/// A matrix `B [n×k]` packed into 16-column panels of bf16 pairs, `n` padded to 32, `k` to 2.
 struct Packed {
     n: usize,
     k2: usize,
     panels: Vec<u32>,
 }
 
-fn pack(w: &[f32], n: usize, k: usize) -> Packed {
+/// Packs `B [n×k]` given elementwise: `b(row, col)`.
+fn pack(n: usize, k: usize, b: impl Fn(usize, usize) -> f32 + Sync) -> Packed {
     let k2 = k.div_ceil(2);
     let np = n.div_ceil(32) * 2;
     let mut panels = vec![0u32; np * k2 * 16];
-    for col in 0..n {
-        let (p, lane) = (col / 16, col % 16);
-        for kk in 0..k2 {
-            let lo = bf16_bits(w[col * k + 2 * kk]);
-            let hi = if 2 * kk + 1 < k { bf16_bits(w[col * k + 2 * kk + 1]) } else { 0 };
-            panels[(p * k2 + kk) * 16 + lane] = lo | (hi << 16);
+    panels.par_chunks_mut(k2 * 16).enumerate().for_each(|(p, panel)| {
+        for lane in 0..16.min(n.saturating_sub(16 * p)) {
+            let row = 16 * p + lane;
+            for kk in 0..k2 {
+                let lo = bf16_bits(b(row, 2 * kk));
+                let hi = if 2 * kk + 1 < k { bf16_bits(b(row, 2 * kk + 1)) } else { 0 };
+                panel[kk * 16 + lane] = lo | (hi << 16);
+            }
         }
-    }
+    });
     Packed { n, k2, panels }
 }
 
-/// `out[m×n] += x[m×k] · w[n×k]ᵀ` with bf16 inputs and f32 accumulation. Needs [`available`].
+/// A weight's packings, each made on first use: `W` for `x·Wᵀ`, `Wᵀ` for `dy·W`.
+#[derive(Default)]
+struct Packings {
+    w: OnceLock<Packed>,
+    wt: OnceLock<Packed>,
+}
+
+/// `out[m×n] += x[m×k] · W[n×k]ᵀ` with bf16 inputs and f32 accumulation. Needs [`available`].
 pub fn gemm_acc(out: &mut [f32], x: &[f32], w: &Tensor, m: usize, n: usize, k: usize) {
+    assert!(w.data().len() == n * k, "bf16 gemm shapes");
+    let packings = w.derived(|_| Packings::default());
+    let b = packings.w.get_or_init(|| {
+        let w = w.data();
+        pack(n, k, |r, c| w[r * k + c])
+    });
+    gemm_packed(out, x, b, m, k);
+}
+
+/// `out[m×k] += dy[m×n] · W[n×k]` (a linear layer's input gradient) with bf16 inputs and f32
+/// accumulation. Needs [`available`].
+pub fn gemm_acc_t(out: &mut [f32], dy: &[f32], w: &Tensor, m: usize, n: usize, k: usize) {
+    assert!(w.data().len() == n * k, "bf16 gemm shapes");
+    let packings = w.derived(|_| Packings::default());
+    let b = packings.wt.get_or_init(|| {
+        let w = w.data();
+        pack(k, n, |r, c| w[c * k + r])
+    });
+    gemm_packed(out, dy, b, m, n);
+}
+
+/// `out[m×n] += x[m×k] · B[n×k]ᵀ` for a packed `B`.
+fn gemm_packed(out: &mut [f32], x: &[f32], pw: &Packed, m: usize, k: usize) {
     assert!(available(), "bf16 GEMM without AVX512-BF16");
-    assert!(out.len() == m * n && x.len() == m * k && w.data().len() == n * k, "bf16 gemm shapes");
-    let pw = w.derived(|w| pack(w, n, k));
-    debug_assert_eq!(pw.n, n);
-    let k2 = pw.k2;
+    let (n, k2) = (pw.n, pw.k2);
+    assert!(out.len() == m * n && x.len() == m * k && k.div_ceil(2) == k2, "bf16 gemm shapes");
+    if m == 0 || n == 0 {
+        return;
+    }
     // activations as bf16 pairs, rows padded to a multiple of 8
     let mp = m.div_ceil(8) * 8;
     let mut xa = vec![0u32; mp * k2];
@@ -174,16 +212,21 @@ mod tests {
             .collect()
     }
 
+    fn round(v: &[f32]) -> Vec<f64> {
+        v.iter().map(|&x| half::bf16::from_f32(x).to_f32() as f64).collect()
+    }
+
+    // shapes off every tile: rows not a multiple of 8 or 32, columns not of 16 or 32, odd k
+    const SHAPES: [(usize, usize, usize); 5] =
+        [(1, 2, 24), (13, 24, 384), (37, 33, 7), (70, 1536, 384), (9, 384, 1536)];
+
     #[test]
     fn matches_bf16_rounded_inputs_with_f32_accumulation() {
         if !available() {
             eprintln!("skipped: this CPU has no AVX512-BF16");
             return;
         }
-        let round =
-            |v: &[f32]| -> Vec<f64> { v.iter().map(|&x| half::bf16::from_f32(x).to_f32() as f64).collect() };
-        // shapes off every tile: rows not a multiple of 8 or 32, columns not of 16 or 32, odd k
-        for (m, n, k) in [(1, 2, 24), (13, 24, 384), (37, 33, 7), (70, 1536, 384), (9, 384, 1536)] {
+        for (m, n, k) in SHAPES {
             let (x, w) = (rng(m * k, 1 + m as u64), rng(n * k, 2 + n as u64));
             let bias = rng(n, 3);
             let mut out: Vec<f32> = (0..m).flat_map(|_| bias.clone()).collect();
@@ -200,6 +243,34 @@ mod tests {
                 }
             }
             assert!(err <= 1e-5 * norm.max(1.0) * (k as f64).sqrt(), "{m}x{n}x{k}: error {err:.2e}");
+        }
+    }
+
+    #[test]
+    fn the_input_gradient_product_matches_bf16_rounded_inputs() {
+        if !available() {
+            eprintln!("skipped: this CPU has no AVX512-BF16");
+            return;
+        }
+        for (m, n, k) in SHAPES {
+            let (dy, w) = (rng(m * n, 4 + m as u64), rng(n * k, 5 + k as u64));
+            let w = Tensor::from_vec(vec![n, k], w);
+            // both orientations on one tensor, each its own packing
+            let mut fwd = vec![0f32; m * n];
+            gemm_acc(&mut fwd, &rng(m * k, 6), &w, m, n, k);
+            let mut dx = vec![1f32; m * k];
+            gemm_acc_t(&mut dx, &dy, &w, m, n, k);
+            let (dyr, wr) = (round(&dy), round(w.data()));
+            let mut err: f64 = 0.0;
+            let mut norm: f64 = 0.0;
+            for r in 0..m {
+                for c in 0..k {
+                    let want: f64 = 1.0 + (0..n).map(|j| dyr[r * n + j] * wr[j * k + c]).sum::<f64>();
+                    err = err.max((dx[r * k + c] as f64 - want).abs());
+                    norm = norm.max(want.abs());
+                }
+            }
+            assert!(err <= 1e-5 * norm.max(1.0) * (n as f64).sqrt(), "{m}x{n}x{k}: error {err:.2e}");
         }
     }
 }

@@ -113,13 +113,15 @@ pub fn linear(
     Ok(out)
 }
 
-/// Backward of `x·Wᵀ + b`: `dW += dyᵀ·x`, `db += Σ_rows dy`, `dx = dy·W`.
+/// Backward of `x·Wᵀ + b`: `dW += dyᵀ·x`, `db += Σ_rows dy`, `dx = dy·W` (with `bf16`, `dx`'s GEMM
+/// takes bf16 inputs, [`super::bf16`]).
 pub fn linear_backward(
     dy: &Mat,
     x: &Mat,
     w: &Tensor,
     grads: Option<(&mut Mat, &mut Mat)>,
     need_dx: bool,
+    bf16: bool,
 ) -> Result<Option<Mat>> {
     let (n, k) = (w.shape()[0], w.shape()[1]);
     let m = x.rows;
@@ -158,6 +160,10 @@ pub fn linear_backward(
     }
     // dx[m×k] = dy[m×n] · W[n×k]
     let mut dx = Mat::zeros(m, k);
-    gemm_strided(m, k, n, &mut dx.data, k, false, &dy.data, n, 1, w.data(), k, 1, true);
+    if bf16 {
+        super::bf16::gemm_acc_t(&mut dx.data, &dy.data, w, m, n, k);
+    } else {
+        gemm_strided(m, k, n, &mut dx.data, k, false, &dy.data, n, 1, w.data(), k, 1, true);
+    }
     Ok(Some(dx))
 }

@@ -51,8 +51,8 @@ impl Mat {
     }
 }
 
-/// The CPU backend: the f32 reference (the constant [`const@Cpu`]), or with bf16 GEMMs in its inference
-/// linears ([`Cpu::bf16`]).
+/// The CPU backend: the f32 reference (the constant [`const@Cpu`]), or with bf16 GEMMs in its linear
+/// layers ([`Cpu::bf16`], `--precision bf16`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Cpu {
     bf16: bool,
@@ -63,11 +63,21 @@ pub struct Cpu {
 pub const Cpu: Cpu = Cpu { bf16: false };
 
 impl Cpu {
-    /// A CPU backend whose inference linears take bf16 inputs with f32 accumulation (the CUDA
-    /// path's numerics; an error where the CPU lacks AVX512-BF16).
+    /// A CPU backend whose linear layers (forward `x·Wᵀ` and input gradient `dy·W`) take bf16
+    /// inputs with f32 accumulation, the CUDA path's numerics; weight gradients, master weights and
+    /// everything else stay f32. An error where the CPU lacks AVX512-BF16.
     pub fn bf16() -> Result<Cpu> {
         bf16::require()?;
         Ok(Cpu { bf16: true })
+    }
+
+    /// The precision of this backend's GEMMs.
+    pub fn precision(&self) -> crate::backend::Precision {
+        if self.bf16 {
+            crate::backend::Precision::Bf16
+        } else {
+            crate::backend::Precision::F32
+        }
     }
 }
 
@@ -175,7 +185,7 @@ impl Backend for Cpu {
         grads: Option<(&mut Mat, &mut Mat)>,
         need_dx: bool,
     ) -> Result<Option<Mat>> {
-        linear::linear_backward(dy, x, w, grads, need_dx)
+        linear::linear_backward(dy, x, w, grads, need_dx, self.bf16)
     }
 
     fn layernorm_backward(
