@@ -3,16 +3,20 @@ torch.compile, so that every admix number has its peer beside it.
 
     python benches/pytorch_bench.py --device cpu --models minilm --threads 2 --out peer.json
     admix bench --models minilm --peer peer.json        # the table gets the peer's columns
+    python benches/pytorch_bench.py --precision bf16 --threads 2 --out peer-bf16.json
+    admix bench --models minilm --precision bf16 --peer peer-bf16.json
 
 Cases (names as admix bench prints them): `forward batch B` (encoder + seq_bn adapter + head,
 inference), `adapter train step batch W` (frozen encoder, forward, backward, clip_grad_norm_,
 AdamW, dropout 0.1), `pgd step batch W` (the loss gradient w.r.t. the word embeddings, then an L2
 step). MiniLM with its real weights (fetched by `admix fetch`), bert-base/large with random ones.
-f32 on the CPU; bf16 weights and activations on CUDA (admix's kernels store bf16 too). Warm-up
-runs, then the median and p99 of the timed runs (CUDA events on a GPU).
+On the CPU f32 by default, or `--precision bf16`: f32 weights under `torch.autocast("cpu",
+torch.bfloat16)` (the linear layers' GEMMs in bf16, as admix's `--precision bf16`; optimizer state
+f32); on CUDA bf16 weights and activations (admix's kernels store bf16 too). Warm-up runs, then the
+median and p99 of the timed runs (CUDA events on a GPU).
 Needs torch and safetensors; reuses the functional model of pytorch_forward.py.
 """
-import argparse, json, math, os, sys, time
+import argparse, contextlib, json, math, os, sys, time
 
 import torch
 import torch.nn.functional as F
@@ -85,6 +89,8 @@ def main():
     ap.add_argument("--reps", type=int, default=None, help="default: 10 (cpu) / 50 (cuda)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--precision", default=None, choices=["f32", "bf16"],
+                    help="cpu: f32 (default) or bf16 autocast; cuda: bf16 only")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     cuda = a.device == "cuda"
@@ -92,12 +98,21 @@ def main():
         torch.set_num_threads(a.threads)
     batches = [int(b) for b in (a.batches or ("1,8,32,128" if cuda else "1,8,32")).split(",")]
     reps = a.reps or (50 if cuda else 10)
+    precision = a.precision or ("bf16" if cuda else "f32")
+    if cuda and precision != "bf16":
+        sys.exit("error: on cuda the peer runs bf16 only (as admix's kernels)")
     dtype = torch.bfloat16 if cuda else torch.float32
+    # the CPU's bf16: autocast over f32 weights (the GEMMs in bf16, master weights f32)
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" and not cuda \
+        else contextlib.nullcontext
     modes = ["eager"] + ([] if a.no_compile else ["compile"])
     rows = []
 
     def record(model, case, mode, fn):
-        med, p99 = timed(fn, a.warmup, reps, cuda)
+        def run():
+            with autocast():
+                fn()
+        med, p99 = timed(run, a.warmup, reps, cuda)
         row = next((r for r in rows if r["model"] == model and r["case"] == case), None)
         if row is None:
             row = {"model": model, "case": case}
@@ -144,14 +159,15 @@ def main():
                 delta = nd / nd.flatten(1).norm(dim=1).clamp_min(1.0)[:, None, None]
             if mode == "eager":
                 record(name, f"pgd step batch {wb}", mode, pgd)
-        save(a, rows, reps, cuda, dtype)  # after each model: a run cut short keeps what it measured
+        save(a, rows, reps, cuda, dtype, precision)  # after each model: a run cut short keeps what it measured
 
 
-def save(a, rows, reps, cuda, dtype):
+def save(a, rows, reps, cuda, dtype, precision):
     if not a.out:
         return
     meta = {"torch": torch.__version__, "device": torch.cuda.get_device_name(0) if cuda else "cpu",
             "threads": torch.get_num_threads(), "dtype": str(dtype).removeprefix("torch."),
+            "precision": precision,
             "seq": a.seq, "reps": reps, "warmup": a.warmup}
     tmp = a.out + ".tmp"
     with open(tmp, "w") as f:

@@ -281,6 +281,18 @@ fn run_on<B: Backend>(be: &B, a: &BenchConfig, plan: &Plan, hw: Hardware) -> Res
     if let Some((p, v)) = &peer {
         let n = bench::merge_peer(&mut rows, v).with_context(|| format!("{}", p.display()))?;
         eprintln!("peer: {n} row(s) matched from {}", p.display());
+        // older peer files name only their dtype
+        let theirs = v["precision"].as_str().or(match v["dtype"].as_str() {
+            Some("float32") => Some("f32"),
+            Some("bfloat16") => Some("bf16"),
+            _ => None,
+        });
+        if let Some(theirs) = theirs.filter(|t| *t != precision.name()) {
+            eprintln!(
+                "note: the peer ran in {theirs} and this run in {}: its columns are not like for like",
+                precision.name()
+            );
+        }
         if let Some(o) = v.as_object() {
             peer_meta = o.iter().filter(|(k, _)| *k != "rows").map(|(k, v)| (k.clone(), v.clone())).collect();
         }
