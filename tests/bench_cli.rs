@@ -87,6 +87,28 @@ fn quick_bench_runs_every_case_on_the_cpu() {
     assert!(table.contains("| model | tiny | adpmixup scoring m=3 batch 4 | 4×16 |"), "{table}");
     let v: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     check_report(&v, "cpu");
+    assert_eq!(v["precision"], "f32");
+    assert!(v["ceilings"]["gemm"].as_str().unwrap().starts_with("f32 GEMM"), "{}", v["ceilings"]);
+}
+
+#[test]
+fn quick_bench_runs_every_case_in_bf16_on_the_cpu() {
+    let r = admix(&["bench", "--quick", "--precision", "bf16", "--json"], b"");
+    if !admix::backend::cpu::bf16::available() {
+        assert_error(&r, "AVX512-BF16");
+        return;
+    }
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let v: Value = serde_json::from_slice(&r.stdout).unwrap();
+    check_report(&v, "cpu");
+    // its ceiling is the bf16 GEMM's, so its roofline is bf16's
+    assert_eq!(v["precision"], "bf16");
+    assert!(v["ceilings"]["gemm"].as_str().unwrap().starts_with("bf16 GEMM"), "{}", v["ceilings"]);
+    // and a CUDA device takes no f32
+    assert_error(
+        &admix(&["bench", "--device", "emu", "--precision", "f32"], b""),
+        "precision f32 is the CPU's",
+    );
 }
 
 #[test]
