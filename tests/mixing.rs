@@ -299,3 +299,43 @@ fn mixing_refuses_mismatched_members() {
         .mix_rows(&Cpu.upload(2, 6, &[0.0; 12]).unwrap(), 4, &[0.0; 8], Activation::Identity, None)
         .is_err());
 }
+
+#[test]
+fn a_sample_with_all_beta_on_one_member_is_that_member_and_skips_the_mixed_pass() {
+    let f = load();
+    let (clean, clean_h) = f.member("clean");
+    let (adv, adv_h) = f.member("adv");
+    let batch = f.batch(&[0, 1, 2, 3]);
+    let mixture =
+        Mixture::new(&Cpu, &f.bert, &[(&clean, &clean_h), (&adv, &adv_h)], BetaRule::MinEntropy).unwrap();
+    let each = mixture.member_probs(&Cpu, &batch).unwrap();
+    let close = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    // min-entropy: every sample is one member's
+    let out = mixture.run(&Cpu, &batch).unwrap();
+    let forced = mixture.run_with(&Cpu, &batch, out.beta.clone(), None).unwrap();
+    for s in 0..4 {
+        let i = out.beta[s].iter().position(|&b| b == 1.0).expect("one-hot β");
+        assert_eq!(out.probs[s], each[i][s], "sample {s}");
+        let e = close(&out.probs[s], &forced.probs[s]);
+        assert!(e < 1e-5, "sample {s}: the member's probabilities vs its mixed pass: {e:.2e}");
+    }
+    // some samples mixed, some not: the mixed ones run as a batch of their own
+    let beta = vec![vec![1.0, 0.0], vec![0.3, 0.7], vec![0.0, 1.0], vec![0.5, 0.5]];
+    let part = mixture.run_with(&Cpu, &batch, beta.clone(), Some(&each)).unwrap();
+    let full = mixture.run_with(&Cpu, &batch, beta, None).unwrap();
+    assert_eq!((&part.probs[0], &part.probs[2]), (&each[0][0], &each[1][2]));
+    for s in 0..4 {
+        let e = close(&part.probs[s], &full.probs[s]);
+        assert!(e < 1e-5, "sample {s}: {:?} vs {:?}", part.probs[s], full.probs[s]);
+    }
+    assert!(close(&part.probs[1], &each[0][1]) > 1e-4 && close(&part.probs[1], &each[1][1]) > 1e-4);
+    // the rules given the members' probabilities are the rules that compute them
+    let rules = [BetaRule::Entropy { tau: 0.1 }, BetaRule::MinEntropy, BetaRule::Fixed(vec![0.4, 0.6])];
+    let given = mixture.run_rules_given(&Cpu, &batch, &rules, Some(&each)).unwrap();
+    let own = mixture.run_rules(&Cpu, &batch, &rules).unwrap();
+    for (g, o) in given.iter().zip(&own) {
+        assert_eq!((&g.probs, &g.beta), (&o.probs, &o.beta));
+    }
+    let e = mixture.run_rules_given(&Cpu, &batch, &rules[..1], None).err().unwrap().to_string();
+    assert!(e.contains("needs the members' probabilities"), "{e}");
+}

@@ -152,6 +152,7 @@ fn the_pipeline_runs_every_stage_and_reports_what_the_stages_measured() {
     let s = json(&run.join("adaptive/adpmixup-entropy-0p1-deepwordbug.json"));
     assert_eq!(s["accuracy_under_attack"].as_f64().unwrap(), adaptive);
     assert_eq!(s["examples"].as_u64().unwrap(), 6);
+    attacked_once(&run);
     // attribution: every clean test input gives its largest β to some member
     let attribution = &report["attribution"]["rows"][0];
     let counted: u64 = attribution["counts"].as_array().unwrap().iter().map(|c| c.as_u64().unwrap()).sum();
@@ -188,6 +189,39 @@ fn the_pipeline_runs_every_stage_and_reports_what_the_stages_measured() {
         |extra: &[&str], needle: &str| assert_error_after_progress(&env.mixup("run", extra), needle);
     refused(&["--tau", "0.5"], "stage evaluate finished with other settings");
     refused(&["--query-budget", "50"], "stage attack-train-deepwordbug finished with other settings");
+
+    // a β grid of the two members alone: the best static β is one of them, and is not attacked again
+    ok(&env.mixup("members", &["--beta-step", "1"]));
+    let (methods, models) = attacked_once(&env.p("members"));
+    assert_eq!(models, methods - 1, "the best static β is a member: one model fewer than methods");
+}
+
+/// Methods that are one classifier (a static β all on one member is that member) are attacked
+/// once in the adaptive protocol and share its numbers: (methods, distinct models).
+fn attacked_once(run: &std::path::Path) -> (usize, usize) {
+    let report = json(&run.join("report.json"));
+    let methods = report["methods"].as_array().unwrap();
+    let row = |name: &str| methods.iter().find(|m| m["name"] == name).unwrap();
+    let model_of = |m: &serde_json::Value| {
+        let beta: Option<Vec<f64>> =
+            m["spec"]["beta"].as_array().map(|b| b.iter().map(|v| v.as_f64().unwrap()).collect());
+        match beta.as_deref() {
+            Some([1.0, 0.0]) => "clean adapter".to_string(),
+            Some([0.0, 1.0]) => "adversarial adapter (deepwordbug)".to_string(),
+            _ => m["name"].as_str().unwrap().to_string(),
+        }
+    };
+    let models: std::collections::BTreeSet<String> = methods.iter().map(model_of).collect();
+    let attacked = std::fs::read_dir(run.join("adaptive"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".config.json"))
+        .count();
+    assert_eq!(attacked, 2 * models.len(), "adaptive stages for {models:?}");
+    for m in methods {
+        assert!(m["adaptive"].as_object().is_some_and(|a| a.len() == 2), "{m}");
+        assert_eq!(m["adaptive"], row(&model_of(m))["adaptive"], "{}", m["name"]);
+    }
+    (methods.len(), models.len())
 }
 
 #[test]

@@ -187,6 +187,13 @@ pub fn entropy(p: &[f32]) -> f32 {
     -p.iter().filter(|&&v| v > 0.0).map(|&v| v * v.ln()).sum::<f32>()
 }
 
+/// The member a β puts all its weight on, if it does: then the mix is that member exactly
+/// (θ = 1·θᵢ + Σ 0·θⱼ = θᵢ).
+pub fn one_member(beta: &[f32]) -> Option<usize> {
+    let i = beta.iter().position(|&v| v == 1.0)?;
+    beta.iter().enumerate().all(|(j, &v)| j == i || v == 0.0).then_some(i)
+}
+
 impl BetaRule {
     /// Whether β depends on the input (the adapters must be run first).
     pub fn is_adaptive(&self) -> bool {

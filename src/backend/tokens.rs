@@ -32,4 +32,39 @@ impl TokenBatch {
     pub fn tokens(&self) -> usize {
         self.batch * self.seq
     }
+
+    /// The rows `rows` (in that order) as a batch of their own, padded to the longest of them.
+    pub fn select(&self, rows: &[usize]) -> Self {
+        let seq = rows.iter().map(|&r| self.lens[r]).max().unwrap_or(0);
+        let (mut ids, mut type_ids) =
+            (Vec::with_capacity(rows.len() * seq), Vec::with_capacity(rows.len() * seq));
+        for &r in rows {
+            ids.extend_from_slice(&self.ids[r * self.seq..r * self.seq + seq]);
+            type_ids.extend_from_slice(&self.type_ids[r * self.seq..r * self.seq + seq]);
+        }
+        TokenBatch {
+            batch: rows.len(),
+            seq,
+            ids,
+            type_ids,
+            lens: rows.iter().map(|&r| self.lens[r]).collect(),
+            truncated: rows.iter().map(|&r| self.truncated[r]).collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_selection_is_the_batch_made_of_those_rows() {
+        let rows = vec![(vec![1, 2, 3], vec![0, 0, 1]), (vec![4], vec![0]), (vec![5, 6], vec![0, 1])];
+        let all = TokenBatch::from_rows(&rows, 9);
+        let pick = [2, 1];
+        let want = TokenBatch::from_rows(&[rows[2].clone(), rows[1].clone()], 9);
+        assert_eq!(all.select(&pick), want);
+        assert_eq!(all.select(&[0, 1, 2]), all);
+        assert_eq!(all.select(&[]).batch, 0);
+    }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::methods::{method_rows, Zoo};
@@ -78,25 +78,47 @@ fn evaluation<B: Backend + 'static>(
             row.transfer.insert(inputs[set].0.clone(), acc);
         }
     };
-    // single models and static mixes: one pass each
+    // single models and static mixes: one pass each per distinct classifier (a static β on one
+    // member is that member, Adapter Soup a point of the β grid); the members' probabilities are
+    // kept for the β rules
+    let member_specs: Vec<Spec> =
+        (0..zoo.members.len()).map(|i| Spec::Checkpoint { dir: Zoo::member_dir(i, c) }).collect();
+    let mut member_probs: Vec<Vec<Vec<Vec<f32>>>> = vec![vec![]; member_specs.len()]; // [member][set][example]
+    let mut scored: Vec<(Spec, Vec<f64>)> = vec![]; // each classifier's accuracy per input set
     for row in methods
         .iter_mut()
         .chain(sweep.iter_mut())
         .filter(|r| !matches!(r.spec, Spec::Entropy { .. } | Spec::MinEntropy))
     {
-        let clf = zoo.build(be, &row.spec, c)?;
-        for (set, bs) in batches.iter().enumerate() {
-            let mut probs = vec![vec![]; inputs[set].1.len()];
-            for (idx, batch) in bs {
-                for (i, p) in idx.iter().zip(clf.probs(be, batch)?) {
-                    probs[*i] = p;
+        let spec = Zoo::canonical(&row.spec, c);
+        if !scored.iter().any(|(s, _)| *s == spec) {
+            let clf = zoo.build(be, &spec, c)?;
+            let member = member_specs.iter().position(|m| *m == spec);
+            let mut accs = vec![];
+            for (set, bs) in batches.iter().enumerate() {
+                let mut probs = vec![vec![]; inputs[set].1.len()];
+                for (idx, batch) in bs {
+                    for (i, p) in idx.iter().zip(clf.probs(be, batch)?) {
+                        probs[*i] = p;
+                    }
+                }
+                accs.push(accuracy(&probs, inputs[set].1));
+                if let Some(m) = member {
+                    member_probs[m].push(probs);
                 }
             }
-            record(row, set, accuracy(&probs, inputs[set].1));
+            scored.push((spec.clone(), accs));
+        }
+        let (_, accs) = scored.iter().find(|(s, _)| *s == spec).expect("scored above");
+        for (set, acc) in accs.iter().enumerate() {
+            record(row, set, *acc);
         }
         bar.inc(1);
     }
-    // every β rule on one mixture: the members' passes shared
+    if member_probs.iter().any(|m| m.len() != batches.len()) {
+        bail!("a member adapter is missing from the methods");
+    }
+    // every β rule on one mixture, from the members' probabilities above
     let rules: Vec<(usize, BetaRule)> = sweep
         .iter()
         .enumerate()
@@ -119,7 +141,9 @@ fn evaluation<B: Backend + 'static>(
         let m = mixture.m();
         let (mut counts, mut mean_beta) = (vec![0usize; m], vec![0f64; m]);
         for (idx, batch) in bs {
-            for (r, out) in mixture.run_rules(be, batch, &just)?.into_iter().enumerate() {
+            let given: Vec<Vec<Vec<f32>>> =
+                member_probs.iter().map(|p| idx.iter().map(|&i| p[set][i].clone()).collect()).collect();
+            for (r, out) in mixture.run_rules_given(be, batch, &just, Some(&given))?.into_iter().enumerate() {
                 for (k, &i) in idx.iter().enumerate() {
                     probs[r][i] = out.probs[k].clone();
                     if r == chosen {
@@ -213,8 +237,15 @@ pub(super) fn evaluate<B: Backend + 'static>(be: &B, c: &Ctx, st: &mut Stages) -
         let attacks: Vec<String> = c.plan.known.iter().chain(&c.plan.unseen).cloned().collect();
         let dir = c.out.join("adaptive");
         std::fs::create_dir_all(&dir)?;
+        // methods that are one classifier (the best static β may be a member) are attacked once
+        let mut attacked: Vec<(Spec, BTreeMap<String, f64>)> = vec![];
         for row in e.methods.iter_mut() {
-            let clf = zoo.build(be, &row.spec, c)?;
+            let spec = Zoo::canonical(&row.spec, c);
+            if let Some((_, adaptive)) = attacked.iter().find(|(s, _)| *s == spec) {
+                row.adaptive = adaptive.clone();
+                continue;
+            }
+            let clf = zoo.build(be, &spec, c)?;
             for k in &attacks {
                 let stage = format!("adaptive-{}-{k}", report::slug(&row.name));
                 let file = dir.join(format!("{}.json", &stage["adaptive-".len()..]));
@@ -239,6 +270,7 @@ pub(super) fn evaluate<B: Backend + 'static>(be: &B, c: &Ctx, st: &mut Stages) -
                     .with_context(|| format!("{}: bad summary", file.display()))?;
                 row.adaptive.insert(k.clone(), summary.accuracy_under_attack);
             }
+            attacked.push((spec, row.adaptive.clone()));
         }
     }
     let sets = c

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 
 use super::report::{MethodRow, Spec};
 use super::Ctx;
-use crate::adapter::mix::{mix_adapters, mix_heads, BetaRule};
+use crate::adapter::mix::{mix_adapters, mix_heads, one_member, BetaRule};
 use crate::adapter::{Adapter, ClassificationHead};
 use crate::backend::Backend;
 use crate::classifier::{self, ClassifierSpec};
@@ -89,6 +89,26 @@ impl Zoo {
         }
         let k = c.plan.known.iter().position(|k| format!("adv-{k}") == dir)?;
         self.members.get(k + 1)
+    }
+
+    /// The checkpoint directory of member `i` (0 the clean adapter, then one per known attack).
+    pub fn member_dir(i: usize, c: &Ctx) -> String {
+        match i {
+            0 => "clean".to_string(),
+            i => format!("adv-{}", c.plan.known[i - 1]),
+        }
+    }
+
+    /// The plainest spec of the same classifier, so that methods that are one model are scored
+    /// once: a static β with all weight on one member is that member's checkpoint.
+    pub fn canonical(spec: &Spec, c: &Ctx) -> Spec {
+        match spec {
+            Spec::Static { beta } => match one_member(beta) {
+                Some(i) => Spec::Checkpoint { dir: Self::member_dir(i, c) },
+                None => spec.clone(),
+            },
+            _ => spec.clone(),
+        }
     }
 
     fn member_refs(&self) -> Vec<(&Adapter<Tensor>, &ClassificationHead<Tensor>)> {

@@ -2,14 +2,15 @@
 //! weight space per input, θ(β) = Σᵢ βᵢ·θᵢ over every adapter and head tensor (docs/mixup.md).
 //!
 //! With an input-dependent [`BetaRule`] a batch costs `m` passes (one per adapter, for their
-//! prediction entropies) and one mixed pass. The mixed pass runs the adapters *stacked*: one GEMM
-//! per projection computes all `m` outputs, and a per-row blend with each sample's β
-//! ([`Backend::mix_rows`], the fused adapter-interpolation kernel on CUDA) makes it exactly the
-//! weight-space mix of that sample, with no per-sample weight copy.
+//! prediction entropies) and one mixed pass over the samples whose β is not all on one member.
+//! The mixed pass runs the adapters *stacked*: one GEMM per projection computes all `m` outputs,
+//! and a per-row blend with each sample's β ([`Backend::mix_rows`], the fused
+//! adapter-interpolation kernel on CUDA) makes it exactly the weight-space mix of that sample,
+//! with no per-sample weight copy.
 
 use anyhow::{bail, ensure, Result};
 
-use crate::adapter::mix::{stack_adapters, stack_heads, BetaRule, RowMix};
+use crate::adapter::mix::{self, stack_adapters, stack_heads, BetaRule, RowMix};
 use crate::adapter::{Adapter, ClassificationHead};
 use crate::backend::Backend;
 use crate::backend::TokenBatch;
@@ -104,34 +105,91 @@ impl<B: Backend> Mixture<B> {
         self.stacked_head.forward_mixed(be, &cls, mix)
     }
 
-    /// β per sample, then the mixed pass.
+    /// β per sample, then the mixed pass (see [`Mixture::run_rules_given`]).
     pub fn run(&self, be: &B, batch: &TokenBatch) -> Result<MixOutput> {
-        let beta = self.betas(be, batch)?;
-        self.run_with(be, batch, beta)
-    }
-
-    /// The mixed pass with the given per-sample β.
-    pub fn run_with(&self, be: &B, batch: &TokenBatch, beta: Vec<Vec<f32>>) -> Result<MixOutput> {
-        let mix = RowMix::new(self.m(), beta.concat())?;
-        let (_, cols, logits) = be.download(&self.logits_mixed(be, batch, &mix)?)?;
-        ensure_finite(&logits, "logit")?;
-        Ok(MixOutput { probs: logits.chunks(cols).map(|l| prediction(l.to_vec()).probs).collect(), beta })
+        Ok(self.run_rules(be, batch, std::slice::from_ref(&self.rule))?.remove(0))
     }
 
     /// The batch under each of several rules, the members' passes shared (a τ ablation costs one
     /// mixed pass per rule).
     pub fn run_rules(&self, be: &B, batch: &TokenBatch, rules: &[BetaRule]) -> Result<Vec<MixOutput>> {
-        let probs =
-            if rules.iter().any(BetaRule::is_adaptive) { self.member_probs(be, batch)? } else { vec![] };
+        let probs = match rules.iter().any(BetaRule::is_adaptive) {
+            true => Some(self.member_probs(be, batch)?),
+            false => None,
+        };
+        self.run_rules_given(be, batch, rules, probs.as_deref())
+    }
+
+    /// [`Mixture::run_rules`] with the members' probabilities on the batch already computed
+    /// (`[member][sample][class]`, as [`Mixture::member_probs`] gives them; needed by adaptive
+    /// rules). A sample whose β is all on one member is that member (θ = θᵢ): it takes the
+    /// member's probabilities and skips the mixed pass, which runs on the other samples only.
+    pub fn run_rules_given(
+        &self,
+        be: &B,
+        batch: &TokenBatch,
+        rules: &[BetaRule],
+        member_probs: Option<&[Vec<Vec<f32>>]>,
+    ) -> Result<Vec<MixOutput>> {
+        if let Some(p) = member_probs {
+            ensure!(
+                p.len() == self.m() && p.iter().all(|p| p.len() == batch.batch),
+                "member probabilities for {} members of {} samples, not {} of {}",
+                p.len(),
+                p.first().map_or(0, Vec::len),
+                self.m(),
+                batch.batch
+            );
+        }
         rules
             .iter()
             .map(|rule| {
-                let beta = (0..batch.batch)
-                    .map(|s| rule.beta(&probs.iter().map(|p| p[s].as_slice()).collect::<Vec<_>>()))
-                    .collect();
-                self.run_with(be, batch, beta)
+                let beta = match (rule, member_probs) {
+                    (BetaRule::Fixed(b), _) => vec![b.clone(); batch.batch],
+                    (_, Some(p)) => (0..batch.batch)
+                        .map(|s| rule.beta(&p.iter().map(|p| p[s].as_slice()).collect::<Vec<_>>()))
+                        .collect(),
+                    (_, None) => bail!("β rule {rule:?} needs the members' probabilities"),
+                };
+                self.run_with(be, batch, beta, member_probs)
             })
             .collect()
+    }
+
+    /// The mixed pass with the given per-sample β; with the members' probabilities, samples whose
+    /// β is one member's take that member's.
+    pub fn run_with(
+        &self,
+        be: &B,
+        batch: &TokenBatch,
+        beta: Vec<Vec<f32>>,
+        member_probs: Option<&[Vec<Vec<f32>>]>,
+    ) -> Result<MixOutput> {
+        let mut probs = vec![vec![]; batch.batch];
+        let mut mixed = vec![];
+        for (s, b) in beta.iter().enumerate() {
+            match (member_probs, mix::one_member(b)) {
+                (Some(p), Some(i)) => probs[s] = p[i][s].clone(),
+                _ => mixed.push(s),
+            }
+        }
+        if !mixed.is_empty() {
+            let sub;
+            let rows = match mixed.len() == batch.batch {
+                true => batch,
+                false => {
+                    sub = batch.select(&mixed);
+                    &sub
+                }
+            };
+            let mix = RowMix::new(self.m(), mixed.iter().flat_map(|&s| beta[s].iter().copied()).collect())?;
+            let (_, cols, logits) = be.download(&self.logits_mixed(be, rows, &mix)?)?;
+            ensure_finite(&logits, "logit")?;
+            for (&s, l) in mixed.iter().zip(logits.chunks(cols)) {
+                probs[s] = prediction(l.to_vec()).probs;
+            }
+        }
+        Ok(MixOutput { probs, beta })
     }
 }
 
