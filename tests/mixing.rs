@@ -338,4 +338,6 @@ fn a_sample_with_all_beta_on_one_member_is_that_member_and_skips_the_mixed_pass(
     }
     let e = mixture.run_rules_given(&Cpu, &batch, &rules[..1], None).err().unwrap().to_string();
     assert!(e.contains("needs the members' probabilities"), "{e}");
+    let e = mixture.run_with(&Cpu, &batch, vec![vec![0.5, 0.5]; 4], Some(&each[..1])).err().unwrap();
+    assert!(e.to_string().contains("member probabilities for 1 members of 4 samples, not 2 of 4"), "{e}");
 }

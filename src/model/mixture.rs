@@ -110,6 +110,20 @@ impl<B: Backend> Mixture<B> {
         Ok(self.run_rules(be, batch, std::slice::from_ref(&self.rule))?.remove(0))
     }
 
+    /// Members' probabilities as [`Mixture::member_probs`] gives them for `samples` samples.
+    fn check_members(&self, member_probs: Option<&[Vec<Vec<f32>>]>, samples: usize) -> Result<()> {
+        if let Some(p) = member_probs {
+            ensure!(
+                p.len() == self.m() && p.iter().all(|p| p.len() == samples),
+                "member probabilities for {} members of {} samples, not {} of {samples}",
+                p.len(),
+                p.first().map_or(0, Vec::len),
+                self.m(),
+            );
+        }
+        Ok(())
+    }
+
     /// The batch under each of several rules, the members' passes shared (a τ ablation costs one
     /// mixed pass per rule).
     pub fn run_rules(&self, be: &B, batch: &TokenBatch, rules: &[BetaRule]) -> Result<Vec<MixOutput>> {
@@ -131,16 +145,7 @@ impl<B: Backend> Mixture<B> {
         rules: &[BetaRule],
         member_probs: Option<&[Vec<Vec<f32>>]>,
     ) -> Result<Vec<MixOutput>> {
-        if let Some(p) = member_probs {
-            ensure!(
-                p.len() == self.m() && p.iter().all(|p| p.len() == batch.batch),
-                "member probabilities for {} members of {} samples, not {} of {}",
-                p.len(),
-                p.first().map_or(0, Vec::len),
-                self.m(),
-                batch.batch
-            );
-        }
+        self.check_members(member_probs, batch.batch)?;
         rules
             .iter()
             .map(|rule| {
@@ -165,6 +170,8 @@ impl<B: Backend> Mixture<B> {
         beta: Vec<Vec<f32>>,
         member_probs: Option<&[Vec<Vec<f32>>]>,
     ) -> Result<MixOutput> {
+        self.check_members(member_probs, batch.batch)?;
+        ensure!(beta.len() == batch.batch, "{} β for a batch of {}", beta.len(), batch.batch);
         let mut probs = vec![vec![]; batch.batch];
         let mut mixed = vec![];
         for (s, b) in beta.iter().enumerate() {
