@@ -91,26 +91,29 @@ fn evaluation<B: Backend + 'static>(
         .filter(|r| !matches!(r.spec, Spec::Entropy { .. } | Spec::MinEntropy))
     {
         let spec = Zoo::canonical(&row.spec, c);
-        if !scored.iter().any(|(s, _)| *s == spec) {
-            let clf = zoo.build(be, &spec, c)?;
-            let member = member_specs.iter().position(|m| *m == spec);
-            let mut accs = vec![];
-            for (set, bs) in batches.iter().enumerate() {
-                let mut probs = vec![vec![]; inputs[set].1.len()];
-                for (idx, batch) in bs {
-                    for (i, p) in idx.iter().zip(clf.probs(be, batch)?) {
-                        probs[*i] = p;
+        let k = match scored.iter().position(|(s, _)| *s == spec) {
+            Some(k) => k,
+            None => {
+                let clf = zoo.build(be, &spec, c)?;
+                let member = member_specs.iter().position(|m| *m == spec);
+                let mut accs = vec![];
+                for (set, bs) in batches.iter().enumerate() {
+                    let mut probs = vec![vec![]; inputs[set].1.len()];
+                    for (idx, batch) in bs {
+                        for (i, p) in idx.iter().zip(clf.probs(be, batch)?) {
+                            probs[*i] = p;
+                        }
+                    }
+                    accs.push(accuracy(&probs, inputs[set].1));
+                    if let Some(m) = member {
+                        member_probs[m].push(probs);
                     }
                 }
-                accs.push(accuracy(&probs, inputs[set].1));
-                if let Some(m) = member {
-                    member_probs[m].push(probs);
-                }
+                scored.push((spec, accs));
+                scored.len() - 1
             }
-            scored.push((spec.clone(), accs));
-        }
-        let (_, accs) = scored.iter().find(|(s, _)| *s == spec).expect("scored above");
-        for (set, acc) in accs.iter().enumerate() {
+        };
+        for (set, acc) in scored[k].1.iter().enumerate() {
             record(row, set, *acc);
         }
         bar.inc(1);

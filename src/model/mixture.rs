@@ -86,17 +86,6 @@ impl<B: Backend> Mixture<B> {
             .collect()
     }
 
-    /// Each sample's β under the mixture's rule.
-    pub fn betas(&self, be: &B, batch: &TokenBatch) -> Result<Vec<Vec<f32>>> {
-        if let BetaRule::Fixed(b) = &self.rule {
-            return Ok(vec![b.clone(); batch.batch]);
-        }
-        let probs = self.member_probs(be, batch)?;
-        Ok((0..batch.batch)
-            .map(|s| self.rule.beta(&probs.iter().map(|p| p[s].as_slice()).collect::<Vec<_>>()))
-            .collect())
-    }
-
     /// Logits `[B, labels]` with sample `b` run by the adapter and head `Σᵢ β[b][i]·θᵢ`.
     pub fn logits_mixed(&self, be: &B, batch: &TokenBatch, mix: &RowMix) -> Result<B::Act> {
         ensure!(mix.m == self.m(), "mixing weights over {} adapters for a mixture of {}", mix.m, self.m());
