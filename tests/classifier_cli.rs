@@ -167,6 +167,49 @@ fn bad_mixing_weights_are_one_clear_error() {
         "--beta mixes two or more adapters",
     );
     assert_error(&admix(&["score", "--model", m], b"good film\n"), "no classifier given");
+    assert_error(&run(&["--temperatures", "1"]), "--temperatures gives 1 temperature(s) for 2 adapters");
+    assert_error(&run(&["--temperatures", "1,0"]), "--temperatures must be positive");
+}
+
+#[test]
+fn bad_router_settings_are_one_clear_error() {
+    use admix::adapter::router::{features, Router, RouterConfig};
+    let f = file();
+    let m = common::minilm_dir();
+    let m = m.to_str().unwrap();
+    let (c, a) = (format!("{f}#clean"), format!("{f}#adv"));
+    let dir = tempfile::tempdir().unwrap();
+    // a router over three members cannot route two
+    let width = features::width(3, 2, 384);
+    let config = RouterConfig {
+        kind: "admix_router".into(),
+        members: vec!["a".into(), "b".into(), "c".into()],
+        num_labels: 2,
+        hidden_size: 384,
+        layers: vec![],
+        activation: admix::backend::Activation::Relu,
+        features: width,
+        trained: Value::Null,
+    };
+    let three = dir.path().join("three");
+    Router::init(config, vec![0.0; width], vec![1.0; width], 1).unwrap().save(&three).unwrap();
+    let three = three.to_str().unwrap();
+    let score = |extra: &[&str]| admix(&[&["score", "--model", m][..], extra].concat(), b"good film\n");
+    assert_error(&score(&["--adapter", &c, "--adapter", &a, "--router", three]), "routes 3 members");
+    assert_error(
+        &score(&["--adapter", &c, "--router", three]),
+        "--router routes between two or more --adapter",
+    );
+    assert_error(
+        &score(&["--adapter", &c, "--adapter", &a, "--router", "/nonexistent"]),
+        "no such directory",
+    );
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    assert_error(
+        &score(&["--adapter", &c, "--adapter", &a, "--router", empty.to_str().unwrap()]),
+        "not a router directory",
+    );
 }
 
 #[test]

@@ -5,6 +5,7 @@
 mod common;
 
 use admix::adapter::mix::{entropy, mix_adapters, mix_heads, BetaRule, RowMix};
+use admix::adapter::router::features::MemberPasses;
 use admix::adapter::Init;
 use admix::adapter::{Adapter, AdapterKind, ClassificationHead};
 use admix::backend::cpu::Cpu;
@@ -229,17 +230,17 @@ fn entropy_beta_follows_the_formula_and_its_limits() {
     let (h0, h1) = (entropy(&unsure), entropy(&confident));
     assert!((h0 - 0.6881388).abs() < 1e-5 && (h1 - 0.0560015).abs() < 1e-5, "{h0} {h1}");
     for tau in [0.05f32, 0.1, 1.0, 10.0] {
-        let b = BetaRule::Entropy { tau }.beta(&members);
+        let b = BetaRule::Entropy { tau }.beta(&members).unwrap();
         let z = ((h1 - h0) / tau).exp();
         assert!((b[0] - z / (1.0 + z)).abs() < 1e-6 && (b[0] + b[1] - 1.0).abs() < 1e-6, "τ={tau}: {b:?}");
         assert!(b[1] > b[0], "the confident member must weigh more: {b:?}");
     }
     // τ → ∞: uniform; τ → 0: the arg-min-entropy member
-    let wide = BetaRule::Entropy { tau: 1e6 }.beta(&members);
+    let wide = BetaRule::Entropy { tau: 1e6 }.beta(&members).unwrap();
     assert!((wide[0] - 0.5).abs() < 1e-4);
-    assert_eq!(BetaRule::Entropy { tau: 1e-4 }.beta(&members), vec![0.0, 1.0]);
-    assert_eq!(BetaRule::MinEntropy.beta(&members), vec![0.0, 1.0]);
-    assert_eq!(BetaRule::Fixed(vec![0.3, 0.7]).beta(&members), vec![0.3, 0.7]);
+    assert_eq!(BetaRule::Entropy { tau: 1e-4 }.beta(&members).unwrap(), vec![0.0, 1.0]);
+    assert_eq!(BetaRule::MinEntropy.beta(&members).unwrap(), vec![0.0, 1.0]);
+    assert_eq!(BetaRule::Fixed(vec![0.3, 0.7]).beta(&members).unwrap(), vec![0.3, 0.7]);
 }
 
 #[test]
@@ -260,7 +261,7 @@ fn entropy_mixture_runs_each_member_then_mixes_with_its_beta() {
             .iter()
             .map(|l| admix::model::classify::prediction(l[s * 2..s * 2 + 2].to_vec()).probs)
             .collect();
-        let want_beta = rule.beta(&[&probs[0], &probs[1]]);
+        let want_beta = rule.beta(&[&probs[0], &probs[1]]).unwrap();
         assert_eq!(out.beta[s], want_beta, "sample {s}");
         let a = mix_adapters(&[&clean, &adv], &want_beta).unwrap();
         let h = mix_heads(&[&clean_h, &adv_h], &want_beta).unwrap();
@@ -308,7 +309,8 @@ fn a_sample_with_all_beta_on_one_member_is_that_member_and_skips_the_mixed_pass(
     let batch = f.batch(&[0, 1, 2, 3]);
     let mixture =
         Mixture::new(&Cpu, &f.bert, &[(&clean, &clean_h), (&adv, &adv_h)], BetaRule::MinEntropy).unwrap();
-    let each = mixture.member_probs(&Cpu, &batch).unwrap();
+    let passes = mixture.member_passes(&Cpu, &batch, false).unwrap();
+    let each = &passes.probs;
     let close = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
     // min-entropy: every sample is one member's
     let out = mixture.run(&Cpu, &batch).unwrap();
@@ -321,7 +323,7 @@ fn a_sample_with_all_beta_on_one_member_is_that_member_and_skips_the_mixed_pass(
     }
     // some samples mixed, some not: the mixed ones run as a batch of their own
     let beta = vec![vec![1.0, 0.0], vec![0.3, 0.7], vec![0.0, 1.0], vec![0.5, 0.5]];
-    let part = mixture.run_with(&Cpu, &batch, beta.clone(), Some(&each)).unwrap();
+    let part = mixture.run_with(&Cpu, &batch, beta.clone(), Some(&passes)).unwrap();
     let full = mixture.run_with(&Cpu, &batch, beta, None).unwrap();
     assert_eq!((&part.probs[0], &part.probs[2]), (&each[0][0], &each[1][2]));
     for s in 0..4 {
@@ -331,13 +333,14 @@ fn a_sample_with_all_beta_on_one_member_is_that_member_and_skips_the_mixed_pass(
     assert!(close(&part.probs[1], &each[0][1]) > 1e-4 && close(&part.probs[1], &each[1][1]) > 1e-4);
     // the rules given the members' probabilities are the rules that compute them
     let rules = [BetaRule::Entropy { tau: 0.1 }, BetaRule::MinEntropy, BetaRule::Fixed(vec![0.4, 0.6])];
-    let given = mixture.run_rules_given(&Cpu, &batch, &rules, Some(&each)).unwrap();
+    let given = mixture.run_rules_given(&Cpu, &batch, &rules, Some(&passes)).unwrap();
     let own = mixture.run_rules(&Cpu, &batch, &rules).unwrap();
     for (g, o) in given.iter().zip(&own) {
         assert_eq!((&g.probs, &g.beta), (&o.probs, &o.beta));
     }
     let e = mixture.run_rules_given(&Cpu, &batch, &rules[..1], None).err().unwrap().to_string();
     assert!(e.contains("needs the members' probabilities"), "{e}");
-    let e = mixture.run_with(&Cpu, &batch, vec![vec![0.5, 0.5]; 4], Some(&each[..1])).err().unwrap();
+    let one = MemberPasses::probs_only(each[..1].to_vec());
+    let e = mixture.run_with(&Cpu, &batch, vec![vec![0.5, 0.5]; 4], Some(&one)).err().unwrap();
     assert!(e.to_string().contains("member probabilities for 1 members of 4 samples, not 2 of 4"), "{e}");
 }

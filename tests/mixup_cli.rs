@@ -110,7 +110,11 @@ fn the_pipeline_runs_every_stage_and_reports_what_the_stages_measured() {
     ] {
         assert!(names.contains(&want), "no row `{want}` in {names:?}");
     }
-    assert!(names.iter().any(|n| n.starts_with("AdpMixup, best static β")), "{names:?}");
+    assert!(names.iter().any(|n| n.starts_with("AdpMixup, best static β on test (upper bound")), "{names:?}");
+    for want in ["AdpMixup, learned router (admix's own)", "oracle router (upper bound)"] {
+        assert!(names.contains(&want), "no row `{want}` in {names:?}");
+    }
+    assert!(names.iter().any(|n| n.starts_with("AdpMixup, calibrated entropy β (τ = ")), "{names:?}");
     // β sweep 0, 0.25, …, 1 and τ ∈ {0.1, 1} plus min-entropy
     let sweep = report["sweep"].as_array().unwrap();
     assert_eq!(sweep.len(), 5 + 3);
@@ -153,6 +157,56 @@ fn the_pipeline_runs_every_stage_and_reports_what_the_stages_measured() {
     assert_eq!(s["accuracy_under_attack"].as_f64().unwrap(), adaptive);
     assert_eq!(s["examples"].as_u64().unwrap(), 6);
     attacked_once(&run);
+    // tuned on dev: one temperature per member, each τ from the grid
+    let tuning = &report["tuning"];
+    let temps = tuning["temperatures"].as_array().unwrap();
+    assert_eq!(temps.len(), 2);
+    assert!(temps.iter().all(|t| t.as_f64().unwrap() > 0.0), "{temps:?}");
+    for t in ["entropy_tau", "calibrated_tau"] {
+        assert!([0.1, 1.0].contains(&tuning[t].as_f64().unwrap()), "{t}: {tuning}");
+    }
+    let dev_adv = std::fs::read_to_string(run.join("attack-dev-deepwordbug/results.jsonl")).unwrap();
+    let dev_found = dev_adv.lines().filter(|l| l.contains("\"outcome\":\"successful\"")).count();
+    assert_eq!(tuning["dev_sets"][0][1].as_u64().unwrap() as usize, dev_found);
+    // routing: the oracle routes every input where it belongs; every rule routes every input
+    let routing = report["routing"].as_array().unwrap();
+    let sets = 1 + report["sets"].as_array().unwrap().len();
+    let rules: std::collections::BTreeSet<&str> =
+        routing.iter().map(|r| r["rule"].as_str().unwrap()).collect();
+    assert_eq!(routing.len(), rules.len() * sets, "{rules:?}");
+    assert!(
+        rules.contains("learned router (admix's own)") && rules.contains("oracle (upper bound)"),
+        "{rules:?}"
+    );
+    for r in routing.iter().filter(|r| r["rule"] == "oracle (upper bound)") {
+        assert_eq!(r["accuracy"].as_f64(), Some(100.0), "{r}");
+    }
+    // the router the run trained is the router `admix eval --router` runs: the same clean accuracy
+    for f in ["router_config.json", "router.safetensors"] {
+        assert!(run.join("router").join(f).is_file(), "router/{f} missing");
+    }
+    let out = ok(&admix(
+        &[
+            "eval",
+            "--adapter",
+            &env.s("run/clean"),
+            "--adapter",
+            &env.s("run/adv-deepwordbug"),
+            "--router",
+            &env.s("run/router"),
+            "--model",
+            &env.s("model"),
+            "--max-len",
+            "64",
+            "--data",
+            &env.s("run/data/test.jsonl"),
+            "--json",
+        ],
+        b"",
+    ));
+    let eval: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let routed = row("AdpMixup, learned router (admix's own)")["clean"].as_f64().unwrap();
+    assert!((eval["accuracy"].as_f64().unwrap() * 100.0 - routed).abs() < 1e-6, "{eval} vs {routed}");
     // attribution: every clean test input gives its largest β to some member
     let attribution = &report["attribution"]["rows"][0];
     let counted: u64 = attribution["counts"].as_array().unwrap().iter().map(|c| c.as_u64().unwrap()).sum();
@@ -211,17 +265,24 @@ fn attacked_once(run: &std::path::Path) -> (usize, usize) {
             _ => m["name"].as_str().unwrap().to_string(),
         }
     };
-    let models: std::collections::BTreeSet<String> = methods.iter().map(model_of).collect();
+    // the oracle router knows each input's set: it is an upper bound, not a classifier to attack
+    let oracle = |m: &serde_json::Value| m["spec"]["type"] == "oracle";
+    let models: std::collections::BTreeSet<String> =
+        methods.iter().filter(|m| !oracle(m)).map(model_of).collect();
     let attacked = std::fs::read_dir(run.join("adaptive"))
         .unwrap()
         .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".config.json"))
         .count();
     assert_eq!(attacked, 2 * models.len(), "adaptive stages for {models:?}");
     for m in methods {
+        if oracle(m) {
+            assert!(m["adaptive"].as_object().is_some_and(|a| a.is_empty()), "{m}");
+            continue;
+        }
         assert!(m["adaptive"].as_object().is_some_and(|a| a.len() == 2), "{m}");
         assert_eq!(m["adaptive"], row(&model_of(m))["adaptive"], "{}", m["name"]);
     }
-    (methods.len(), models.len())
+    (methods.iter().filter(|m| !oracle(m)).count(), models.len())
 }
 
 #[test]

@@ -173,6 +173,61 @@ fn two_adapters_mix_by_entropy_in_weight_space() {
     assert!(ok, "{rest}");
 }
 
+/// A router over the fixture's two adapters with seeded random weights and a standardisation that
+/// is not the identity, saved in `dir`.
+fn random_router(dir: &std::path::Path) {
+    use admix::adapter::router::{features, Router, RouterConfig};
+    let width = features::width(2, 2, 384);
+    let config = RouterConfig {
+        kind: "admix_router".into(),
+        members: vec!["clean".into(), "adv".into()],
+        num_labels: 2,
+        hidden_size: 384,
+        layers: vec![8],
+        activation: admix::backend::Activation::Tanh,
+        features: width,
+        trained: Value::Null,
+    };
+    let mean = (0..width).map(|i| (i % 7) as f32 * 0.01).collect();
+    let std = (0..width).map(|i| 0.05 + (i % 5) as f32 * 0.1).collect();
+    Router::init(config, mean, std, 11).unwrap().save(dir).unwrap();
+}
+
+#[test]
+fn a_routed_mixture_serves_what_score_gives() {
+    let (sentences, _) = common::sentences();
+    let dir = tempfile::tempdir().unwrap();
+    let router = dir.path().join("router");
+    random_router(&router);
+    let file = adapters_file();
+    let (c, a) = (format!("{file}#clean"), format!("{file}#adv"));
+    let flags = ["--adapter", &c, "--adapter", &a, "--router", router.to_str().unwrap()];
+    let srv = Serve::start(&[&flags[..], &["--max-wait-us", "0"]].concat());
+    let served = srv.score(&sentences);
+    let (ok, rest) = srv.terminate();
+    assert!(ok, "{rest}");
+    let input: String = sentences.iter().map(|s| format!("{}\n", json!({ "text": s }))).collect();
+    let model = common::minilm_dir();
+    let args =
+        [&["score", "-", "--format", "jsonl", "--model", model.to_str().unwrap()][..], &flags[..]].concat();
+    let out = admix(&args, input.as_bytes());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let scored: Vec<Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(scored.len(), sentences.len());
+    let mut spread = 0f64;
+    for (i, (srv, cli)) in served.iter().zip(&scored).enumerate() {
+        let (b, want) = (floats(&srv["beta"]), floats(&cli["beta"]));
+        spread = spread.max((b[0] - 0.5).abs());
+        for (got, want) in [(b, want), (floats(&srv["probs"]), floats(&cli["probs"]))] {
+            let e = got.iter().zip(&want).map(|(x, y)| (x - y).abs()).fold(0f64, f64::max);
+            assert!(e < 1e-5, "sentence {i}: serve {got:?} vs score {want:?}");
+        }
+    }
+    // the router's β is per input, not a constant
+    assert!(spread > 1e-3, "every β is about uniform");
+}
+
 #[test]
 fn bad_serve_settings_are_one_error_line() {
     let model = common::minilm_dir();

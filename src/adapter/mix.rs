@@ -180,11 +180,65 @@ pub enum BetaRule {
     Entropy { tau: f32 },
     /// all weight on the adapter with the least entropy (τ → 0)
     MinEntropy,
+    /// entropy β over temperature-scaled predictions: member `i`'s probabilities become
+    /// `softmax(ln p / Tᵢ)` (`Tᵢ` fitted on dev by NLL, [`fit_temperature`]) before the entropies
+    Calibrated { tau: f32, temperatures: Vec<f32> },
+    /// the learned router saved in `dir` (admix's own rule, [`crate::adapter::router`]): β from the members'
+    /// passes and the input's wordpieces
+    Router { dir: std::path::PathBuf },
 }
 
 /// Shannon entropy (nats) of a probability vector.
 pub fn entropy(p: &[f32]) -> f32 {
     -p.iter().filter(|&&v| v > 0.0).map(|&v| v * v.ln()).sum::<f32>()
+}
+
+/// Temperature scaling of a probability vector: `softmax(ln p / t)` (the same as dividing the
+/// logits by `t`).
+pub fn calibrate(p: &[f32], t: f32) -> Vec<f32> {
+    let z: Vec<f64> = p.iter().map(|&v| (v.max(1e-30) as f64).ln() / t as f64).collect();
+    let top = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let e: Vec<f64> = z.iter().map(|v| (v - top).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.iter().map(|v| (v / s) as f32).collect()
+}
+
+/// The temperature `t` in [0.05, 20] that minimises the mean negative log-likelihood of
+/// `labels` under [`calibrate`]d `probs` (Guo et al.'s temperature scaling; the NLL is convex in
+/// `1/t`, searched by golden section).
+pub fn fit_temperature(probs: &[Vec<f32>], labels: &[usize]) -> Result<f32> {
+    ensure!(
+        !probs.is_empty() && probs.len() == labels.len(),
+        "temperature scaling needs labelled predictions"
+    );
+    let logp: Vec<Vec<f64>> =
+        probs.iter().map(|p| p.iter().map(|&v| (v.max(1e-30) as f64).ln()).collect()).collect();
+    let nll = |inv_t: f64| -> f64 {
+        logp.iter()
+            .zip(labels)
+            .map(|(l, &y)| {
+                let top = l.iter().copied().fold(f64::NEG_INFINITY, f64::max) * inv_t;
+                let lse = top + l.iter().map(|v| (v * inv_t - top).exp()).sum::<f64>().ln();
+                lse - l[y] * inv_t
+            })
+            .sum::<f64>()
+    };
+    let (mut a, mut b) = (1.0 / 20.0, 1.0 / 0.05);
+    let g = (5f64.sqrt() - 1.0) / 2.0;
+    let (mut c, mut d) = (b - g * (b - a), a + g * (b - a));
+    let (mut fc, mut fd) = (nll(c), nll(d));
+    for _ in 0..100 {
+        if fc < fd {
+            (b, d, fd) = (d, c, fc);
+            c = b - g * (b - a);
+            fc = nll(c);
+        } else {
+            (a, c, fc) = (c, d, fd);
+            d = a + g * (b - a);
+            fd = nll(d);
+        }
+    }
+    Ok((2.0 / (a + b)) as f32)
 }
 
 /// The member a β puts all its weight on, if it does: then the mix is that member exactly
@@ -194,28 +248,47 @@ pub fn one_member(beta: &[f32]) -> Option<usize> {
     beta.iter().enumerate().all(|(j, &v)| j == i || v == 0.0).then_some(i)
 }
 
+fn softmax_neg(h: &[f32], tau: f32) -> Vec<f32> {
+    let z: Vec<f32> = h.iter().map(|h| -h / tau).collect();
+    let top = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f32> = z.iter().map(|v| (v - top).exp()).collect();
+    let s: f32 = e.iter().sum();
+    e.iter().map(|v| v / s).collect()
+}
+
 impl BetaRule {
     /// Whether β depends on the input (the adapters must be run first).
     pub fn is_adaptive(&self) -> bool {
         !matches!(self, BetaRule::Fixed(_))
     }
 
-    /// One sample's β from each adapter's class probabilities on it (unused for `Fixed`).
-    pub fn beta(&self, member_probs: &[&[f32]]) -> Vec<f32> {
-        match self {
+    /// One sample's β from each adapter's class probabilities on it (a fixed β as it is; the
+    /// router's β needs more than the probabilities: [`crate::adapter::router::Router::beta`]).
+    pub fn beta(&self, member_probs: &[&[f32]]) -> Result<Vec<f32>> {
+        Ok(match self {
             BetaRule::Fixed(b) => b.clone(),
             BetaRule::Entropy { tau } => {
-                let z: Vec<f32> = member_probs.iter().map(|p| -entropy(p) / tau).collect();
-                let top = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let e: Vec<f32> = z.iter().map(|v| (v - top).exp()).collect();
-                let s: f32 = e.iter().sum();
-                e.iter().map(|v| v / s).collect()
+                softmax_neg(&member_probs.iter().map(|p| entropy(p)).collect::<Vec<_>>(), *tau)
+            }
+            BetaRule::Calibrated { tau, temperatures } => {
+                ensure!(
+                    temperatures.len() == member_probs.len(),
+                    "{} temperatures for {} adapters",
+                    temperatures.len(),
+                    member_probs.len()
+                );
+                let h: Vec<f32> =
+                    member_probs.iter().zip(temperatures).map(|(p, &t)| entropy(&calibrate(p, t))).collect();
+                softmax_neg(&h, *tau)
             }
             BetaRule::MinEntropy => {
                 let h: Vec<f32> = member_probs.iter().map(|p| entropy(p)).collect();
                 let best = (0..h.len()).fold(0, |b, i| if h[i] < h[b] { i } else { b });
                 (0..h.len()).map(|i| if i == best { 1.0 } else { 0.0 }).collect()
             }
-        }
+            BetaRule::Router { dir } => {
+                bail!("the router in {} gives β from the members' passes", dir.display())
+            }
+        })
     }
 }

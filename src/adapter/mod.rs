@@ -8,6 +8,7 @@
 pub mod config;
 mod head;
 pub mod mix;
+pub mod router;
 pub use config::Init;
 pub use head::{head_names, ClassificationHead, Dense, HeadPart, HeadSaved, MAX_HEAD_LAYERS};
 

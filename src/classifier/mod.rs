@@ -117,10 +117,24 @@ impl ClassifierSpec {
                 let sum: f32 = beta.iter().sum();
                 ensure!((sum - 1.0).abs() <= 1e-4, "--beta weights must sum to 1 (they sum to {sum})");
             }
-            BetaRule::Entropy { tau } => {
+            BetaRule::Entropy { tau } | BetaRule::Calibrated { tau, .. } => {
                 ensure!(tau.is_finite() && *tau > 0.0, "--tau must be positive (got {tau})");
             }
             _ => {}
+        }
+        if let BetaRule::Calibrated { temperatures, .. } = &self.mixing {
+            ensure!(
+                temperatures.len() == m,
+                "--temperatures gives {} temperature(s) for {m} adapters: give one per --adapter, in order",
+                temperatures.len()
+            );
+            if let Some(t) = temperatures.iter().find(|t| !(t.is_finite() && **t > 0.0)) {
+                bail!("--temperatures must be positive (got {t})");
+            }
+        }
+        if let BetaRule::Router { dir } = &self.mixing {
+            ensure!(m > 1, "--router routes between two or more --adapter (got one)");
+            ensure!(dir.is_dir(), "--router {}: no such directory", dir.display());
         }
         Ok(())
     }
@@ -144,6 +158,8 @@ pub struct Loaded {
     pub names: Vec<String>,
     /// the encoder is a full checkpoint's fine-tuned one (not the base model)
     pub fine_tuned: bool,
+    /// the learned router ([`BetaRule::Router`])
+    pub router: Option<crate::adapter::router::Router<Tensor>>,
 }
 
 /// The max length a checkpoint was trained with (`admix.json` beside it), if it says.
@@ -219,7 +235,17 @@ pub fn load(spec: &ClassifierSpec, model: Option<&Path>, max_len: Option<usize>)
         members.push(member);
     }
     let labels = labels.context("no classifier given")?;
+    let router = match &spec.mixing {
+        BetaRule::Router { dir } => {
+            let r = crate::adapter::router::Router::load(dir)?;
+            r.check_fits(members.len(), labels.len(), hidden)
+                .with_context(|| format!("--router {}", dir.display()))?;
+            Some(r)
+        }
+        _ => None,
+    };
     Ok(Loaded {
+        router,
         model,
         members,
         labels,
@@ -270,10 +296,25 @@ impl Loaded {
         let heads: Vec<&ClassificationHead<Tensor>> = self.members.iter().map(|m| &m.head).collect();
         match &self.mixing {
             BetaRule::Fixed(beta) => single(Some(&mix_adapters(&adapters, beta)?), &mix_heads(&heads, beta)?),
-            rule => {
-                let refs: Vec<_> = adapters.into_iter().zip(heads).collect();
-                Ok(Built::Mixture(Mixture::new(be, bert, &refs, rule.clone())?))
-            }
+            _ => Ok(Built::Mixture(self.mixture_on(be, bert)?)),
+        }
+    }
+
+    /// The sources as one [`Mixture`] with their rule (one source: β = 1), the learned router
+    /// attached when the rule is the router's.
+    pub fn mixture_on<B: Backend>(&self, be: &B, bert: &Bert<Tensor>) -> Result<Mixture<B>> {
+        let rule = if self.members.len() == 1 { BetaRule::Fixed(vec![1.0]) } else { self.mixing.clone() };
+        let mut refs = Vec::new();
+        for (m, name) in self.members.iter().zip(&self.names) {
+            let Some(adapter) = &m.adapter else {
+                bail!("{name} holds a full or head-only model: only adapters are mixed or served");
+            };
+            refs.push((adapter, &m.head));
+        }
+        let mixture = Mixture::new(be, bert, &refs, rule)?;
+        match &self.router {
+            Some(r) => mixture.routed(be, r, self.model.tokenizer.piece_table()),
+            None => Ok(mixture),
         }
     }
 }

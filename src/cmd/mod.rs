@@ -96,7 +96,8 @@ pub struct Seed {
 }
 
 /// How a classifier is named (score, eval, attack, serve): one `--adapter` is that classifier; two
-/// or more are the AdpMixup mixture, with entropy β (`--tau`) or static weights (`--beta`).
+/// or more are the AdpMixup mixture, with entropy β (`--tau`, calibrated with `--temperatures`),
+/// static weights (`--beta`) or the learned router (`--router`).
 #[derive(Args)]
 pub struct ClassifierArgs {
     /// A checkpoint directory (`admix train`'s run or best/, or AdapterHub's
@@ -110,8 +111,16 @@ pub struct ClassifierArgs {
     pub tau: f32,
     /// Static mixing weights instead, one per --adapter in order, summing to 1: the weight-space mix
     /// θ = Σ βᵢ θᵢ
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["router", "temperatures"])]
     pub beta: Option<Vec<f32>>,
+    /// Calibrated entropy β: each adapter's predictions temperature-scaled, softmax(ln p / Tᵢ), before
+    /// the entropies (one Tᵢ per --adapter, in order; `admix mixup` fits them on dev)
+    #[arg(long, value_delimiter = ',', conflicts_with = "router")]
+    pub temperatures: Option<Vec<f32>>,
+    /// The learned router in DIR (router_config.json + router.safetensors, as `admix mixup` saves it
+    /// in its run directory's router/) chooses β per input: admix's own rule, not the paper's
+    #[arg(long, value_name = "DIR")]
+    pub router: Option<PathBuf>,
     /// Adapter name in a safetensors file (one --adapter; same as FILE#NAME)
     #[arg(long)]
     pub adapter_name: Option<String>,
@@ -164,7 +173,11 @@ impl ClassifierArgs {
                 }
                 BetaRule::Fixed(beta.clone())
             }
-            None => BetaRule::Entropy { tau: self.tau },
+            None => match (&self.router, &self.temperatures) {
+                (Some(dir), _) => BetaRule::Router { dir: dir.clone() },
+                (None, Some(t)) => BetaRule::Calibrated { tau: self.tau, temperatures: t.clone() },
+                (None, None) => BetaRule::Entropy { tau: self.tau },
+            },
         };
         let spec = ClassifierSpec { sources, mixing, adapter_act };
         spec.check()?;

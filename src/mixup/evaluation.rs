@@ -3,14 +3,15 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::methods::{method_rows, Zoo};
-use super::report::{self, Attribution, MethodRow, Report, SetInfo, Spec};
+use super::report::{self, Attribution, MethodRow, Report, RoutingRow, SetInfo, Spec, Tuning};
 use super::stages::Stages;
 use super::Ctx;
-use crate::adapter::mix::BetaRule;
+use crate::adapter::mix::{fit_temperature, BetaRule};
+use crate::adapter::router::features::MemberPasses;
 use crate::attack::metrics::Summary;
 use crate::attack::run::{self, AttackConfig};
 use crate::backend::{Backend, Precision, TokenBatch};
@@ -18,12 +19,16 @@ use crate::data::batches;
 use crate::data::Example;
 use crate::io;
 use crate::model::classify::argmax;
+use crate::model::mixture::Mixture;
 use crate::model::tokenizer::TextTokenizer;
 use crate::model::ModelDir;
 use crate::Choice;
 
 /// Batches of `examples` in length order: `(example indices, batch)`.
-fn eval_batches(tok: &TextTokenizer, examples: &[Example]) -> Result<Vec<(Vec<usize>, TokenBatch)>> {
+pub(super) fn eval_batches(
+    tok: &TextTokenizer,
+    examples: &[Example],
+) -> Result<Vec<(Vec<usize>, TokenBatch)>> {
     if examples.is_empty() {
         return Ok(vec![]);
     }
@@ -52,9 +57,101 @@ struct Evaluation {
     methods: Vec<MethodRow>,
     sweep: Vec<MethodRow>,
     attribution: Attribution,
+    #[serde(default)]
+    routing: Vec<RoutingRow>,
+    #[serde(default)]
+    tuning: Tuning,
 }
 
-/// Clean and transfer accuracy of every method, the sweeps, and the attribution table.
+/// Each example's probabilities under member `i`, from the passes over a set's batches.
+fn member_set_probs(
+    bs: &[(Vec<usize>, TokenBatch)],
+    passes: &[MemberPasses],
+    i: usize,
+    n: usize,
+) -> Vec<Vec<f32>> {
+    let mut probs = vec![vec![]; n];
+    for ((idx, _), p) in bs.iter().zip(passes) {
+        for (k, &e) in idx.iter().enumerate() {
+            probs[e] = p.probs[i][k].clone();
+        }
+    }
+    probs
+}
+
+/// The members that should take an input of `set` (0 the clean test set, then the transfer sets).
+fn rightful(c: &Ctx, set: usize, m: usize) -> Vec<usize> {
+    match set {
+        0 => vec![0],
+        s => match c.plan.known.iter().position(|k| *k == c.sets[s - 1].0) {
+            Some(k) => vec![k + 1],
+            None => (1..m).collect(),
+        },
+    }
+}
+
+/// Temperatures on clean dev, then the τ of entropy β and of calibrated entropy β that score best
+/// on dev ((clean + mean known adversarial) / 2).
+fn tune<B: Backend>(
+    be: &B,
+    c: &Ctx,
+    tok: &TextTokenizer,
+    mixture: &Mixture<B>,
+    taus: &[f32],
+) -> Result<Tuning> {
+    let mut sets: Vec<&[Example]> = vec![c.dev];
+    sets.extend(c.dev_sets.iter().map(|(_, v)| v.as_slice()));
+    let batches: Vec<_> = sets.iter().map(|ex| eval_batches(tok, ex)).collect::<Result<_>>()?;
+    let passes: Vec<Vec<MemberPasses>> = batches
+        .iter()
+        .map(|bs| bs.iter().map(|(_, b)| mixture.member_passes(be, b, false)).collect::<Result<Vec<_>>>())
+        .collect::<Result<_>>()?;
+    let labels: Vec<usize> = c.dev.iter().map(|e| e.label).collect();
+    let temperatures = (0..mixture.m())
+        .map(|i| fit_temperature(&member_set_probs(&batches[0], &passes[0], i, c.dev.len()), &labels))
+        .collect::<Result<Vec<f32>>>()?;
+    let mut dev_scores = vec![];
+    for &tau in taus {
+        let rules =
+            [BetaRule::Entropy { tau }, BetaRule::Calibrated { tau, temperatures: temperatures.clone() }];
+        let mut acc = vec![vec![]; rules.len()];
+        for (set, bs) in batches.iter().enumerate() {
+            let mut probs = vec![vec![vec![]; sets[set].len()]; rules.len()];
+            for ((idx, batch), p) in bs.iter().zip(&passes[set]) {
+                for (r, out) in mixture.run_rules_given(be, batch, &rules, Some(p))?.into_iter().enumerate() {
+                    for (k, &i) in idx.iter().enumerate() {
+                        probs[r][i] = out.probs[k].clone();
+                    }
+                }
+            }
+            for r in 0..rules.len() {
+                acc[r].push(accuracy(&probs[r], sets[set]));
+            }
+        }
+        let score = |a: &[f64]| match a.len() {
+            1 => a[0],
+            n => (a[0] + a[1..].iter().sum::<f64>() / (n - 1) as f64) / 2.0,
+        };
+        dev_scores.push((tau, score(&acc[0]), score(&acc[1])));
+    }
+    let best = |f: fn(&(f32, f64, f64)) -> f64| {
+        dev_scores
+            .iter()
+            .fold((f64::NEG_INFINITY, taus[0]), |b, d| if f(d) > b.0 { (f(d), d.0) } else { b })
+            .1
+    };
+    Ok(Tuning {
+        entropy_tau: best(|d| d.1),
+        calibrated_tau: best(|d| d.2),
+        temperatures,
+        dev_scores,
+        dev_examples: c.dev.len(),
+        dev_sets: c.dev_sets.iter().map(|(k, v)| (k.clone(), v.len())).collect(),
+    })
+}
+
+/// Clean and transfer accuracy of every method, the sweeps, the dev tuning, the routing and the
+/// attribution table.
 fn evaluation<B: Backend + 'static>(
     be: &B,
     c: &Ctx,
@@ -78,24 +175,35 @@ fn evaluation<B: Backend + 'static>(
             row.transfer.insert(inputs[set].0.clone(), acc);
         }
     };
+    // the members' passes over every input set (with the router, their pooled states too): the
+    // members' own accuracies and every β rule's input
+    let mixture = zoo.mixture(be, BetaRule::MinEntropy)?;
+    let m = mixture.m();
+    let passes: Vec<Vec<MemberPasses>> = batches
+        .iter()
+        .map(|bs| bs.iter().map(|(_, b)| mixture.member_passes(be, b, zoo.router.is_some())).collect())
+        .collect::<Result<_>>()?;
     // single models and static mixes: one pass each per distinct classifier (a static β on one
-    // member is that member, Adapter Soup a point of the β grid); the members' probabilities are
-    // kept for the β rules
-    let member_specs: Vec<Spec> =
-        (0..zoo.members.len()).map(|i| Spec::Checkpoint { dir: Zoo::member_dir(i, c) }).collect();
-    let mut member_probs: Vec<Vec<Vec<Vec<f32>>>> = vec![vec![]; member_specs.len()]; // [member][set][example]
-    let mut scored: Vec<(Spec, Vec<f64>)> = vec![]; // each classifier's accuracy per input set
-    for row in methods
-        .iter_mut()
-        .chain(sweep.iter_mut())
-        .filter(|r| !matches!(r.spec, Spec::Entropy { .. } | Spec::MinEntropy))
-    {
+    // member is that member, Adapter Soup a point of the β grid)
+    let mut scored: Vec<(Spec, Vec<f64>)> = (0..m)
+        .map(|i| {
+            let accs = (0..batches.len())
+                .map(|set| {
+                    accuracy(
+                        &member_set_probs(&batches[set], &passes[set], i, inputs[set].1.len()),
+                        inputs[set].1,
+                    )
+                })
+                .collect();
+            (Spec::Checkpoint { dir: Zoo::member_dir(i, c) }, accs)
+        })
+        .collect();
+    for row in methods.iter_mut().chain(sweep.iter_mut()).filter(|r| !r.spec.is_rule()) {
         let spec = Zoo::canonical(&row.spec, c);
         let k = match scored.iter().position(|(s, _)| *s == spec) {
             Some(k) => k,
             None => {
                 let clf = zoo.build(be, &spec, c)?;
-                let member = member_specs.iter().position(|m| *m == spec);
                 let mut accs = vec![];
                 for (set, bs) in batches.iter().enumerate() {
                     let mut probs = vec![vec![]; inputs[set].1.len()];
@@ -105,9 +213,6 @@ fn evaluation<B: Backend + 'static>(
                         }
                     }
                     accs.push(accuracy(&probs, inputs[set].1));
-                    if let Some(m) = member {
-                        member_probs[m].push(probs);
-                    }
                 }
                 scored.push((spec, accs));
                 scored.len() - 1
@@ -118,61 +223,140 @@ fn evaluation<B: Backend + 'static>(
         }
         bar.inc(1);
     }
-    if member_probs.iter().any(|m| m.len() != batches.len()) {
-        bail!("a member adapter is missing from the methods");
-    }
-    // every β rule on one mixture, from the members' probabilities above
-    let rules: Vec<(usize, BetaRule)> = sweep
+    // τ and the temperatures, chosen on dev
+    let mut taus: Vec<f32> = sweep
         .iter()
-        .enumerate()
-        .filter_map(|(i, r)| match r.spec {
-            Spec::Entropy { tau } => Some((i, BetaRule::Entropy { tau })),
-            Spec::MinEntropy => Some((i, BetaRule::MinEntropy)),
+        .filter_map(|r| match r.spec {
+            Spec::Entropy { tau } => Some(tau),
             _ => None,
         })
         .collect();
-    let chosen =
-        rules.iter().position(|(_, r)| *r == BetaRule::Entropy { tau: c.a.tau }).context("the chosen τ")?;
-    let names: Vec<String> =
-        std::iter::once("clean".to_string()).chain(c.plan.known.iter().map(|k| format!("adv_{k}"))).collect();
-    let mut attribution = Attribution { members: names, rows: vec![] };
-    let mixture = zoo.mixture(be, BetaRule::MinEntropy)?;
-    let just: Vec<BetaRule> = rules.iter().map(|(_, r)| r.clone()).collect();
+    taus.dedup();
+    let tuning = tune(be, c, tok, &mixture, &taus)?;
+    // every β rule on the one mixture, from the members' passes above: the sweep's, then the
+    // methods' own (dev-tuned entropy, calibrated entropy, the router), then the oracle
+    let mut rules: Vec<(Option<usize>, Spec, BetaRule)> = sweep
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| match &r.spec {
+            Spec::Entropy { tau } => Some((Some(i), r.spec.clone(), BetaRule::Entropy { tau: *tau })),
+            Spec::MinEntropy => Some((Some(i), r.spec.clone(), BetaRule::MinEntropy)),
+            _ => None,
+        })
+        .collect();
+    let chosen = rules
+        .iter()
+        .position(|(_, _, r)| *r == BetaRule::Entropy { tau: c.a.tau })
+        .context("the chosen τ")?;
+    let tuned = rules
+        .iter()
+        .position(|(_, _, r)| *r == BetaRule::Entropy { tau: tuning.entropy_tau })
+        .context("the dev-tuned τ")?;
+    let calibrated =
+        BetaRule::Calibrated { tau: tuning.calibrated_tau, temperatures: tuning.temperatures.clone() };
+    rules.push((
+        None,
+        Spec::Calibrated { tau: tuning.calibrated_tau, temperatures: tuning.temperatures.clone() },
+        calibrated,
+    ));
+    if zoo.router.is_some() {
+        rules.push((None, Spec::Router, BetaRule::Router { dir: c.out.join("router") }));
+    }
+    let just: Vec<BetaRule> = rules.iter().map(|r| r.2.clone()).collect();
+    let oracle = just.len();
+    // per rule (and the oracle) and set: each example's probabilities and β
+    let mut results: Vec<Vec<(Vec<Vec<f32>>, Vec<Vec<f32>>)>> = vec![vec![]; just.len() + 1];
     for (set, bs) in batches.iter().enumerate() {
         let n = inputs[set].1.len();
-        let mut probs = vec![vec![vec![]; n]; rules.len()];
-        let m = mixture.m();
-        let (mut counts, mut mean_beta) = (vec![0usize; m], vec![0f64; m]);
-        for (idx, batch) in bs {
-            let given: Vec<Vec<Vec<f32>>> =
-                member_probs.iter().map(|p| idx.iter().map(|&i| p[set][i].clone()).collect()).collect();
-            for (r, out) in mixture.run_rules_given(be, batch, &just, Some(&given))?.into_iter().enumerate() {
+        for r in results.iter_mut() {
+            r.push((vec![vec![]; n], vec![vec![]; n]));
+        }
+        let want = rightful(c, set, m);
+        let oracle_beta: Vec<f32> =
+            (0..m).map(|i| if want.contains(&i) { 1.0 / want.len() as f32 } else { 0.0 }).collect();
+        for ((idx, batch), p) in bs.iter().zip(&passes[set]) {
+            let mut outs = mixture.run_rules_given(be, batch, &just, Some(p))?;
+            outs.push(mixture.run_with(be, batch, vec![oracle_beta.clone(); batch.batch], Some(p))?);
+            for (r, out) in outs.into_iter().enumerate() {
                 for (k, &i) in idx.iter().enumerate() {
-                    probs[r][i] = out.probs[k].clone();
-                    if r == chosen {
-                        counts[argmax(&out.beta[k])] += 1;
-                        for (s, v) in mean_beta.iter_mut().zip(&out.beta[k]) {
-                            *s += *v as f64 / n as f64;
-                        }
-                    }
+                    results[r][set].0[i] = out.probs[k].clone();
+                    results[r][set].1[i] = out.beta[k].clone();
                 }
             }
         }
-        for (r, (row, _)) in rules.iter().enumerate() {
-            record(&mut sweep[*row], set, accuracy(&probs[r], inputs[set].1));
-        }
-        let label = match set {
-            0 => "clean test".to_string(),
-            s => format!("{} ({})", inputs[s].0, if c.sets[s - 1].1 { "known" } else { "unseen" }),
-        };
-        attribution.rows.push(report::AttributionRow { set: label, examples: n, counts, mean_beta });
     }
-    bar.inc(rules.len() as u64);
+    for (r, (row, _, _)) in rules.iter().enumerate() {
+        if let Some(row) = row {
+            for (set, (probs, _)) in results[r].iter().enumerate() {
+                record(&mut sweep[*row], set, accuracy(probs, inputs[set].1));
+            }
+        }
+    }
+    bar.inc(rules.iter().filter(|r| r.0.is_some()).count() as u64);
     bar.finish_and_clear();
+    // the attribution (entropy β at the configured τ) and the routing of each rule
+    let set_label = |s: usize| match s {
+        0 => "clean test".to_string(),
+        s => format!("{} ({})", inputs[s].0, if c.sets[s - 1].1 { "known" } else { "unseen" }),
+    };
+    let names: Vec<String> =
+        std::iter::once("clean".to_string()).chain(c.plan.known.iter().map(|k| format!("adv_{k}"))).collect();
+    let mut attribution = Attribution { members: names, rows: vec![] };
+    for (set, (_, beta)) in results[chosen].iter().enumerate() {
+        let n = beta.len();
+        let mut counts = vec![0usize; m];
+        let mut mean_beta = vec![0f64; m];
+        for b in beta {
+            counts[argmax(b)] += 1;
+            for (s, v) in mean_beta.iter_mut().zip(b) {
+                *s += *v as f64 / n as f64;
+            }
+        }
+        attribution.rows.push(report::AttributionRow { set: set_label(set), examples: n, counts, mean_beta });
+    }
+    let rule_name = |r: usize| -> String {
+        match r {
+            r if r == oracle => "oracle (upper bound)".into(),
+            r if r == tuned && r == chosen => {
+                format!("entropy β, τ = {} (configured and dev-tuned)", c.a.tau)
+            }
+            r if r == tuned => format!("entropy β, τ = {} (dev-tuned)", tuning.entropy_tau),
+            r if r == chosen => format!("entropy β, τ = {} (configured)", c.a.tau),
+            r => match &rules[r].1 {
+                Spec::Calibrated { tau, .. } => format!("calibrated entropy β, τ = {tau} (dev-tuned)"),
+                Spec::Router => "learned router (admix's own)".into(),
+                Spec::MinEntropy => "min-entropy β".into(),
+                _ => String::new(),
+            },
+        }
+    };
+    let mut routing = vec![];
+    for r in (0..=oracle).filter(|&r| {
+        r == chosen
+            || r == tuned
+            || r == oracle
+            || rules[r].0.is_none()
+            || matches!(rules[r].1, Spec::MinEntropy)
+    }) {
+        for (set, (_, beta)) in results[r].iter().enumerate() {
+            let want = rightful(c, set, m);
+            let n = beta.len().max(1) as f64;
+            let right = beta.iter().filter(|b| want.contains(&argmax(b))).count() as f64;
+            let mass: f64 = beta.iter().map(|b| want.iter().map(|&i| b[i] as f64).sum::<f64>()).sum();
+            routing.push(RoutingRow {
+                rule: rule_name(r),
+                set: set_label(set),
+                examples: beta.len(),
+                accuracy: 100.0 * right / n,
+                mean_beta: mass / n,
+            });
+        }
+    }
     for row in methods.iter_mut().chain(sweep.iter_mut()) {
         row.finish(c.sets.iter().map(|(k, known, _)| (k.as_str(), *known)));
     }
-    // the best static β (by the mean of clean and robust accuracy) and the chosen τ join the table
+    // the AdpMixup rows: the best static β on test (an upper bound), entropy β at the configured
+    // and the dev-tuned τ, calibrated entropy, the router; then the oracle
     let best = sweep
         .iter()
         .filter(|r| r.kind == "beta-sweep")
@@ -180,15 +364,53 @@ fn evaluation<B: Backend + 'static>(
         .context("empty β grid")?;
     let mut row = best.clone();
     if let Spec::Static { beta } = &row.spec {
-        row.name = format!("AdpMixup, best static β (β_clean = {:.2})", beta[0]);
+        row.name = format!("AdpMixup, best static β on test (upper bound; β_clean = {:.2})", beta[0]);
     }
     row.kind = "adpmixup".into();
     methods.push(row);
-    let mut row = sweep[rules[chosen].0].clone();
+    let base = sweep[rules[chosen].0.context("a sweep row")?].clone();
+    let mut row = base.clone();
     row.name = format!("AdpMixup, entropy β (τ = {})", c.a.tau);
     row.kind = "adpmixup".into();
     methods.push(row);
-    Ok(Evaluation { methods, sweep, attribution })
+    if tuned != chosen {
+        let mut row = sweep[rules[tuned].0.context("a sweep row")?].clone();
+        row.name = format!("AdpMixup, entropy β (τ = {}, dev-tuned)", tuning.entropy_tau);
+        row.kind = "adpmixup".into();
+        methods.push(row);
+    }
+    let dev_cost: f64 =
+        c.plan.known.iter().map(|k| times.get(&format!("attack-dev-{k}")).copied().unwrap_or(0.0)).sum();
+    for r in (0..=oracle).filter(|&r| r == oracle || rules[r].0.is_none()) {
+        let (name, kind, spec, extra) = match r {
+            r if r == oracle => ("oracle router (upper bound)".to_string(), "upper-bound", Spec::Oracle, 0.0),
+            r => match &rules[r].1 {
+                Spec::Calibrated { tau, .. } => (
+                    format!("AdpMixup, calibrated entropy β (τ = {tau}, dev-tuned)"),
+                    "adpmixup",
+                    rules[r].1.clone(),
+                    dev_cost,
+                ),
+                _ => (
+                    "AdpMixup, learned router (admix's own)".to_string(),
+                    "adpmixup",
+                    Spec::Router,
+                    dev_cost + times.get("train-router").copied().unwrap_or(0.0),
+                ),
+            },
+        };
+        let mut row = MethodRow::new(&name, kind, spec, base.trainable_params, base.train_seconds + extra);
+        if let (Spec::Router, Some((router, _))) = (&row.spec, &zoo.router) {
+            row.trainable_params +=
+                router.layers.iter().map(|d| d.w.data().len() + d.b.data().len()).sum::<usize>();
+        }
+        for (set, (probs, _)) in results[r].iter().enumerate() {
+            record(&mut row, set, accuracy(probs, inputs[set].1));
+        }
+        row.finish(c.sets.iter().map(|(k, known, _)| (k.as_str(), *known)));
+        methods.push(row);
+    }
+    Ok(Evaluation { methods, sweep, attribution, routing, tuning })
 }
 
 /// The `evaluate` stage's record (`evaluation.config.json`): what it scored and with which τ and β.
@@ -201,6 +423,10 @@ struct EvaluateRecord<'a> {
     test_examples: usize,
     /// (attack, known, adversarial examples)
     sets: Vec<(&'a str, bool, usize)>,
+    dev_examples: usize,
+    /// (known attack, adversarial dev examples)
+    dev_sets: Vec<(&'a str, usize)>,
+    router: bool,
 }
 
 /// An adaptive stage's record (`adaptive/<method>-<attack>.config.json`).
@@ -225,6 +451,9 @@ pub(super) fn evaluate<B: Backend + 'static>(be: &B, c: &Ctx, st: &mut Stages) -
         beta_step: c.a.beta_step,
         test_examples: c.test.len(),
         sets: c.sets.iter().map(|(k, known, v)| (k.as_str(), *known, v.len())).collect(),
+        dev_examples: c.dev.len(),
+        dev_sets: c.dev_sets.iter().map(|(k, v)| (k.as_str(), v.len())).collect(),
+        router: zoo.router.is_some(),
     };
     st.run_recorded("evaluate", &c.out.join("evaluation.config.json"), &record, || {
         let e = evaluation(be, c, &zoo, &times)?;
@@ -242,7 +471,7 @@ pub(super) fn evaluate<B: Backend + 'static>(be: &B, c: &Ctx, st: &mut Stages) -
         std::fs::create_dir_all(&dir)?;
         // methods that are one classifier (the best static β may be a member) are attacked once
         let mut attacked: Vec<(Spec, BTreeMap<String, f64>)> = vec![];
-        for row in e.methods.iter_mut() {
+        for row in e.methods.iter_mut().filter(|r| r.spec != Spec::Oracle) {
             let spec = Zoo::canonical(&row.spec, c);
             if let Some((_, adaptive)) = attacked.iter().find(|(s, _)| *s == spec) {
                 row.adaptive = adaptive.clone();
@@ -281,7 +510,7 @@ pub(super) fn evaluate<B: Backend + 'static>(be: &B, c: &Ctx, st: &mut Stages) -
         .iter()
         .map(|(k, known, v)| SetInfo { attack: k.clone(), known: *known, examples: v.len() })
         .collect();
-    Ok(Report::new(
+    let mut report = Report::new(
         serde_json::to_value(c.plan)?,
         c.test.len(),
         sets,
@@ -289,5 +518,8 @@ pub(super) fn evaluate<B: Backend + 'static>(be: &B, c: &Ctx, st: &mut Stages) -
         e.sweep,
         e.attribution,
         c.a.tau,
-    ))
+    );
+    report.routing = e.routing;
+    report.tuning = e.tuning;
+    Ok(report)
 }

@@ -3,11 +3,13 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 use super::report::{MethodRow, Spec};
 use super::Ctx;
 use crate::adapter::mix::{mix_adapters, mix_heads, one_member, BetaRule};
+use crate::adapter::router::features::PieceTable;
+use crate::adapter::router::Router;
 use crate::adapter::{Adapter, ClassificationHead};
 use crate::backend::Backend;
 use crate::classifier::{self, ClassifierSpec};
@@ -52,6 +54,8 @@ fn load_trained(dir: &Path, model: Option<&Path>) -> Result<Trained> {
 /// The run's trained models, on the host, and what each method costs.
 pub(super) struct Zoo {
     pub base: Bert<Tensor>,
+    /// the learned router (after the `train-router` stage) and the tokenizer's piece table
+    pub router: Option<(Router<Tensor>, PieceTable)>,
     /// clean, then one adversarial adapter per known attack
     pub members: Vec<Trained>,
     pub checkpoints: BTreeMap<String, Trained>,
@@ -60,7 +64,13 @@ pub(super) struct Zoo {
 impl Zoo {
     pub fn open(c: &Ctx) -> Result<Zoo> {
         let model = c.a.model.as_deref();
-        let base = ModelDir::open(&c.model_dir(), 64)?.bert()?;
+        let dir = ModelDir::open(&c.model_dir(), 64)?;
+        let base = dir.bert()?;
+        let router_dir = c.out.join("router");
+        let router = match router_dir.join(crate::adapter::router::CONFIG).exists() {
+            true => Some((Router::load(&router_dir)?, dir.tokenizer.piece_table())),
+            false => None,
+        };
         let mut members = vec![load_trained(&c.out.join("clean"), model)?];
         for k in &c.plan.known {
             members.push(load_trained(&c.out.join(format!("adv-{k}")), model)?);
@@ -80,7 +90,7 @@ impl Zoo {
             let t = load_trained(&c.out.join(&d), model)?;
             checkpoints.insert(d, t);
         }
-        Ok(Zoo { base, members, checkpoints })
+        Ok(Zoo { base, router, members, checkpoints })
     }
 
     fn member(&self, dir: &str, c: &Ctx) -> Option<&Trained> {
@@ -122,8 +132,13 @@ impl Zoo {
         Ok((mix_adapters(&adapters, beta)?, mix_heads(&heads, beta)?))
     }
 
+    /// The members as one mixture (with the router, once trained).
     pub fn mixture<B: Backend>(&self, be: &B, rule: BetaRule) -> Result<Mixture<B>> {
-        Mixture::new(be, &self.base, &self.member_refs(), rule)
+        let mixture = Mixture::new(be, &self.base, &self.member_refs(), rule)?;
+        match &self.router {
+            Some((r, table)) => mixture.routed(be, r, table.clone()),
+            None => Ok(mixture),
+        }
     }
 
     /// The classifier of `spec` on a backend.
@@ -156,6 +171,16 @@ impl Zoo {
             }
             Spec::Entropy { tau } => Ok(Box::new(self.mixture(be, BetaRule::Entropy { tau: *tau })?)),
             Spec::MinEntropy => Ok(Box::new(self.mixture(be, BetaRule::MinEntropy)?)),
+            Spec::Calibrated { tau, temperatures } => Ok(Box::new(
+                self.mixture(be, BetaRule::Calibrated { tau: *tau, temperatures: temperatures.clone() })?,
+            )),
+            Spec::Router => {
+                ensure!(self.router.is_some(), "the run has no trained router");
+                Ok(Box::new(self.mixture(be, BetaRule::Router { dir: c.out.join("router") })?))
+            }
+            Spec::Oracle => {
+                bail!("the oracle router knows each input's set: it is not a classifier to attack")
+            }
         }
     }
 }

@@ -8,13 +8,17 @@
 //!    clean model; `train-adv-k` trains adapter `adv_k` on the clean training set plus the
 //!    successful adversarial examples with their original labels (or on those alone,
 //!    `--adv-only`);
+//!    then `attack-dev-k` attacks the dev split the same way (adversarial dev sets, for tuning
+//!    only) and `train-router` trains the learned router ([`crate::adapter::router`]) on the training
+//!    split's clean sentences and the adversarial training examples, picking its epoch on dev;
 //! 4. baselines: `train-adv-all` (one adapter on clean + every attack's examples, with two or
 //!    more known attacks), `train-full` and `train-full-adv` (full fine-tuning on clean, and on
 //!    clean + adversarial data);
 //! 5. `attack-test-k` for every known and unseen attack: the fixed transfer sets, the test
 //!    examples whose attack fooled the clean model;
-//! 6. `evaluate`: every method on the clean test set and every transfer set, the β sweep, the τ
-//!    ablation and the β attribution;
+//! 6. `evaluate`: the members' temperatures and each entropy rule's τ chosen on dev; every method
+//!    on the clean test set and every transfer set, the β sweep, the τ ablation, the routing of
+//!    every β rule (with the oracle router as an upper bound) and the β attribution;
 //! 7. `adaptive-<method>-k`: each method attacked directly (the mixture as a whole);
 //! 8. the report: report.md, report.json, tradeoff.png ([`report`]).
 //!
@@ -28,6 +32,7 @@ mod evaluation;
 mod methods;
 pub mod plan;
 pub mod report;
+mod routing;
 mod stages;
 
 use std::path::{Path, PathBuf};
@@ -48,6 +53,7 @@ use crate::data::labeled::{self, LabelSet};
 use crate::data::{self, mr, Example};
 use crate::rng::Rng;
 use crate::train::job::{self, Placement, TrainJob, TrainSource};
+use crate::train::router::FitConfig;
 use crate::{assets, attack, io, Choice};
 
 /// The user's train, dev and test files (instead of MR).
@@ -346,6 +352,7 @@ pub fn run(a: &MixupConfig) -> Result<Report> {
     // 3. one adversarial adapter per known attack
     let train_set = read_jsonl(&data.join("train.jsonl"), &labels)?;
     let mut all_adv = vec![];
+    let mut adv_sets = vec![];
     for k in &plan.known {
         let dir = out.join(format!("attack-train-{k}"));
         attack_run(
@@ -364,10 +371,47 @@ pub fn run(a: &MixupConfig) -> Result<Report> {
             train_set.iter().cloned().chain(adv.iter().cloned()).collect()
         };
         io::write_atomic(&data.join(&file), jsonl(&set, &labels)?.as_bytes())?;
-        all_adv.extend(adv);
+        all_adv.extend(adv.iter().cloned());
+        adv_sets.push(adv);
         let job = train_job(&format!("adv_{k}"), &file, &out.join(format!("adv-{k}")), false);
         train_run(&mut st, &format!("train-adv-{k}"), job)?;
     }
+    // 3b. dev adversarial sets (the known attacks on the dev split against the clean adapter: for
+    // tuning only), and the learned router
+    let dev = read_jsonl(&data.join("dev.jsonl"), &labels)?;
+    let mut dev_sets = vec![];
+    for k in &plan.known {
+        let dir = out.join(format!("attack-dev-{k}"));
+        attack_run(&mut st, &format!("attack-dev-{k}"), attack_job(k, &clean_dir, "dev.jsonl", &dir)?)?;
+        dev_sets.push((k.clone(), adversarial(&read_records(&dir)?)));
+    }
+    let member_dirs: Vec<(String, PathBuf)> = std::iter::once(("clean".to_string(), clean_dir.clone()))
+        .chain(plan.known.iter().map(|k| (format!("adv_{k}"), out.join(format!("adv-{k}")))))
+        .collect();
+    let router_data = routing::RouterData {
+        train: std::iter::once(train_set.as_slice()).chain(adv_sets.iter().map(Vec::as_slice)).collect(),
+        dev: std::iter::once(dev.as_slice()).chain(dev_sets.iter().map(|(_, v)| v.as_slice())).collect(),
+    };
+    let fit = FitConfig { seed: plan.seed, ..FitConfig::default() };
+    let record = routing::RouterRecord {
+        fit: fit.clone(),
+        members: member_dirs.iter().map(|(n, _)| n.clone()).collect(),
+        train: router_data.train.iter().map(|v| v.len()).collect(),
+        dev: router_data.dev.iter().map(|v| v.len()).collect(),
+    };
+    st.run_recorded("train-router", &out.join("router.config.json"), &record, || {
+        let dirs: Vec<(String, &Path)> = member_dirs.iter().map(|(n, d)| (n.clone(), d.as_path())).collect();
+        let report = crate::with_backend!(a.device.open(a.precision)?, be => routing::train_router(
+            &be, a.model.as_deref(), &dirs, &router_data, &fit, &out.join("router"))?);
+        let last = report.epochs[report.best_epoch - 1].dev_balanced_accuracy;
+        eprintln!(
+            "[mixup] router: epoch {} of {}, dev balanced routing accuracy {:.1}%",
+            report.best_epoch,
+            fit.epochs,
+            100.0 * last
+        );
+        Ok(())
+    })?;
     let mixed: Vec<Example> = train_set.iter().cloned().chain(all_adv.iter().cloned()).collect();
     io::write_atomic(&data.join("adv-all.jsonl"), jsonl(&mixed, &labels)?.as_bytes())?;
 
@@ -398,7 +442,7 @@ pub fn run(a: &MixupConfig) -> Result<Report> {
 
     // 6.–7. evaluation and the adaptive attacks
     let test = read_jsonl(&data.join("test.jsonl"), &labels)?;
-    let ctx = Ctx { out: &out, plan: &plan, a, test: &test, sets: &sets };
+    let ctx = Ctx { out: &out, plan: &plan, a, test: &test, sets: &sets, dev: &dev, dev_sets: &dev_sets };
     let mut report =
         crate::with_backend!(a.device.open(a.precision)?, be => evaluation::evaluate(&be, &ctx, &mut st)?);
     report.total_seconds = st.log.seconds.values().sum();
@@ -422,6 +466,9 @@ struct Ctx<'a> {
     test: &'a [Example],
     /// (attack, known, adversarial test examples)
     sets: &'a [(String, bool, Vec<Example>)],
+    /// the dev split and each known attack's adversarial dev examples (tuning only)
+    dev: &'a [Example],
+    dev_sets: &'a [(String, Vec<Example>)],
 }
 
 impl Ctx<'_> {

@@ -22,6 +22,24 @@ pub enum Spec {
     Entropy { tau: f32 },
     /// the members mixed per input, all weight on the least uncertain
     MinEntropy,
+    /// entropy β over temperature-scaled member predictions
+    Calibrated { tau: f32, temperatures: Vec<f32> },
+    /// β from the learned router the run trained (admix's own rule)
+    Router,
+    /// β from the input set itself (clean → the clean adapter, a known attack's examples → its
+    /// adapter, an unseen attack's → the adversarial adapters equally): an upper bound, not a
+    /// classifier
+    Oracle,
+}
+
+impl Spec {
+    /// β chosen per input (the mixture's rules; evaluated from the members' passes).
+    pub fn is_rule(&self) -> bool {
+        matches!(
+            self,
+            Spec::Entropy { .. } | Spec::MinEntropy | Spec::Calibrated { .. } | Spec::Router | Spec::Oracle
+        )
+    }
 }
 
 /// One method's numbers (accuracies in %).
@@ -117,6 +135,32 @@ pub struct AttributionRow {
     pub mean_beta: Vec<f64>,
 }
 
+/// How one β rule routes one input set.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RoutingRow {
+    pub rule: String,
+    pub set: String,
+    pub examples: usize,
+    /// % of inputs whose largest β is on a member that should take them (clean: the clean
+    /// adapter; a known attack: its adapter; an unseen attack: any adversarial adapter)
+    pub accuracy: f64,
+    /// mean total β on those members
+    pub mean_beta: f64,
+}
+
+/// What was chosen on dev: the members' temperatures and the τ of each entropy rule.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Tuning {
+    pub temperatures: Vec<f32>,
+    pub entropy_tau: f32,
+    pub calibrated_tau: f32,
+    /// per τ: (τ, entropy score, calibrated score), score = (dev clean + mean dev known) / 2
+    pub dev_scores: Vec<(f32, f64, f64)>,
+    pub dev_examples: usize,
+    /// (attack, adversarial dev examples)
+    pub dev_sets: Vec<(String, usize)>,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
     pub plan: serde_json::Value,
@@ -125,6 +169,10 @@ pub struct Report {
     pub methods: Vec<MethodRow>,
     pub sweep: Vec<MethodRow>,
     pub attribution: Attribution,
+    #[serde(default)]
+    pub routing: Vec<RoutingRow>,
+    #[serde(default)]
+    pub tuning: Tuning,
     pub tau: f32,
     pub total_seconds: f64,
     pub stage_seconds: BTreeMap<String, f64>,
@@ -149,6 +197,8 @@ impl Report {
             methods,
             sweep,
             attribution,
+            routing: vec![],
+            tuning: Tuning::default(),
             tau,
             total_seconds: 0.0,
             stage_seconds: BTreeMap::new(),
@@ -254,6 +304,55 @@ pub fn markdown(r: &Report) -> String {
             row.counts.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(" | "),
             mb.join(" / ")
         );
+    }
+    s += &routing(r);
+    s
+}
+
+/// The dev tuning and the routing table.
+fn routing(r: &Report) -> String {
+    let mut s = String::new();
+    let t = &r.tuning;
+    if !t.temperatures.is_empty() {
+        let sets: Vec<String> = t.dev_sets.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        s += &format!(
+            "\n### Tuned on dev ({} clean dev examples; adversarial dev sets: {})\n\n\
+             - members' temperatures (NLL on clean dev): {}\n\
+             - entropy β: τ = {}; calibrated entropy β: τ = {} (each the best (dev clean + mean dev known)/2 of the τ grid)\n",
+            t.dev_examples,
+            sets.join(", "),
+            t.temperatures.iter().map(|v| format!("{v:.3}")).collect::<Vec<_>>().join(", "),
+            t.entropy_tau,
+            t.calibrated_tau
+        );
+    }
+    if r.routing.is_empty() {
+        return s;
+    }
+    let mut sets: Vec<&str> = vec![];
+    for row in &r.routing {
+        if !sets.contains(&row.set.as_str()) {
+            sets.push(&row.set);
+        }
+    }
+    let mut rules: Vec<&str> = vec![];
+    for row in &r.routing {
+        if !rules.contains(&row.rule.as_str()) {
+            rules.push(&row.rule);
+        }
+    }
+    s += "\n### Routing: % of inputs whose largest β is on a member that should take them (mean β there)\n\n";
+    s += "Clean inputs should go to the clean adapter, a known attack's to its adapter, an unseen attack's to any adversarial adapter.\n\n";
+    s += &format!("| rule | {} |\n|---|{}\n", sets.join(" | "), "---|".repeat(sets.len()));
+    for rule in rules {
+        let cells: Vec<String> = sets
+            .iter()
+            .map(|set| match r.routing.iter().find(|x| x.rule == rule && x.set == *set) {
+                Some(x) => format!("{:.1} ({:.2})", x.accuracy, x.mean_beta),
+                None => "–".into(),
+            })
+            .collect();
+        s += &format!("| {rule} | {} |\n", cells.join(" | "));
     }
     s
 }

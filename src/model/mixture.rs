@@ -6,11 +6,14 @@
 //! The mixed pass runs the adapters *stacked*: one GEMM per projection computes all `m` outputs,
 //! and a per-row blend with each sample's β ([`Backend::mix_rows`], the fused
 //! adapter-interpolation kernel on CUDA) makes it exactly the weight-space mix of that sample,
-//! with no per-sample weight copy.
+//! with no per-sample weight copy. With the learned router ([`crate::adapter::router`]) the members' passes
+//! also keep their pooled [CLS] states, which with the input's wordpieces are the router's input.
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 use crate::adapter::mix::{self, stack_adapters, stack_heads, BetaRule, RowMix};
+use crate::adapter::router::features::{MemberPasses, PieceTable};
+use crate::adapter::router::Router;
 use crate::adapter::{Adapter, ClassificationHead};
 use crate::backend::Backend;
 use crate::backend::TokenBatch;
@@ -28,6 +31,9 @@ pub struct Mixture<B: Backend> {
     stacked: Adapter<B::Weight>,
     stacked_head: ClassificationHead<B::Weight>,
     pub rule: BetaRule,
+    /// the learned router with the tokenizer's piece table ([`Mixture::routed`])
+    router: Option<(Router<B::Weight>, PieceTable)>,
+    hidden: usize,
 }
 
 /// What a mixture computed for a batch.
@@ -49,8 +55,14 @@ impl<B: Backend> Mixture<B> {
         if let BetaRule::Fixed(b) = &rule {
             ensure!(b.len() == members.len(), "{} mixing weights for {} adapters", b.len(), members.len());
         }
-        if let BetaRule::Entropy { tau } = rule {
+        if let BetaRule::Entropy { tau } | BetaRule::Calibrated { tau, .. } = rule {
             ensure!(tau > 0.0 && tau.is_finite(), "the entropy temperature τ must be positive (got {tau})");
+        }
+        if let BetaRule::Calibrated { temperatures, .. } = &rule {
+            ensure!(
+                temperatures.len() == members.len() && temperatures.iter().all(|t| *t > 0.0 && t.is_finite()),
+                "calibrated entropy needs one positive temperature per adapter (got {temperatures:?})"
+            );
         }
         let labels = members[0].1.num_labels;
         if let Some((_, h)) = members.iter().find(|(_, h)| h.num_labels != labels) {
@@ -64,7 +76,16 @@ impl<B: Backend> Mixture<B> {
             .iter()
             .map(|(a, h)| Ok((a.to_backend(be)?, h.to_backend(be)?)))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Mixture { bert: bert.to_backend(be)?, members, stacked, stacked_head, rule })
+        let hidden = bert.cfg.hidden_size;
+        Ok(Mixture { bert: bert.to_backend(be)?, members, stacked, stacked_head, rule, router: None, hidden })
+    }
+
+    /// The mixture with a learned router (for [`BetaRule::Router`]); `table` is the tokenizer's.
+    pub fn routed(mut self, be: &B, router: &Router<Tensor>, table: PieceTable) -> Result<Self> {
+        let labels = self.members[0].1.num_labels;
+        router.check_fits(self.m(), labels, self.hidden)?;
+        self.router = Some((router.to_backend(be)?, table));
+        Ok(self)
     }
 
     /// The number of mixed adapters.
@@ -74,16 +95,24 @@ impl<B: Backend> Mixture<B> {
 
     /// Each member's class probabilities on the batch: `[member][sample][class]`.
     pub fn member_probs(&self, be: &B, batch: &TokenBatch) -> Result<Vec<Vec<Vec<f32>>>> {
+        Ok(self.member_passes(be, batch, false)?.probs)
+    }
+
+    /// Each member's pass over the batch: its probabilities and, with `pooled`, its [CLS] states.
+    pub fn member_passes(&self, be: &B, batch: &TokenBatch, pooled: bool) -> Result<MemberPasses> {
         let _range = crate::profile::range("mix: member passes");
-        self.members
-            .iter()
-            .map(|(a, h)| {
-                let cls = self.bert.encode_cls(be, batch, Some(a), None)?;
-                let (_, cols, logits) = be.download(&h.forward(be, &cls, batch.batch, 1)?)?;
-                ensure_finite(&logits, "logit")?;
-                Ok(logits.chunks(cols).map(|l| prediction(l.to_vec()).probs).collect())
-            })
-            .collect()
+        let mut out = MemberPasses::default();
+        for (a, h) in &self.members {
+            let cls = self.bert.encode_cls(be, batch, Some(a), None)?;
+            let (_, cols, logits) = be.download(&h.forward(be, &cls, batch.batch, 1)?)?;
+            ensure_finite(&logits, "logit")?;
+            out.probs.push(logits.chunks(cols).map(|l| prediction(l.to_vec()).probs).collect());
+            if pooled {
+                let (_, width, states) = be.download(&cls)?;
+                out.pooled.push(states.chunks(width).map(<[f32]>::to_vec).collect());
+            }
+        }
+        Ok(out)
     }
 
     /// Logits `[B, labels]` with sample `b` run by the adapter and head `Σᵢ β[b][i]·θᵢ`.
@@ -99,14 +128,14 @@ impl<B: Backend> Mixture<B> {
         Ok(self.run_rules(be, batch, std::slice::from_ref(&self.rule))?.remove(0))
     }
 
-    /// Members' probabilities as [`Mixture::member_probs`] gives them for `samples` samples.
-    fn check_members(&self, member_probs: Option<&[Vec<Vec<f32>>]>, samples: usize) -> Result<()> {
-        if let Some(p) = member_probs {
+    /// Members' passes as [`Mixture::member_passes`] gives them for `samples` samples.
+    fn check_members(&self, passes: Option<&MemberPasses>, samples: usize) -> Result<()> {
+        if let Some(p) = passes {
             ensure!(
-                p.len() == self.m() && p.iter().all(|p| p.len() == samples),
+                p.members() == self.m() && p.probs.iter().all(|p| p.len() == samples),
                 "member probabilities for {} members of {} samples, not {} of {samples}",
-                p.len(),
-                p.first().map_or(0, Vec::len),
+                p.members(),
+                p.samples(),
                 self.m(),
             );
         }
@@ -116,56 +145,76 @@ impl<B: Backend> Mixture<B> {
     /// The batch under each of several rules, the members' passes shared (a τ ablation costs one
     /// mixed pass per rule).
     pub fn run_rules(&self, be: &B, batch: &TokenBatch, rules: &[BetaRule]) -> Result<Vec<MixOutput>> {
-        let probs = match rules.iter().any(BetaRule::is_adaptive) {
-            true => Some(self.member_probs(be, batch)?),
+        let passes = match rules.iter().any(BetaRule::is_adaptive) {
+            true => {
+                let pooled = rules.iter().any(|r| matches!(r, BetaRule::Router { .. }));
+                Some(self.member_passes(be, batch, pooled)?)
+            }
             false => None,
         };
-        self.run_rules_given(be, batch, rules, probs.as_deref())
+        self.run_rules_given(be, batch, rules, passes.as_ref())
     }
 
-    /// [`Mixture::run_rules`] with the members' probabilities on the batch already computed
-    /// (`[member][sample][class]`, as [`Mixture::member_probs`] gives them; needed by adaptive
-    /// rules). A sample whose β is all on one member is that member (θ = θᵢ): it takes the
-    /// member's probabilities and skips the mixed pass, which runs on the other samples only.
+    /// Each sample's β under `rule`, from the members' passes (adaptive rules need them; the
+    /// router needs their pooled states too).
+    pub fn betas(
+        &self,
+        be: &B,
+        batch: &TokenBatch,
+        rule: &BetaRule,
+        passes: Option<&MemberPasses>,
+    ) -> Result<Vec<Vec<f32>>> {
+        Ok(match (rule, passes) {
+            (BetaRule::Fixed(b), _) => vec![b.clone(); batch.batch],
+            (BetaRule::Router { dir }, Some(p)) => {
+                let (router, table) = self.router.as_ref().with_context(|| {
+                    format!("the mixture was built without the router in {}", dir.display())
+                })?;
+                router.beta(be, p, batch, table)?
+            }
+            (_, Some(p)) => (0..batch.batch)
+                .map(|s| rule.beta(&p.probs.iter().map(|p| p[s].as_slice()).collect::<Vec<_>>()))
+                .collect::<Result<_>>()?,
+            (_, None) => bail!("β rule {rule:?} needs the members' probabilities"),
+        })
+    }
+
+    /// [`Mixture::run_rules`] with the members' passes over the batch already computed (needed by
+    /// adaptive rules). A sample whose β is all on one member is that member (θ = θᵢ): it takes
+    /// the member's probabilities and skips the mixed pass, which runs on the other samples only.
     pub fn run_rules_given(
         &self,
         be: &B,
         batch: &TokenBatch,
         rules: &[BetaRule],
-        member_probs: Option<&[Vec<Vec<f32>>]>,
+        passes: Option<&MemberPasses>,
     ) -> Result<Vec<MixOutput>> {
-        self.check_members(member_probs, batch.batch)?;
+        self.check_members(passes, batch.batch)?;
         rules
             .iter()
             .map(|rule| {
-                let beta = match (rule, member_probs) {
-                    (BetaRule::Fixed(b), _) => vec![b.clone(); batch.batch],
-                    (_, Some(p)) => (0..batch.batch)
-                        .map(|s| rule.beta(&p.iter().map(|p| p[s].as_slice()).collect::<Vec<_>>()))
-                        .collect(),
-                    (_, None) => bail!("β rule {rule:?} needs the members' probabilities"),
-                };
-                self.run_with(be, batch, beta, member_probs)
+                let beta = self.betas(be, batch, rule, passes)?;
+                self.run_with(be, batch, beta, passes)
             })
             .collect()
     }
 
-    /// The mixed pass with the given per-sample β; with the members' probabilities, samples whose
-    /// β is one member's take that member's.
+    /// The mixed pass with the given per-sample β; with the members' passes, samples whose β is
+    /// one member's take that member's probabilities.
     pub fn run_with(
         &self,
         be: &B,
         batch: &TokenBatch,
         beta: Vec<Vec<f32>>,
-        member_probs: Option<&[Vec<Vec<f32>>]>,
+        passes: Option<&MemberPasses>,
     ) -> Result<MixOutput> {
-        self.check_members(member_probs, batch.batch)?;
+        self.check_members(passes, batch.batch)?;
         ensure!(beta.len() == batch.batch, "{} β for a batch of {}", beta.len(), batch.batch);
         let mut probs = vec![vec![]; batch.batch];
         let mut mixed = vec![];
         for (s, b) in beta.iter().enumerate() {
-            match (member_probs, mix::one_member(b)) {
-                (Some(p), Some(i)) => probs[s] = p[i][s].clone(),
+            match (passes, mix::one_member(b)) {
+                (Some(p), Some(i)) => probs[s] = p.probs[i][s].clone(),
                 _ => mixed.push(s),
             }
         }

@@ -81,6 +81,12 @@ impl TextTokenizer {
         self.inner.id_to_token(id)
     }
 
+    /// What kind of wordpiece each id is (the learned router's text statistics).
+    pub fn piece_table(&self) -> crate::adapter::router::features::PieceTable {
+        let n = self.vocab_size() as u32;
+        crate::adapter::router::features::PieceTable::new((0..n).map(|id| self.id_to_token(id)))
+    }
+
     /// The id of a token of the vocabulary (e.g. `[CLS]`).
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)

@@ -1,9 +1,8 @@
 //! What the server and `admix score --stream` run on a batch of texts: the AdpMixup mixture of
 //! the adapters chosen at start-up (entropy β over `m ≥ 2` adapters; one adapter as it is).
 
-use anyhow::{bail, ensure, Result};
+use anyhow::{ensure, Result};
 
-use crate::adapter::mix::BetaRule;
 use crate::backend::{Backend, Device, Precision};
 use crate::classifier::Loaded;
 use crate::model::mixture::Mixture;
@@ -36,18 +35,11 @@ pub struct MixScorer<B: Backend> {
 }
 
 impl<B: Backend> MixScorer<B> {
-    /// The loaded adapters mixed by their rule (one adapter: β = 1).
+    /// The loaded adapters mixed by their rule (one adapter: β = 1; a full or head-only model is
+    /// refused: the scorer serves adapters).
     pub fn new(be: B, loaded: Loaded, max_batch: usize) -> Result<Self> {
         ensure!(max_batch > 0, "the batch size must be positive");
-        let rule = if loaded.members.len() == 1 { BetaRule::Fixed(vec![1.0]) } else { loaded.mixing.clone() };
-        let mut refs = Vec::new();
-        for (m, name) in loaded.members.iter().zip(&loaded.names) {
-            let Some(adapter) = &m.adapter else {
-                bail!("{name} holds a full or head-only model: the scorer serves adapters");
-            };
-            refs.push((adapter, &m.head));
-        }
-        let mixture = Mixture::new(&be, &loaded.model.bert()?, &refs, rule)?;
+        let mixture = loaded.mixture_on(&be, &loaded.model.bert()?)?;
         Ok(MixScorer { be, tokenizer: loaded.model.tokenizer, mixture, max_batch })
     }
 }
