@@ -37,6 +37,7 @@ const MODEL_CASES: &[&str] = &[
     "hotflip step batch 4",
     "adpmixup scoring m=1 batch 4",
     "adpmixup scoring m=3 batch 4",
+    "adpmixup scoring m=3 router batch 4",
 ];
 
 fn check_report(v: &Value, backend: &str) {

@@ -279,6 +279,26 @@ fn attack_takes_the_same_mixtures() {
         let (p, q) = (floats(&r["original_probs"]), floats(&s["probs"]));
         assert!((p[0] - q[0]).abs() < 1e-5, "{p:?} vs {q:?}");
     }
+    // ... and so is a routed one: the router's β on every query
+    let router = dir.path().join("router");
+    common::random_router(&router);
+    let routed_dir = dir.path().join("routed");
+    let mut args = base.to_vec();
+    let routed = ["--adapter", &c, "--adapter", &a, "--router", router.to_str().unwrap()];
+    args.extend(["--attack", "deepwordbug", "--out", routed_dir.to_str().unwrap()]);
+    args.extend(routed);
+    let out = admix(&args, b"");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let job: Value =
+        serde_json::from_str(&std::fs::read_to_string(routed_dir.join("job.json")).unwrap()).unwrap();
+    assert_eq!(job["victim"]["mixing"]["router"]["dir"], router.to_str().unwrap());
+    let records = std::fs::read_to_string(routed_dir.join("results.jsonl")).unwrap();
+    let scored = score(&input, &routed);
+    for (line, s) in records.lines().zip(&scored) {
+        let r: Value = serde_json::from_str(line).unwrap();
+        let (p, q) = (floats(&r["original_probs"]), floats(&s["probs"]));
+        assert!((p[0] - q[0]).abs() < 1e-5, "{p:?} vs {q:?}");
+    }
     // gradient attacks need one model: a static mix is one, a per-input mixture is not
     let mut args = base.to_vec();
     args.extend(["--attack", "fgsm", "--adapter", &c, "--adapter", &a, "--beta", "0.3,0.7"]);

@@ -173,32 +173,12 @@ fn two_adapters_mix_by_entropy_in_weight_space() {
     assert!(ok, "{rest}");
 }
 
-/// A router over the fixture's two adapters with seeded random weights and a standardisation that
-/// is not the identity, saved in `dir`.
-fn random_router(dir: &std::path::Path) {
-    use admix::adapter::router::{features, Router, RouterConfig};
-    let width = features::width(2, 2, 384);
-    let config = RouterConfig {
-        kind: "admix_router".into(),
-        members: vec!["clean".into(), "adv".into()],
-        num_labels: 2,
-        hidden_size: 384,
-        layers: vec![8],
-        activation: admix::backend::Activation::Tanh,
-        features: width,
-        trained: Value::Null,
-    };
-    let mean = (0..width).map(|i| (i % 7) as f32 * 0.01).collect();
-    let std = (0..width).map(|i| 0.05 + (i % 5) as f32 * 0.1).collect();
-    Router::init(config, mean, std, 11).unwrap().save(dir).unwrap();
-}
-
 #[test]
 fn a_routed_mixture_serves_what_score_gives() {
     let (sentences, _) = common::sentences();
     let dir = tempfile::tempdir().unwrap();
     let router = dir.path().join("router");
-    random_router(&router);
+    common::random_router(&router);
     let file = adapters_file();
     let (c, a) = (format!("{file}#clean"), format!("{file}#adv"));
     let flags = ["--adapter", &c, "--adapter", &a, "--router", router.to_str().unwrap()];

@@ -188,6 +188,20 @@ pub enum BetaRule {
     Router { dir: std::path::PathBuf },
 }
 
+impl std::fmt::Display for BetaRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BetaRule::Fixed(b) => write!(f, "static β = {b:?}"),
+            BetaRule::Entropy { tau } => write!(f, "entropy β, τ = {tau}"),
+            BetaRule::MinEntropy => write!(f, "min-entropy β"),
+            BetaRule::Calibrated { tau, temperatures } => {
+                write!(f, "calibrated entropy β, τ = {tau}, temperatures {temperatures:?}")
+            }
+            BetaRule::Router { dir } => write!(f, "learned router {}", dir.display()),
+        }
+    }
+}
+
 /// Shannon entropy (nats) of a probability vector.
 pub fn entropy(p: &[f32]) -> f32 {
     -p.iter().filter(|&&v| v > 0.0).map(|&v| v * v.ln()).sum::<f32>()

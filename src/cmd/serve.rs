@@ -88,10 +88,9 @@ pub fn serve(a: ServeArgs) -> Result<()> {
     let loaded = classifier::load(&spec, a.rt.model.as_deref(), a.max_len.get())?;
     let labels = loaded.labels.clone();
     let adapters = loaded.names.clone();
-    let rule = match &loaded.mixing {
-        _ if loaded.members.len() == 1 => "one adapter".to_string(),
-        admix::adapter::mix::BetaRule::Fixed(beta) => format!("static β = {beta:?}"),
-        _ => format!("entropy β, τ = {}", a.clf.tau),
+    let rule = match loaded.members.len() {
+        1 => "one adapter".to_string(),
+        _ => loaded.mixing.to_string(),
     };
     let config = ServeConfig {
         addr: a.addr.clone(),
