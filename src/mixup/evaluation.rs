@@ -99,8 +99,9 @@ fn tune<B: Backend>(
     mixture: &Mixture<B>,
     taus: &[f32],
 ) -> Result<Tuning> {
+    // (an attack that found nothing on dev has no set to score)
     let mut sets: Vec<&[Example]> = vec![c.dev];
-    sets.extend(c.dev_sets.iter().map(|(_, v)| v.as_slice()));
+    sets.extend(c.dev_sets.iter().map(|(_, v)| v.as_slice()).filter(|v| !v.is_empty()));
     let batches: Vec<_> = sets.iter().map(|ex| eval_batches(tok, ex)).collect::<Result<_>>()?;
     let passes: Vec<Vec<MemberPasses>> = batches
         .iter()

@@ -93,11 +93,6 @@ impl<B: Backend> Mixture<B> {
         self.members.len()
     }
 
-    /// Each member's class probabilities on the batch: `[member][sample][class]`.
-    pub fn member_probs(&self, be: &B, batch: &TokenBatch) -> Result<Vec<Vec<Vec<f32>>>> {
-        Ok(self.member_passes(be, batch, false)?.probs)
-    }
-
     /// Each member's pass over the batch: its probabilities and, with `pooled`, its [CLS] states.
     pub fn member_passes(&self, be: &B, batch: &TokenBatch, pooled: bool) -> Result<MemberPasses> {
         let _range = crate::profile::range("mix: member passes");

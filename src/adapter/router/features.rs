@@ -30,29 +30,6 @@ impl MemberPasses {
     pub fn samples(&self) -> usize {
         self.probs.first().map_or(0, Vec::len)
     }
-
-    /// The passes of some samples (in the order given).
-    pub fn select(&self, rows: &[usize]) -> Self {
-        let pick = |v: &Vec<Vec<Vec<f32>>>| -> Vec<Vec<Vec<f32>>> {
-            v.iter().map(|m| rows.iter().map(|&r| m[r].clone()).collect()).collect()
-        };
-        MemberPasses { probs: pick(&self.probs), pooled: pick(&self.pooled) }
-    }
-
-    /// The passes of two batches, one after the other.
-    pub fn append(&mut self, other: MemberPasses) {
-        let cat = |a: &mut Vec<Vec<Vec<f32>>>, b: Vec<Vec<Vec<f32>>>| {
-            if a.is_empty() {
-                *a = b;
-            } else {
-                for (x, y) in a.iter_mut().zip(b) {
-                    x.extend(y);
-                }
-            }
-        };
-        cat(&mut self.probs, other.probs);
-        cat(&mut self.pooled, other.pooled);
-    }
 }
 
 /// The wordpiece statistics, in feature order.
