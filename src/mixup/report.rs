@@ -305,7 +305,47 @@ pub fn markdown(r: &Report) -> String {
             mb.join(" / ")
         );
     }
+    s += &adaptive_intervals(r);
     s += &routing(r);
+    s
+}
+
+/// The 95% Wilson score interval (in %) of an accuracy of `pct` % over `n` examples.
+pub fn wilson(pct: f64, n: usize) -> (f64, f64) {
+    if n == 0 || !pct.is_finite() {
+        return (f64::NAN, f64::NAN);
+    }
+    let (p, n, z) = (pct / 100.0, n as f64, 1.959_963_984_540_054f64);
+    let centre = (p + z * z / (2.0 * n)) / (1.0 + z * z / n);
+    let half = z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt() / (1.0 + z * z / n);
+    (100.0 * (centre - half), 100.0 * (centre + half))
+}
+
+/// The adaptive accuracies with their 95% intervals.
+fn adaptive_intervals(r: &Report) -> String {
+    let Some(n) = r.plan.get("adaptive").and_then(|v| v.as_u64()).filter(|&n| n > 0) else {
+        return String::new();
+    };
+    let n = (n as usize).min(r.test_examples);
+    let attacks: Vec<&str> = r.sets.iter().map(|s| s.attack.as_str()).collect();
+    let mut s = format!(
+        "\n### Adaptive accuracy with 95% intervals (Wilson, n = {n})\n\n| method | {} |\n|---|{}\n",
+        attacks.join(" | "),
+        "---|".repeat(attacks.len())
+    );
+    for m in r.methods.iter().filter(|m| !m.adaptive.is_empty()) {
+        let cells: Vec<String> = attacks
+            .iter()
+            .map(|a| match m.adaptive.get(*a) {
+                Some(&v) => {
+                    let (lo, hi) = wilson(v, n);
+                    format!("{v:.1} [{lo:.1}, {hi:.1}]")
+                }
+                None => "–".into(),
+            })
+            .collect();
+        s += &format!("| {} | {} |\n", m.name, cells.join(" | "));
+    }
     s
 }
 
@@ -565,6 +605,11 @@ mod tests {
         let passed: Vec<bool> = bad.iter().map(|c| c.1).collect();
         assert_eq!(passed, [false, false, true, true], "{bad:?}");
         let md = markdown(&report(78.0, 60.0));
+        // Wilson's interval of 50% of 200 is 43.1–56.9; of 0% of 20, 0–16.1
+        let (lo, hi) = wilson(50.0, 200);
+        assert!((lo - 43.13).abs() < 0.01 && (hi - 56.87).abs() < 0.01, "{lo} {hi}");
+        let (lo, hi) = wilson(0.0, 20);
+        assert!(lo.abs() < 1e-9 && (hi - 16.11).abs() < 0.01, "{lo} {hi}");
         assert!(md.contains("- ✗ clean accuracy within 1.5 points of the clean adapter (-2.0)"), "{md}");
     }
 
