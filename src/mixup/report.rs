@@ -289,6 +289,13 @@ pub fn markdown(r: &Report) -> String {
             s += &format!("- {} {what}\n", if ok { "✓" } else { "✗" });
         }
     }
+    let targets = router_targets(r);
+    if !targets.is_empty() {
+        s += "\n### The learned router against its targets\n\n";
+        for (what, ok) in targets {
+            s += &format!("- {} {what}\n", if ok { "✓" } else { "✗" });
+        }
+    }
     s += &format!(
         "\n### Attribution: the member with the largest β (entropy β, τ = {})\n\n| inputs | n | {} | mean β |\n|---|---|{}---|\n",
         r.tau,
@@ -436,6 +443,42 @@ pub fn claims(r: &Report) -> Vec<(String, bool)> {
     out
 }
 
+/// The learned router's targets, checked on this run's rows: within 1.5 points of the clean
+/// adapter on clean accuracy, within 3 points of each known attack's adversarial adapter on that
+/// attack's set, and the right member's β the largest for ≥ 90% of clean and known-attack inputs.
+pub fn router_targets(r: &Report) -> Vec<(String, bool)> {
+    let find = |p: &str| r.methods.iter().find(|m| m.name.starts_with(p));
+    let Some(router) = r.methods.iter().find(|m| m.spec == Spec::Router) else { return vec![] };
+    let mut out = vec![];
+    if let Some(clean) = find("clean adapter") {
+        let d = router.clean - clean.clean;
+        out.push((format!("clean accuracy within 1.5 points of the clean adapter ({d:+.1})"), d >= -1.5));
+    }
+    for s in r.sets.iter().filter(|s| s.known) {
+        let adv = find(&format!("adversarial adapter ({})", s.attack));
+        if let (Some(a), Some(b)) =
+            (router.transfer.get(&s.attack), adv.and_then(|m| m.transfer.get(&s.attack)))
+        {
+            let d = a - b;
+            out.push((
+                format!("{} set within 3 points of its adversarial adapter ({d:+.1})", s.attack),
+                d >= -3.0,
+            ));
+        }
+    }
+    let known: Vec<&str> = r.sets.iter().filter(|s| s.known).map(|s| s.attack.as_str()).collect();
+    for row in r.routing.iter().filter(|x| x.rule.starts_with("learned router")) {
+        let clean = row.set == "clean test";
+        if clean || known.iter().any(|k| row.set == format!("{k} (known)")) {
+            out.push((
+                format!("routing accuracy ≥ 90% on {} ({:.1}%)", row.set, row.accuracy),
+                row.accuracy >= 90.0,
+            ));
+        }
+    }
+    out
+}
+
 /// Clean accuracy (x) against mean transfer robustness (y): a point per method, the static β
 /// sweep and the τ ablation as curves.
 pub fn plot(r: &Report, path: &Path) -> Result<()> {
@@ -513,6 +556,10 @@ pub fn plot(r: &Report, path: &Path) -> Result<()> {
             RGBColor(120, 60, 0),
             RGBColor(100, 100, 100),
             RGBColor(0, 100, 60),
+            RGBColor(128, 0, 128),
+            RGBColor(0, 0, 139),
+            RGBColor(255, 105, 180),
+            RGBColor(154, 205, 50),
         ];
         for (i, m) in r.methods.iter().filter(|m| m.score.is_finite()).enumerate() {
             let c = palette[i % palette.len()];
@@ -585,6 +632,41 @@ mod tests {
             .collect();
         let attribution = Attribution { members: vec!["clean".into(), "adv".into()], rows: vec![] };
         Report::new(serde_json::json!({}), 100, sets, methods, sweep, attribution, 0.1)
+    }
+
+    #[test]
+    fn the_routers_targets_are_checked_against_the_runs_own_rows() {
+        let mut r = report(79.0, 66.0);
+        assert!(router_targets(&r).is_empty(), "no router row, no targets");
+        r.methods.push(row(
+            "AdpMixup, learned router (admix's own)",
+            "adpmixup",
+            Spec::Router,
+            78.0,
+            68.0,
+            40.0,
+        ));
+        let routed = |set: &str, accuracy: f64| RoutingRow {
+            rule: "learned router (admix's own)".into(),
+            set: set.into(),
+            examples: 10,
+            accuracy,
+            mean_beta: 0.5,
+        };
+        r.routing = vec![
+            routed("clean test", 95.0),
+            routed("deepwordbug (known)", 85.0),
+            routed("pwws (unseen)", 5.0),
+        ];
+        // clean −2.0 vs the clean adapter; dwb −2.0 vs its adapter; routing 95% and 85% (unseen: no target)
+        let t = router_targets(&r);
+        assert_eq!(t.iter().map(|x| x.1).collect::<Vec<_>>(), [false, true, true, false], "{t:?}");
+        let md = markdown(&r);
+        assert!(md.contains("### The learned router against its targets"), "{md}");
+        assert!(
+            md.contains("| learned router (admix's own) | 95.0 (0.50) | 85.0 (0.50) | 5.0 (0.50) |"),
+            "{md}"
+        );
     }
 
     #[test]
