@@ -98,6 +98,7 @@ fn tune<B: Backend>(
     tok: &TextTokenizer,
     mixture: &Mixture<B>,
     taus: &[f32],
+    grid: &[Vec<f32>],
 ) -> Result<Tuning> {
     // (an attack that found nothing on dev has no set to score)
     let mut sets: Vec<&[Example]> = vec![c.dev];
@@ -111,6 +112,32 @@ fn tune<B: Backend>(
     let temperatures = (0..mixture.m())
         .map(|i| fit_temperature(&member_set_probs(&batches[0], &passes[0], i, c.dev.len()), &labels))
         .collect::<Result<Vec<f32>>>()?;
+    // (dev clean + mean dev known adversarial) / 2
+    let score = |a: &[f64]| match a.len() {
+        1 => a[0],
+        n => (a[0] + a[1..].iter().sum::<f64>() / (n - 1) as f64) / 2.0,
+    };
+    // each static β of the grid: the weight-space mix, through the mixture's exact per-row mix
+    let mut static_scores = vec![];
+    for beta in grid {
+        let mut acc = vec![];
+        for (set, bs) in batches.iter().enumerate() {
+            let mut probs = vec![vec![]; sets[set].len()];
+            for ((idx, batch), p) in bs.iter().zip(&passes[set]) {
+                let out = mixture.run_with(be, batch, vec![beta.clone(); batch.batch], Some(p))?;
+                for (k, &i) in idx.iter().enumerate() {
+                    probs[i] = out.probs[k].clone();
+                }
+            }
+            acc.push(accuracy(&probs, sets[set]));
+        }
+        static_scores.push((beta.clone(), score(&acc)));
+    }
+    let static_beta = static_scores
+        .iter()
+        .fold((f64::NEG_INFINITY, &grid[0]), |b, (beta, s)| if *s > b.0 { (*s, beta) } else { b })
+        .1
+        .clone();
     let mut dev_scores = vec![];
     for &tau in taus {
         let rules =
@@ -129,10 +156,6 @@ fn tune<B: Backend>(
                 acc[r].push(accuracy(&probs[r], sets[set]));
             }
         }
-        let score = |a: &[f64]| match a.len() {
-            1 => a[0],
-            n => (a[0] + a[1..].iter().sum::<f64>() / (n - 1) as f64) / 2.0,
-        };
         dev_scores.push((tau, score(&acc[0]), score(&acc[1])));
     }
     let best = |f: fn(&(f32, f64, f64)) -> f64| {
@@ -146,6 +169,8 @@ fn tune<B: Backend>(
         calibrated_tau: best(|d| d.2),
         temperatures,
         dev_scores,
+        static_beta,
+        static_scores,
         dev_examples: c.dev.len(),
         dev_sets: c.dev_sets.iter().map(|(k, v)| (k.clone(), v.len())).collect(),
     })
@@ -233,7 +258,14 @@ fn evaluation<B: Backend + 'static>(
         })
         .collect();
     taus.dedup();
-    let tuning = tune(be, c, tok, &mixture, &taus)?;
+    let grid: Vec<Vec<f32>> = sweep
+        .iter()
+        .filter_map(|r| match &r.spec {
+            Spec::Static { beta } => Some(beta.clone()),
+            _ => None,
+        })
+        .collect();
+    let tuning = tune(be, c, tok, &mixture, &taus, &grid)?;
     // every β rule on the one mixture, from the members' passes above: the sweep's, then the
     // methods' own (dev-tuned entropy, calibrated entropy, the router), then the oracle
     let mut rules: Vec<(Option<usize>, Spec, BetaRule)> = sweep
@@ -370,6 +402,14 @@ fn evaluation<B: Backend + 'static>(
     row.kind = "adpmixup".into();
     methods.push(row);
     let base = sweep[rules[chosen].0.context("a sweep row")?].clone();
+    let dev_static = sweep
+        .iter()
+        .find(|r| r.spec == Spec::Static { beta: tuning.static_beta.clone() })
+        .context("the dev-tuned static β")?;
+    let mut row = dev_static.clone();
+    row.name = format!("AdpMixup, static β (β_clean = {:.2}, dev-tuned)", tuning.static_beta[0]);
+    row.kind = "adpmixup".into();
+    methods.push(row);
     let mut row = base.clone();
     row.name = format!("AdpMixup, entropy β (τ = {})", c.a.tau);
     row.kind = "adpmixup".into();
@@ -428,6 +468,8 @@ struct EvaluateRecord<'a> {
     /// (known attack, adversarial dev examples)
     dev_sets: Vec<(&'a str, usize)>,
     router: bool,
+    /// what is chosen on dev
+    tuned: &'a [&'a str],
 }
 
 /// An adaptive stage's record (`adaptive/<method>-<attack>.config.json`).
@@ -455,6 +497,7 @@ pub(super) fn evaluate<B: Backend + 'static>(be: &B, c: &Ctx, st: &mut Stages) -
         dev_examples: c.dev.len(),
         dev_sets: c.dev_sets.iter().map(|(k, v)| (k.as_str(), v.len())).collect(),
         router: zoo.router.is_some(),
+        tuned: &["temperatures", "entropy τ", "calibrated entropy τ", "static β"],
     };
     st.run_recorded("evaluate", &c.out.join("evaluation.config.json"), &record, || {
         let e = evaluation(be, c, &zoo, &times)?;

@@ -159,6 +159,11 @@ pub struct Tuning {
     pub dev_examples: usize,
     /// (attack, adversarial dev examples)
     pub dev_sets: Vec<(String, usize)>,
+    /// the static β of the grid that scores best on dev, and each grid point's dev score
+    #[serde(default)]
+    pub static_beta: Vec<f32>,
+    #[serde(default)]
+    pub static_scores: Vec<(Vec<f32>, f64)>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -365,12 +370,14 @@ fn routing(r: &Report) -> String {
         s += &format!(
             "\n### Tuned on dev ({} clean dev examples; adversarial dev sets: {})\n\n\
              - members' temperatures (NLL on clean dev): {}\n\
-             - entropy β: τ = {}; calibrated entropy β: τ = {} (each the best (dev clean + mean dev known)/2 of the τ grid)\n",
+             - entropy β: τ = {}; calibrated entropy β: τ = {} (each the best (dev clean + mean dev known)/2 of the τ grid)\n\
+             - static β: β_clean = {} (the best of the β grid by the same score)\n",
             t.dev_examples,
             sets.join(", "),
             t.temperatures.iter().map(|v| format!("{v:.3}")).collect::<Vec<_>>().join(", "),
             t.entropy_tau,
-            t.calibrated_tau
+            t.calibrated_tau,
+            t.static_beta.first().map_or("–".into(), |b| format!("{b:.2}"))
         );
     }
     if r.routing.is_empty() {
