@@ -183,8 +183,8 @@ pub enum BetaRule {
     /// entropy β over temperature-scaled predictions: member `i`'s probabilities become
     /// `softmax(ln p / Tᵢ)` (`Tᵢ` fitted on dev by NLL, [`fit_temperature`]) before the entropies
     Calibrated { tau: f32, temperatures: Vec<f32> },
-    /// the learned router saved in `dir` (admix's own rule, [`crate::adapter::router`]): β from the members'
-    /// passes and the input's wordpieces
+    /// the learned router saved in `dir` (admix's own rule, [`crate::adapter::router`]): β from
+    /// the members' passes and the input's wordpieces
     Router { dir: std::path::PathBuf },
 }
 

@@ -9,24 +9,27 @@
 //!    successful adversarial examples with their original labels (or on those alone,
 //!    `--adv-only`);
 //!    then `attack-dev-k` attacks the dev split the same way (adversarial dev sets, for tuning
-//!    only) and `train-router` trains the learned router ([`crate::adapter::router`]) on the training
-//!    split's clean sentences and the adversarial training examples, picking its epoch on dev;
+//!    only) and `train-router` trains the learned router ([`crate::adapter::router`]) on the
+//!    training split's clean sentences and the adversarial training examples, picking its epoch
+//!    on dev;
 //! 4. baselines: `train-adv-all` (one adapter on clean + every attack's examples, with two or
 //!    more known attacks), `train-full` and `train-full-adv` (full fine-tuning on clean, and on
 //!    clean + adversarial data);
 //! 5. `attack-test-k` for every known and unseen attack: the fixed transfer sets, the test
 //!    examples whose attack fooled the clean model;
-//! 6. `evaluate`: the members' temperatures and each entropy rule's τ chosen on dev; every method
-//!    on the clean test set and every transfer set, the β sweep, the τ ablation, the routing of
-//!    every β rule (with the oracle router as an upper bound) and the β attribution;
+//! 6. `evaluate`: the members' temperatures, each entropy rule's τ and a static β chosen on dev;
+//!    every method on the clean test set and every transfer set, the β sweep, the τ ablation, the
+//!    routing of every β rule (with the oracle router as an upper bound) and the β attribution;
 //! 7. `adaptive-<method>-k`: each method attacked directly (the mixture as a whole);
 //! 8. the report: report.md, report.json, tradeoff.png ([`report`]).
 //!
 //! Stages call training and the attacks as library jobs ([`TrainJob`], [`AttackJob`]). Every stage
 //! writes its config beside its output — the jobs `train.json` and `job.json`, the others
-//! `data/config.json`, `evaluation.config.json` and `adaptive/<method>-<attack>.config.json` — the
-//! stage's record and its cache key: a finished stage asked for with other settings is refused. The run's sizes are its [`plan::Plan`]; `methods.rs` builds every compared method from the
-//! trained models; `evaluation.rs` scores them.
+//! `data/config.json`, `router.config.json`, `evaluation.config.json` and
+//! `adaptive/<method>-<attack>.config.json` — the stage's record and its cache key: a finished
+//! stage asked for with other settings is refused. The run's sizes are its [`plan::Plan`];
+//! `methods.rs` builds every compared method from the trained models; `routing.rs` trains the
+//! router; `evaluation.rs` scores them.
 
 mod evaluation;
 mod methods;

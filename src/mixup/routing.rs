@@ -1,7 +1,7 @@
 //! The `train-router` stage: the members' passes over the training split's clean sentences and
 //! each known attack's adversarial training examples (pooled states kept) become the router's
 //! feature rows, each labelled with the member that should take it; the dev split and the dev
-//! adversarial sets pick the epoch ([`crate::adapter::router::fit`]).
+//! adversarial sets pick the epoch ([`crate::train::router`]).
 
 use std::path::Path;
 

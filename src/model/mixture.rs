@@ -6,8 +6,9 @@
 //! The mixed pass runs the adapters *stacked*: one GEMM per projection computes all `m` outputs,
 //! and a per-row blend with each sample's β ([`Backend::mix_rows`], the fused
 //! adapter-interpolation kernel on CUDA) makes it exactly the weight-space mix of that sample,
-//! with no per-sample weight copy. With the learned router ([`crate::adapter::router`]) the members' passes
-//! also keep their pooled [CLS] states, which with the input's wordpieces are the router's input.
+//! with no per-sample weight copy. With the learned router ([`crate::adapter::router`]) the
+//! members' passes also keep their pooled [CLS] states, which with the input's wordpieces are the
+//! router's input.
 
 use anyhow::{bail, ensure, Context, Result};
 

@@ -1,6 +1,7 @@
 //! Training a router: seeded, class-balanced (each epoch draws every member's inputs as often as
 //! the most frequent member's), cross-entropy against the member each input should go to, admix's
-//! AdamW on any backend; the epoch with the best balanced routing accuracy on dev is kept.
+//! AdamW on any backend; the epoch with the best balanced routing accuracy on dev is kept (the
+//! lower dev loss breaks ties).
 
 use anyhow::{ensure, Result};
 use serde::Serialize;

@@ -1,7 +1,7 @@
 //! The learned router (`BetaRule::Router`; admix's own addition, not the AdpMixup paper's): a
 //! small MLP from what the members' passes already computed for an input ([`features`]) to β over
-//! the members, `β = softmax(router(x))`. Trained ([`crate::train::router`]) to send clean inputs to the clean
-//! adapter and each known attack's adversarial examples to that attack's adapter.
+//! the members, `β = softmax(router(x))`. Trained ([`crate::train::router`]) to send clean inputs
+//! to the clean adapter and each known attack's adversarial examples to that attack's adapter.
 //!
 //! On disk, beside the mixture, in AdapterHub's style: `router_config.json` (what it routes, its
 //! shape, how it was trained) and `router.safetensors` (`router.{i}.weight`, `router.{i}.bias`
