@@ -173,24 +173,15 @@ fn bad_mixing_weights_are_one_clear_error() {
 
 #[test]
 fn bad_router_settings_are_one_clear_error() {
-    use admix::adapter::router::{features, Router, RouterConfig};
+    use admix::adapter::router::{Router, RouterConfig};
     let f = file();
     let m = common::minilm_dir();
     let m = m.to_str().unwrap();
     let (c, a) = (format!("{f}#clean"), format!("{f}#adv"));
     let dir = tempfile::tempdir().unwrap();
     // a router over three members cannot route two
-    let width = features::width(3, 2, 384);
-    let config = RouterConfig {
-        kind: "admix_router".into(),
-        members: vec!["a".into(), "b".into(), "c".into()],
-        num_labels: 2,
-        hidden_size: 384,
-        layers: vec![],
-        activation: admix::backend::Activation::Relu,
-        features: width,
-        trained: Value::Null,
-    };
+    let config = RouterConfig::for_mixture(vec!["a".into(), "b".into(), "c".into()], 2, 384);
+    let width = config.features;
     let three = dir.path().join("three");
     Router::init(config, vec![0.0; width], vec![1.0; width], 1).unwrap().save(&three).unwrap();
     let three = three.to_str().unwrap();

@@ -19,16 +19,9 @@ use admix::weights::Tensor;
 use common::{fixture, minilm_dir};
 
 fn shape(features: usize, m: usize, layers: Vec<usize>, activation: Activation) -> RouterConfig {
-    RouterConfig {
-        kind: "admix_router".into(),
-        members: (0..m).map(|i| format!("member{i}")).collect(),
-        num_labels: 2,
-        hidden_size: 0,
-        layers,
-        activation,
-        features,
-        trained: serde_json::Value::Null,
-    }
+    // synthetic features: not a mixture's, so their width is set by hand
+    let members = (0..m).map(|i| format!("member{i}")).collect();
+    RouterConfig { layers, activation, features, ..RouterConfig::for_mixture(members, 2, 0) }
 }
 
 /// Mean cross-entropy of the router's logits on standardised rows.
@@ -257,16 +250,8 @@ fn a_router_routes_clean_and_perturbed_sentences_on_the_real_minilm() {
     let train = split(pick(&mr.train, 64), 100);
     let dev = split(pick(&mr.dev, 24), 200);
     let cfg = FitConfig { layers: vec![16], epochs: 20, lr: 3e-3, batch_size: 16, ..FitConfig::default() };
-    let shape = RouterConfig {
-        kind: "admix_router".into(),
-        members: vec!["clean".into(), "adv".into()],
-        num_labels: 2,
-        hidden_size: 384,
-        layers: vec![],
-        activation: Activation::Relu,
-        features: width,
-        trained: serde_json::Value::Null,
-    };
+    let shape = RouterConfig::for_mixture(vec!["clean".into(), "adv".into()], 2, 384);
+    assert_eq!(shape.features, width);
     let (router, _) = fit(&Cpu, &cfg, shape, &train, &dev).unwrap();
     // held-out sentences, routed by the mixture as a classifier
     let held = pick(&mr.test, 32);
@@ -295,17 +280,9 @@ fn a_router_routes_clean_and_perturbed_sentences_on_the_real_minilm() {
         "routed {right} of {all} held-out sentences to the right member"
     );
     // a router of another shape is refused by the mixture
-    let other = Router::init(
-        RouterConfig {
-            members: vec!["a".into(), "b".into(), "c".into()],
-            features: features::width(3, 2, 384),
-            ..router.config.clone()
-        },
-        vec![0.0; features::width(3, 2, 384)],
-        vec![1.0; features::width(3, 2, 384)],
-        1,
-    )
-    .unwrap();
+    let three = RouterConfig::for_mixture(vec!["a".into(), "b".into(), "c".into()], 2, 384);
+    let w = three.features;
+    let other = Router::init(three, vec![0.0; w], vec![1.0; w], 1).unwrap();
     let e = Mixture::new(&Cpu, &bert, &[(&clean, &clean_h), (&adv, &adv_h)], BetaRule::MinEntropy)
         .unwrap()
         .routed(&Cpu, &other, table)

@@ -207,6 +207,14 @@ pub fn entropy(p: &[f32]) -> f32 {
     -p.iter().filter(|&&v| v > 0.0).map(|&v| v * v.ln()).sum::<f32>()
 }
 
+/// `softmax(z)`, the exponentials summed in f64.
+pub fn softmax(z: &[f32]) -> Vec<f32> {
+    let top = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let e: Vec<f64> = z.iter().map(|&v| ((v - top) as f64).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.iter().map(|v| (v / s) as f32).collect()
+}
+
 /// Temperature scaling of a probability vector: `softmax(ln p / t)` (the same as dividing the
 /// logits by `t`).
 pub fn calibrate(p: &[f32], t: f32) -> Vec<f32> {

@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use super::kernels::token_batch;
 use super::{Plan, Row, Timer};
 use crate::adapter::mix::BetaRule;
-use crate::adapter::router::features::{self, PieceTable};
+use crate::adapter::router::features::PieceTable;
 use crate::adapter::router::{Router, RouterConfig};
 use crate::adapter::Init;
 use crate::adapter::{Adapter, AdapterKind, ClassificationHead};
@@ -174,17 +174,10 @@ pub fn run<B: Backend>(
     // hidden layer of 64, random weights): what the router costs beside entropy β
     let refs: Vec<_> = members.iter().map(|(a, h)| (a, h)).collect();
     let labels = members[0].1.num_labels;
-    let width = features::width(3, labels, cfg.hidden_size);
-    let shape = RouterConfig {
-        kind: "admix_router".into(),
-        members: (0..3).map(|i| format!("member{i}")).collect(),
-        num_labels: labels,
-        hidden_size: cfg.hidden_size,
-        layers: vec![64],
-        activation: Activation::Relu,
-        features: width,
-        trained: serde_json::Value::Null,
-    };
+    let members = (0..3).map(|i| format!("member{i}")).collect();
+    let shape =
+        RouterConfig { layers: vec![64], ..RouterConfig::for_mixture(members, labels, cfg.hidden_size) };
+    let width = shape.features;
     let router = Router::init(shape, vec![0.0; width], vec![1.0; width], 7)?;
     // every id a one-letter word piece: the statistics cost what they cost on text
     let table = PieceTable::new((0..cfg.vocab_size).map(|_| Some("a".to_string())));

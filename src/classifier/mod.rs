@@ -235,13 +235,9 @@ pub fn load(spec: &ClassifierSpec, model: Option<&Path>, max_len: Option<usize>)
         members.push(member);
     }
     let labels = labels.context("no classifier given")?;
+    // (whether it fits the adapters is checked where it joins them, `Mixture::routed`)
     let router = match &spec.mixing {
-        BetaRule::Router { dir } => {
-            let r = crate::adapter::router::Router::load(dir)?;
-            r.check_fits(members.len(), labels.len(), hidden)
-                .with_context(|| format!("--router {}", dir.display()))?;
-            Some(r)
-        }
+        BetaRule::Router { dir } => Some(crate::adapter::router::Router::load(dir)?),
         _ => None,
     };
     Ok(Loaded {
@@ -312,9 +308,11 @@ impl Loaded {
             refs.push((adapter, &m.head));
         }
         let mixture = Mixture::new(be, bert, &refs, rule)?;
-        match &self.router {
-            Some(r) => mixture.routed(be, r, self.model.tokenizer.piece_table()),
-            None => Ok(mixture),
+        match (&self.router, &self.mixing) {
+            (Some(r), BetaRule::Router { dir }) => mixture
+                .routed(be, r, self.model.tokenizer.piece_table())
+                .with_context(|| format!("--router {}", dir.display())),
+            _ => Ok(mixture),
         }
     }
 }

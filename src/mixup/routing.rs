@@ -67,16 +67,7 @@ pub(super) fn train_router<B: Backend>(
     };
     let train = rows(&data.train).context("the router's training features")?;
     let dev = rows(&data.dev).context("the router's dev features")?;
-    let shape = RouterConfig {
-        kind: "admix_router".into(),
-        members: dirs.iter().map(|(n, _)| n.clone()).collect(),
-        num_labels: labels,
-        hidden_size: hidden,
-        layers: vec![],
-        activation: cfg.activation,
-        features: width,
-        trained: serde_json::Value::Null,
-    };
+    let shape = RouterConfig::for_mixture(dirs.iter().map(|(n, _)| n.clone()).collect(), labels, hidden);
     let (router, report) = fit(be, cfg, shape, &train, &dev)?;
     crate::io::replace_dir(out, |tmp| router.save(tmp))?;
     Ok(report)

@@ -216,10 +216,7 @@ pub fn ensure_finite(values: &[f32], what: &str) -> Result<()> {
 
 /// Softmax probabilities and argmax of a logit vector.
 pub fn prediction(logits: Vec<f32>) -> Prediction {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let exps: Vec<f64> = logits.iter().map(|&l| ((l - max) as f64).exp()).collect();
-    let z: f64 = exps.iter().sum();
-    let probs: Vec<f32> = exps.iter().map(|e| (e / z) as f32).collect();
+    let probs = crate::adapter::mix::softmax(&logits);
     Prediction { label: argmax(&probs), logits, probs }
 }
 

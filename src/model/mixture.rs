@@ -34,7 +34,6 @@ pub struct Mixture<B: Backend> {
     pub rule: BetaRule,
     /// the learned router with the tokenizer's piece table ([`Mixture::routed`])
     router: Option<(Router<B::Weight>, PieceTable)>,
-    hidden: usize,
 }
 
 /// What a mixture computed for a batch.
@@ -77,14 +76,13 @@ impl<B: Backend> Mixture<B> {
             .iter()
             .map(|(a, h)| Ok((a.to_backend(be)?, h.to_backend(be)?)))
             .collect::<Result<Vec<_>>>()?;
-        let hidden = bert.cfg.hidden_size;
-        Ok(Mixture { bert: bert.to_backend(be)?, members, stacked, stacked_head, rule, router: None, hidden })
+        Ok(Mixture { bert: bert.to_backend(be)?, members, stacked, stacked_head, rule, router: None })
     }
 
     /// The mixture with a learned router (for [`BetaRule::Router`]); `table` is the tokenizer's.
     pub fn routed(mut self, be: &B, router: &Router<Tensor>, table: PieceTable) -> Result<Self> {
         let labels = self.members[0].1.num_labels;
-        router.check_fits(self.m(), labels, self.hidden)?;
+        router.check_fits(self.m(), labels, self.bert.cfg.hidden_size)?;
         self.router = Some((router.to_backend(be)?, table));
         Ok(self)
     }

@@ -97,8 +97,8 @@ pub fn routing_accuracy(beta: &[Vec<f32>], member: &[usize], m: usize) -> (Vec<f
     (per, mean)
 }
 
-/// Trains a router of `shape`'s members and widths on `train`, keeping the epoch with the best dev
-/// balanced accuracy.
+/// Trains a router of `shape`'s members and features (its layers and activation are `cfg`'s) on
+/// `train`, keeping the epoch with the best dev balanced accuracy.
 pub fn fit<B: Backend>(
     be: &B,
     cfg: &FitConfig,

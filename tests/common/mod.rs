@@ -122,18 +122,13 @@ pub fn toy_dataset(n: usize, seed: u64) -> String {
 /// A router over the fixture's two adapters (MiniLM, two labels) with seeded random weights and a
 /// standardisation that is not the identity, saved in `dir`.
 pub fn random_router(dir: &Path) {
-    use admix::adapter::router::{features, Router, RouterConfig};
-    let width = features::width(2, 2, 384);
+    use admix::adapter::router::{Router, RouterConfig};
     let config = RouterConfig {
-        kind: "admix_router".into(),
-        members: vec!["clean".into(), "adv".into()],
-        num_labels: 2,
-        hidden_size: 384,
         layers: vec![8],
         activation: admix::backend::Activation::Tanh,
-        features: width,
-        trained: serde_json::Value::Null,
+        ..RouterConfig::for_mixture(vec!["clean".into(), "adv".into()], 2, 384)
     };
+    let width = config.features;
     let mean = (0..width).map(|i| (i % 7) as f32 * 0.01).collect();
     let std = (0..width).map(|i| 0.05 + (i % 5) as f32 * 0.1).collect();
     Router::init(config, mean, std, 11).unwrap().save(dir).unwrap();

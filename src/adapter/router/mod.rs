@@ -44,6 +44,28 @@ pub struct RouterConfig {
     pub trained: serde_json::Value,
 }
 
+/// `router_config.json`'s `kind`.
+pub const KIND: &str = "admix_router";
+
+impl RouterConfig {
+    /// A router over the members of a mixture (`members` by name, clean first) on a
+    /// `hidden`-wide encoder over `num_labels` classes: its features are [`features::width`]'s;
+    /// logistic regression until [`crate::train::router::fit`] (or the caller) sets `layers`.
+    pub fn for_mixture(members: Vec<String>, num_labels: usize, hidden_size: usize) -> Self {
+        let features = features::width(members.len(), num_labels, hidden_size);
+        RouterConfig {
+            kind: KIND.into(),
+            members,
+            num_labels,
+            hidden_size,
+            layers: vec![],
+            activation: Activation::Relu,
+            features,
+            trained: serde_json::Value::Null,
+        }
+    }
+}
+
 /// A router's weights (`W`: host tensors or a backend's).
 pub struct Router<W> {
     pub config: RouterConfig,
@@ -110,7 +132,7 @@ impl<W> Router<W> {
         if let Some(v) = logits.iter().find(|v| !v.is_finite()) {
             bail!("the router produced a non-finite logit ({v})");
         }
-        Ok(logits.chunks(m).map(softmax).collect())
+        Ok(logits.chunks(m).map(crate::adapter::mix::softmax).collect())
     }
 
     /// β of each sample of a batch from the members' passes over it.
@@ -174,14 +196,6 @@ impl<W> Router<W> {
     }
 }
 
-/// `softmax(z)`, in f64 for the sum.
-pub fn softmax(z: &[f32]) -> Vec<f32> {
-    let top = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let e: Vec<f64> = z.iter().map(|&v| ((v - top) as f64).exp()).collect();
-    let s: f64 = e.iter().sum();
-    e.iter().map(|v| (v / s) as f32).collect()
-}
-
 impl Router<Tensor> {
     /// A router of the given shape with seeded random weights (PyTorch's `nn.Linear` init:
     /// uniform in ±1/√fan_in) and the given standardisation.
@@ -237,7 +251,7 @@ impl Router<Tensor> {
         })?;
         let config: RouterConfig = serde_json::from_str(&text)
             .with_context(|| format!("{}: not a router config", path.display()))?;
-        if config.kind != "admix_router" {
+        if config.kind != KIND {
             bail!("{}: kind `{}` is not an admix router", path.display(), config.kind);
         }
         let file = WeightFile::open(&dir.join(WEIGHTS))?;
