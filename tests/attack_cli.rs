@@ -198,6 +198,60 @@ fn every_attack_writes_consistent_results_that_hold_up() {
 }
 
 #[test]
+fn sentence_pairs_are_attacked_in_their_first_text_and_score_as_reported() {
+    let env = Env::new();
+    // the toy task's sentences, each with the next one as its second text
+    let toy = common::toy_dataset(24, 5);
+    let rows: Vec<(&str, &str)> = toy.lines().skip(1).map(|l| l.split_once('\t').unwrap()).collect();
+    let mut tsv = String::from("text\ttext_pair\tlabel\n");
+    for w in rows.windows(2) {
+        tsv += &format!("{}\t{}\t{}\n", w[0].0, w[1].0, w[0].1);
+    }
+    std::fs::write(env.p("pairs.tsv"), &tsv).unwrap();
+    for attack in ["deepwordbug", "textbugger"] {
+        ok(&env.attack(attack, "pairs.tsv", &format!("pairs-{attack}"), &[]));
+        let recs = records(&env.p(&format!("pairs-{attack}")));
+        assert_eq!(recs.len(), rows.len() - 1);
+        let mut inputs = String::new();
+        let mut attacked = vec![];
+        for (r, w) in recs.iter().zip(rows.windows(2)) {
+            // the second text is kept as it was
+            assert_eq!((r["original"].as_str().unwrap(), r["pair"].as_str().unwrap()), (w[0].0, w[1].0));
+            if let Some(p) = r["perturbed"].as_str() {
+                inputs += &format!("{}\n", serde_json::json!({"text": p, "text_pair": w[1].0}));
+                attacked.push(r);
+            }
+        }
+        assert!(attacked.iter().any(|r| r["outcome"] == "successful"), "{attack}: no pair was fooled");
+        // read back as pairs by `admix score`, the adversarial pairs get the probabilities reported
+        let scored = admix(
+            &[
+                "score",
+                "--adapter",
+                &env.s("run/best"),
+                "--model",
+                &env.s("model"),
+                "--max-len",
+                "16",
+                "--format",
+                "jsonl",
+                "-",
+            ],
+            inputs.as_bytes(),
+        );
+        let scored: Vec<serde_json::Value> =
+            ok(&scored).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(scored.len(), attacked.len());
+        for (s, r) in scored.iter().zip(&attacked) {
+            let (a, b) = (s["probs"].as_array().unwrap(), r["perturbed_probs"].as_array().unwrap());
+            for (x, y) in a.iter().zip(b) {
+                assert!((x.as_f64().unwrap() - y.as_f64().unwrap()).abs() < 1e-5, "{attack}: {s} vs {r}");
+            }
+        }
+    }
+}
+
+#[test]
 fn awkward_texts_get_outcomes_and_bad_input_is_one_clear_error() {
     let env = Env::new();
     let awkward = "text\tlabel\ngreat\tpos\nit was so\tneg\ncafé crème was wonderful 😀\tpos\n!!! ???\tneg\nthe movie was very boring\tneg\n";
@@ -241,7 +295,7 @@ fn awkward_texts_get_outcomes_and_bad_input_is_one_clear_error() {
     let out = env.attack("textbugger", "dev.tsv", "x", &["--glove", "/nonexistent/glove"]);
     assert_error(&out, "GloVe directory");
     std::fs::write(env.p("pairs.tsv"), "text\ttext_pair\tlabel\na\tb\tpos\n").unwrap();
-    assert_error(&env.attack("pwws", "pairs.tsv", "x", &[]), "sentence pairs");
+    assert_error(&env.attack("hotflip", "pairs.tsv", "x", &[]), "HotFlip on sentence pairs is not supported");
     std::fs::write(env.p("empty.tsv"), "text\tlabel\n\tpos\ngood\tneg\n").unwrap();
     assert_error(&env.attack("deepwordbug", "empty.tsv", "x", &[]), "empty text");
     std::fs::write(env.p("unknown.tsv"), "text\tlabel\nfine\tmaybe\n").unwrap();

@@ -283,7 +283,8 @@ fn hotflip_flips_whole_words_that_retokenize_and_reports_the_models_probabilitie
         (0..word.shape()[0]).map(|v| m.tokenizer.id_to_token(v as u32).unwrap_or_default()).collect();
     let cfg = HotFlipConfig { max_word_frac: 0.5, min_cos: -1.0, beam: 2, top_k: 4 };
     let hf = HotFlip::new(&Cpu, &word, tokens, cfg).unwrap();
-    let scorer = ModelScorer { be: &Cpu, model: &model, pad_id: m.tokenizer.pad_id(), batch_size: 32 };
+    let scorer =
+        ModelScorer { be: &Cpu, model: &model, pad_id: m.tokenizer.pad_id(), sep_id: None, batch_size: 32 };
     let mut victim = Victim::new(&scorer, &m.tokenizer).unwrap();
     let text = "the acting is wooden and the story drags on forever";
     for label in [0usize, 1] {
@@ -331,8 +332,13 @@ fn hotflip_flips_whole_words_that_retokenize_and_reports_the_models_probabilitie
 fn word_by_word_tokenization_is_the_tokenizers() {
     let m = ModelDir::open(&minilm_dir(), 64).unwrap();
     let splits = admix::data::mr::load(&admix::assets::mr_path()).unwrap();
-    let scorer =
-        admix::attack::victim::ModelScorer { be: &Cpu, model: &tiny_model().2, pad_id: 0, batch_size: 1 };
+    let scorer = admix::attack::victim::ModelScorer {
+        be: &Cpu,
+        model: &tiny_model().2,
+        pad_id: 0,
+        sep_id: None,
+        batch_size: 1,
+    };
     let mut victim = Victim::new(&scorer, &m.tokenizer).unwrap();
     let unk = m.tokenizer.token_id("[UNK]").unwrap();
     assert_eq!(m.tokenizer.pieces("[UNK]").unwrap(), [unk], "the ranking's [UNK] is one token");
@@ -342,10 +348,33 @@ fn word_by_word_tokenization_is_the_tokenizers() {
         let text = Text::parse(&e.text);
         let whole = m.tokenizer.encode_rows(&[TextInput::single(e.text.clone())]).unwrap().remove(0).0;
         by_words += (victim.ids(&text).unwrap() == whole) as usize;
-        victim.begin(i, &text).unwrap();
+        victim.begin(i, &text, None).unwrap();
         assert_eq!(victim.ids(&text).unwrap(), whole, "`{}`", e.text);
     }
     assert!(by_words >= 390, "only {by_words} of 400 tokenize word by word as a whole");
+
+    // sentence pairs (the next sentence as the second text): the ids and the token types the
+    // scorer derives are the tokenizer's, pairs longer than 64 tokens included (truncated longest
+    // first by the tokenizer)
+    let sep = m.tokenizer.token_id("[SEP]");
+    let mut truncated = 0;
+    for (i, w) in examples.windows(2).enumerate() {
+        let (text, pair) = (Text::parse(&w[0].text), w[1].text.as_str());
+        let (ids, types, cut) =
+            m.tokenizer.encode_rows(&[TextInput::pair(w[0].text.clone(), pair)]).unwrap().remove(0);
+        truncated += cut as usize;
+        victim.begin(i, &text, Some(pair)).unwrap();
+        let got = victim.ids(&text).unwrap();
+        assert_eq!(got, ids, "`{}` / `{pair}`", w[0].text);
+        assert_eq!(admix::attack::victim::segment_types(&got, sep), types, "`{}` / `{pair}`", w[0].text);
+        // a candidate with a changed first word keeps the second text as it is
+        let cand = text.with_word(0, "zzz");
+        let want = m.tokenizer.encode_rows(&[TextInput::pair(cand.render(), pair)]).unwrap().remove(0).0;
+        assert_eq!(victim.ids(&cand).unwrap(), want);
+    }
+    assert!(truncated > 10 && truncated < 390, "{truncated} of 399 pairs truncated: both paths are tested");
+    // single texts stay type 0 with or without a separator id
+    assert!(admix::attack::victim::segment_types(&[101, 7, 102], sep).iter().all(|&t| t == 0));
 }
 
 #[test]

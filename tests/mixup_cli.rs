@@ -356,3 +356,85 @@ fn two_known_attacks_give_three_members_and_the_adapter_adversarial_training_bas
         .collect();
     assert_eq!(sets, [("deepwordbug", true), ("textbugger", true), ("pwws", false)]);
 }
+
+#[test]
+fn sentence_pairs_run_end_to_end_with_a_dev_split_carved_from_train() {
+    let env = Env::new();
+    // the toy task as sentence pairs (each sentence with the next as its second text), with no dev
+    // file: a stratified dev split is carved from train
+    let as_pairs = |tsv: &str| {
+        let rows: Vec<(&str, &str)> = tsv.lines().skip(1).map(|l| l.split_once('\t').unwrap()).collect();
+        let mut out = String::from("index\tsentence1\tsentence2\tlabel\n");
+        for (i, w) in rows.windows(2).enumerate() {
+            out += &format!("{i}\t{}\t{}\t{}\n", w[0].0, w[1].0, w[0].1);
+        }
+        out
+    };
+    std::fs::write(env.p("train-pairs.tsv"), as_pairs(&common::toy_dataset(121, 1))).unwrap();
+    std::fs::write(env.p("test-pairs.tsv"), as_pairs(&common::toy_dataset(33, 3))).unwrap();
+    let out = admix(
+        &[
+            "mixup",
+            "--model",
+            &env.s("model"),
+            "--train",
+            &env.s("train-pairs.tsv"),
+            "--test",
+            &env.s("test-pairs.tsv"),
+            "--out",
+            &env.s("pairs"),
+            "--preset",
+            "full",
+            "--dev-examples",
+            "20",
+            "--epochs",
+            "10",
+            "--lr",
+            "1e-2",
+            "--batch-size",
+            "16",
+            "--dropout",
+            "0",
+            "--known",
+            "deepwordbug",
+            "--unseen",
+            "textbugger",
+            "--no-full",
+            "--adaptive-examples",
+            "3",
+        ],
+        b"",
+    );
+    ok(&out);
+    let run = env.p("pairs");
+    let read = |name: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(run.join(name))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let (train, dev) = (read("data/train.jsonl"), read("data/dev.jsonl"));
+    assert_eq!((train.len(), dev.len()), (100, 20));
+    // 60 of 120 pairs are positive (the toy task alternates): the dev split keeps that share
+    assert_eq!(dev.iter().filter(|e| e["label"] == "pos").count(), 10);
+    let key = |e: &serde_json::Value| (e["text"].to_string(), e["text_pair"].to_string());
+    let train_keys: std::collections::HashSet<_> = train.iter().map(key).collect();
+    assert!(dev.iter().all(|e| e["text_pair"].is_string()));
+    assert!(dev.iter().all(|e| !train_keys.contains(&key(e))), "dev examples are not trained on");
+    // the attacks perturbed the first text and kept the second; the adversarial training set keeps
+    // the pairs
+    let test = read("data/test.jsonl");
+    let records = read("attack-test-deepwordbug/results.jsonl");
+    assert_eq!(records.len(), test.len());
+    for (r, e) in records.iter().zip(&test) {
+        assert_eq!((&r["original"], &r["pair"]), (&e["text"], &e["text_pair"]));
+    }
+    assert!(read("data/adv-deepwordbug.jsonl").iter().all(|e| e["text_pair"].is_string()));
+    let report = json(&run.join("report.json"));
+    let data = report["plan"]["data"].as_str().unwrap();
+    assert!(
+        data == format!("{} (dev carved from it), {}", env.s("train-pairs.tsv"), env.s("test-pairs.tsv")),
+        "{data}"
+    );
+}

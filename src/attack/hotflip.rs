@@ -357,7 +357,7 @@ impl<B: Backend> HotFlip<B> {
             .iter()
             .map(|r| {
                 let last = if r.skipped { &r.original } else { &r.best.state };
-                super::record(r.index, &r.original, last, &r.goal, r.skipped)
+                super::record(r.index, None, &r.original, last, &r.goal, r.skipped)
             })
             .collect())
     }

@@ -55,8 +55,12 @@ pub fn run(job: &AttackJob) -> Result<AttackRun> {
     let backend = job.device.open(job.precision)?;
     let loaded = classifier::load(&job.victim, job.model.as_deref(), job.max_len)?;
     let mut examples = data::labelled_examples(&job.data, &job.split, &loaded.labels)?;
-    if examples.iter().any(|e| e.pair.is_some()) {
-        bail!("attacks on sentence pairs are not supported (the data has a text_pair column)");
+    if !job.attack.kind.is_black_box() && examples.iter().any(|e| e.pair.is_some()) {
+        bail!(
+            "{} on sentence pairs is not supported (the data has a second text); the black-box attacks \
+             (deepwordbug, pwws, textfooler, textbugger) perturb a pair's first text",
+            job.attack.kind.title()
+        );
     }
     if let Some(n) = job.num_examples {
         examples.truncate(n);

@@ -21,6 +21,9 @@ pub enum Outcome {
 pub struct AttackRecord {
     pub index: usize,
     pub original: String,
+    /// a sentence pair's second text (never perturbed: the attacks perturb the first)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pair: Option<String>,
     /// the adversarial text (text attacks; `None` for embedding-space attacks and skipped examples)
     pub perturbed: Option<String>,
     pub label: usize,
@@ -127,6 +130,7 @@ mod tests {
         AttackRecord {
             index: 0,
             original: String::new(),
+            pair: None,
             perturbed: None,
             label: 0,
             original_prediction: 0,

@@ -33,7 +33,14 @@ use self::words::Text;
 use crate::model::classify::argmax;
 
 /// Builds an example's record from the original and the final state of its attack.
-pub fn record(index: usize, original: &State, last: &State, goal: &Goal, skipped: bool) -> AttackRecord {
+pub fn record(
+    index: usize,
+    pair: Option<&str>,
+    original: &State,
+    last: &State,
+    goal: &Goal,
+    skipped: bool,
+) -> AttackRecord {
     let outcome = if skipped {
         Outcome::Skipped
     } else if goal.succeeded(&last.probs) {
@@ -45,6 +52,7 @@ pub fn record(index: usize, original: &State, last: &State, goal: &Goal, skipped
     AttackRecord {
         index,
         original: original.text.render(),
+        pair: pair.map(str::to_string),
         perturbed,
         label: goal.label,
         original_prediction: argmax(&original.probs),
@@ -60,12 +68,14 @@ pub fn record(index: usize, original: &State, last: &State, goal: &Goal, skipped
 }
 
 /// Attacks one text with a black-box recipe (transformation + ranking + constraints) within
-/// `budget` queries (the original's included).
+/// `budget` queries (the original's included). Of a sentence pair (`pair`, the second text) only
+/// the first text is perturbed.
 #[allow(clippy::too_many_arguments)]
 pub fn attack_text(
     victim: &mut Victim,
     index: usize,
     text: &str,
+    pair: Option<&str>,
     label: usize,
     budget: usize,
     t: &mut dyn Transformation,
@@ -74,13 +84,13 @@ pub fn attack_text(
 ) -> Result<AttackRecord> {
     anyhow::ensure!(budget >= 1, "the query budget must be at least 1 (the original input is a query)");
     let text = Text::parse(text);
-    victim.begin(index, &text)?;
+    victim.begin(index, &text, pair)?;
     let mut goal = Goal::new(label, budget);
     let probs = goal.eval(victim, std::slice::from_ref(&text))?.remove(0).expect("budget >= 1");
     let original = State { text, probs };
     if goal.succeeded(&original.probs) {
-        return Ok(record(index, &original, &original, &goal, true));
+        return Ok(record(index, pair, &original, &original, &goal, true));
     }
     let last = search::greedy_wir(victim, &mut goal, original.clone(), t, ranking, c)?;
-    Ok(record(index, &original, &last, &goal, false))
+    Ok(record(index, pair, &original, &last, &goal, false))
 }

@@ -250,7 +250,7 @@ pub fn run<B: Backend>(
             // examples run in lockstep, `--workers` at a time; forward batches of about
             // `--max-batch-tokens` tokens (MR sentences are ~30 tokens)
             let rows = (a.max_batch_tokens / 32).max(1);
-            let scorer = ModelScorer { be, model: m, pad_id: tok.pad_id(), batch_size: rows };
+            let scorer = ModelScorer { be, model: m, pad_id: tok.pad_id(), sep_id: None, batch_size: rows };
             let mut victim = Victim::new(&scorer, tok)?;
             let tokens =
                 (0..word_table.shape()[0]).map(|v| tok.id_to_token(v as u32).unwrap_or_default()).collect();
@@ -293,7 +293,9 @@ pub fn black_box<B: Backend>(
             bail!("{} needs gradients: it is not a black-box attack", a.kind.title())
         }
         kind => {
-            let scorer = ModelScorer { be, model: clf, pad_id: tok.pad_id(), batch_size: usize::MAX };
+            // sentence pairs need token types; single texts keep type 0 throughout
+            let sep_id = examples.iter().any(|e| e.pair.is_some()).then(|| tok.token_id("[SEP]")).flatten();
+            let scorer = ModelScorer { be, model: clf, pad_id: tok.pad_id(), sep_id, batch_size: usize::MAX };
             let (k, min_cos, vocab) = match kind {
                 AttackKind::Textfooler => (textfooler::NEIGHBOURS, textfooler::MIN_COS, textfooler::VOCAB),
                 _ => (textbugger::NEIGHBOURS, -1.0, textbugger::VOCAB),
@@ -338,7 +340,7 @@ fn recipe(
     ranking: Ranking,
     c: &Constraints,
 ) -> Result<AttackRecord> {
-    super::attack_text(victim, i, &e.text, e.label, budget, t, ranking, c)
+    super::attack_text(victim, i, &e.text, e.pair.as_deref(), e.label, budget, t, ranking, c)
 }
 
 /// Attacks the examples on `--workers` threads at once, their model queries batched together by a
@@ -449,6 +451,7 @@ fn embedding_batch<B: Backend>(
             AttackRecord {
                 index: i,
                 original: examples[i].text.clone(),
+                pair: examples[i].pair.clone(),
                 perturbed: None,
                 label,
                 original_prediction: argmax(&clean[k]),

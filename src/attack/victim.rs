@@ -25,12 +25,21 @@ pub trait Scorer {
 }
 
 /// Scores with a classifier on a backend, `batch_size` rows per forward pass, each batch padded
-/// to its longest row.
+/// to its longest row. With `sep_id`, a row `[CLS] a [SEP] b [SEP]` is a sentence pair: the tokens
+/// after its first `[SEP]` are segment 1, as BERT's tokenizer types them (rows are ids only, so a
+/// literal `[SEP]` inside a first text would be taken for the boundary).
 pub struct ModelScorer<'m, B: Backend> {
     pub be: &'m B,
     pub model: &'m dyn Classify<B>,
     pub pad_id: u32,
+    pub sep_id: Option<u32>,
     pub batch_size: usize,
+}
+
+/// The token types of a row: 0 up to its first `sep`, 1 after it.
+pub fn segment_types(row: &[u32], sep: Option<u32>) -> Vec<u32> {
+    let first_end = sep.and_then(|s| row.iter().position(|&t| t == s)).map_or(row.len(), |i| i + 1);
+    (0..row.len()).map(|j| u32::from(j >= first_end)).collect()
 }
 
 impl<B: Backend> Scorer for ModelScorer<'_, B> {
@@ -38,7 +47,7 @@ impl<B: Backend> Scorer for ModelScorer<'_, B> {
         let mut out = Vec::with_capacity(rows.len());
         for chunk in rows.chunks(self.batch_size.max(1)) {
             let padded: Vec<(Vec<u32>, Vec<u32>)> =
-                chunk.iter().map(|r| (r.clone(), vec![0; r.len()])).collect();
+                chunk.iter().map(|r| (r.clone(), segment_types(r, self.sep_id))).collect();
             let batch = TokenBatch::from_rows(&padded, self.pad_id);
             out.extend(self.model.probs(self.be, &batch)?);
         }
@@ -57,6 +66,8 @@ pub struct Victim<'s> {
     /// this example's text does not tokenize word by word like a whole (a symbol glued to a word,
     /// say): tokenize whole texts instead
     whole_text: bool,
+    /// the example's second text (a sentence pair), never perturbed, and its wordpieces
+    pair: Option<(String, Vec<u32>)>,
 }
 
 /// `[CLS] pieces [SEP]`, the pieces truncated as the tokenizer truncates a single text.
@@ -80,6 +91,7 @@ impl<'s> Victim<'s> {
             sep: id("[SEP]")?,
             key: 0,
             whole_text: false,
+            pair: None,
         })
     }
 
@@ -92,18 +104,25 @@ impl<'s> Victim<'s> {
         Ok(&self.pieces[s])
     }
 
-    /// Starts example `key`: checks that its text tokenizes word by word exactly as a whole.
-    pub fn begin(&mut self, key: usize, text: &Text) -> Result<()> {
+    /// Starts example `key` (with `pair`, the fixed second text of a sentence pair: the attacks
+    /// perturb the first): checks that its text tokenizes word by word exactly as a whole.
+    pub fn begin(&mut self, key: usize, text: &Text, pair: Option<&str>) -> Result<()> {
         self.key = key;
+        self.pair = pair.map(|p| Ok::<_, anyhow::Error>((p.to_string(), self.tok.pieces(p)?))).transpose()?;
         self.whole_text = self.needs_whole_text(text)?;
         Ok(())
+    }
+
+    /// `text` (and the example's pair) as the tokenizer takes it.
+    fn input(&self, text: &Text) -> TextInput {
+        TextInput { text: text.render(), pair: self.pair.as_ref().map(|(p, _)| p.clone()) }
     }
 
     /// Whether `text` tokenizes differently word by word than as a whole (then its candidates are
     /// tokenized whole).
     pub fn needs_whole_text(&mut self, text: &Text) -> Result<bool> {
         let by_words = self.ids_as(text, false)?;
-        let whole = self.tok.encode_rows(&[TextInput::single(text.render())])?.remove(0).0;
+        let whole = self.tok.encode_rows(&[self.input(text)])?.remove(0).0;
         Ok(by_words != whole)
     }
 
@@ -116,7 +135,7 @@ impl<'s> Victim<'s> {
     pub fn ids_as(&mut self, text: &Text, whole: bool) -> Result<Vec<u32>> {
         let max_len = self.tok.max_len();
         if whole {
-            return Ok(self.tok.encode_rows(&[TextInput::single(text.render())])?.remove(0).0);
+            return Ok(self.tok.encode_rows(&[self.input(text)])?.remove(0).0);
         }
         let mut pieces = vec![];
         for part in text.parts() {
@@ -124,7 +143,20 @@ impl<'s> Victim<'s> {
                 pieces.extend_from_slice(self.fragment(part)?);
             }
         }
-        Ok(with_specials(self.cls, self.sep, pieces, max_len))
+        let Some((_, second)) = &self.pair else {
+            return Ok(with_specials(self.cls, self.sep, pieces, max_len));
+        };
+        if pieces.len() + second.len() + 3 > max_len {
+            // a pair too long is truncated longest-first: leave that to the tokenizer
+            return Ok(self.tok.encode_rows(&[self.input(text)])?.remove(0).0);
+        }
+        let mut ids = Vec::with_capacity(pieces.len() + second.len() + 3);
+        ids.push(self.cls);
+        ids.extend(pieces);
+        ids.push(self.sep);
+        ids.extend_from_slice(second);
+        ids.push(self.sep);
+        Ok(ids)
     }
 
     /// Class probabilities of token rows.

@@ -15,13 +15,16 @@ pub struct MixupArgs {
     /// Output directory: every stage's results, report.md, report.json and tradeoff.png
     #[arg(long, default_value = "runs/mixup")]
     out: PathBuf,
-    /// Your own data instead of MR: a labelled .tsv/.csv/.jsonl training file (with --dev and --test)
-    #[arg(long, requires_all = ["dev", "test"])]
+    /// Your own data instead of MR: a labelled .tsv/.csv/.jsonl training file, or a GLUE task's
+    /// train.tsv as it is (with --test)
+    #[arg(long, requires = "test")]
     train: Option<PathBuf>,
-    /// Dev file (same format), with --train
+    /// Dev file (same format), with --train. Without it a seeded, label-stratified dev split of
+    /// --dev-examples (default: the preset's; under full, a tenth of train) is carved from train
+    /// and not trained on (for GLUE, whose dev.tsv is the test set)
     #[arg(long, requires = "train")]
     dev: Option<PathBuf>,
-    /// Test file (same format), with --train
+    /// Test file (same format), with --train; for GLUE, the task's dev.tsv
     #[arg(long, requires = "train")]
     test: Option<PathBuf>,
     /// Sizes: `quick` (the CPU-sized main job, about 17 minutes on 2 cores) or `full` (all of MR)
@@ -91,8 +94,8 @@ pub struct MixupArgs {
 
 pub fn mixup(a: MixupArgs) -> Result<()> {
     a.rt.init()?;
-    let files = match (a.train, a.dev, a.test) {
-        (Some(train), Some(dev), Some(test)) => Some(DataFiles { train, dev, test }),
+    let files = match (a.train, a.test) {
+        (Some(train), Some(test)) => Some(DataFiles { train, dev: a.dev, test }),
         _ => None,
     };
     let config = MixupConfig {

@@ -9,6 +9,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
+use super::columns::{self, Columns};
 use crate::model::tokenizer::TextInput;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,7 +59,7 @@ pub fn read(mut reader: impl Read, format: Format, source: &str) -> Result<Input
         return read_csv(&bytes, source);
     }
     let mut out = Inputs::default();
-    let mut tsv_columns: Option<(usize, Option<usize>)> = None;
+    let mut tsv_columns: Option<Columns> = None;
     for (n, line) in super::lines(&bytes) {
         let text = std::str::from_utf8(line)
             .map_err(|_| anyhow::anyhow!("{source}:{n}: line is not valid UTF-8"))?;
@@ -72,9 +73,16 @@ pub fn read(mut reader: impl Read, format: Format, source: &str) -> Result<Input
             Format::Csv => unreachable!("read above"),
             Format::Tsv => {
                 let fields: Vec<&str> = text.split('\t').collect();
-                let Some((c_text, c_pair)) = tsv_columns else {
-                    tsv_columns = Some(text_columns(fields.iter().copied(), source, n, "TSV")?);
-                    continue;
+                let cols = match tsv_columns {
+                    Some(c) => c,
+                    None => {
+                        let c = text_columns(&fields, source, n, "TSV")?;
+                        tsv_columns = Some(c);
+                        if c.header {
+                            continue;
+                        }
+                        c
+                    }
                 };
                 let get = |c: usize| {
                     fields
@@ -82,7 +90,7 @@ pub fn read(mut reader: impl Read, format: Format, source: &str) -> Result<Input
                         .map(|s| s.to_string())
                         .with_context(|| format!("{source}:{n}: missing column {}", c + 1))
                 };
-                TextInput { text: get(c_text)?, pair: c_pair.map(get).transpose()? }
+                TextInput { text: get(cols.text)?, pair: cols.pair.map(get).transpose()? }
             }
         };
         push(&mut out, n, input);
@@ -99,18 +107,15 @@ fn push(out: &mut Inputs, line: usize, input: TextInput) {
     }
 }
 
-/// The `text` (and optional `text_pair`) column of a header.
-fn text_columns<'a>(
-    header: impl Iterator<Item = &'a str> + Clone,
-    source: &str,
-    n: usize,
-    what: &str,
-) -> Result<(usize, Option<usize>)> {
-    let pos = |name: &str| header.clone().position(|f| f.trim() == name);
-    let c_text = pos("text").with_context(|| {
-        format!("{source}:{n}: the {what} header must name a `text` column (optional `text_pair`)")
-    })?;
-    Ok((c_text, pos("text_pair")))
+/// The text (and optional pair) columns of a file whose first row is `first` ([`columns`]).
+fn text_columns(first: &[&str], source: &str, n: usize, what: &str) -> Result<Columns> {
+    columns::detect(first).with_context(|| {
+        format!(
+            "{source}:{n}: the {what} header must name a `text` column (optional `text_pair`) or be \
+             a GLUE task's; expected {}",
+            columns::KNOWN
+        )
+    })
 }
 
 /// CSV with a header (RFC 4180 quoting: fields may hold commas, quotes and newlines).
@@ -131,12 +136,20 @@ fn read_csv(bytes: &[u8], source: &str) -> Result<Inputs> {
             out.empty_lines += 1;
             continue;
         }
-        let Some((c_text, c_pair)) = columns else {
-            let names: Vec<String> = (0..rec.len()).map(field).collect::<Result<_>>()?;
-            columns = Some(text_columns(names.iter().map(|s| s.as_str()), source, n, "CSV")?);
-            continue;
+        let cols = match columns {
+            Some(c) => c,
+            None => {
+                let names: Vec<String> = (0..rec.len()).map(field).collect::<Result<_>>()?;
+                let c =
+                    text_columns(&names.iter().map(|s| s.as_str()).collect::<Vec<_>>(), source, n, "CSV")?;
+                columns = Some(c);
+                if c.header {
+                    continue;
+                }
+                c
+            }
         };
-        push(&mut out, n, TextInput { text: field(c_text)?, pair: c_pair.map(field).transpose()? });
+        push(&mut out, n, TextInput { text: field(cols.text)?, pair: cols.pair.map(field).transpose()? });
     }
     Ok(out)
 }
@@ -198,6 +211,22 @@ mod tests {
         assert_eq!(got.records.len(), 2);
         let got = read(&b"one\rtwo\r"[..], Format::Text, "x").unwrap();
         assert_eq!(got.records.len(), 2);
+    }
+
+    #[test]
+    fn glue_files_score_as_they_are() {
+        let rte = read(
+            &b"index\tsentence1\tsentence2\tlabel\n0\tA \"cat\".\tA cat.\tentailment\n"[..],
+            Format::Tsv,
+            "x",
+        )
+        .unwrap();
+        assert_eq!(rte.records[0].input, TextInput::pair("A \"cat\".", "A cat."));
+        let cola = read(&b"gj04\t1\t\tOne.\ngj04\t0\t*\tTwo."[..], Format::Tsv, "x").unwrap();
+        assert_eq!(
+            cola.records.iter().map(|r| (r.line, r.input.text.as_str())).collect::<Vec<_>>(),
+            [(1, "One."), (2, "Two.")]
+        );
     }
 
     #[test]

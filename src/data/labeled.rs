@@ -1,5 +1,6 @@
 //! Labelled datasets from user files: TSV or CSV with a header naming `text`, `label` and an
-//! optional `text_pair` column, or JSONL objects with those fields. Label names are mapped to ids
+//! optional `text_pair` column (or a GLUE task's own TSV, [`columns`]), or JSONL objects with those
+//! fields. TSV fields are not quoted; CSV fields may be. Label names are mapped to ids
 //! by a [`LabelSet`] built from the training split (integers in numeric order, otherwise names in
 //! lexicographic order); a label a later split does not know is an error naming its line.
 
@@ -8,6 +9,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
+use super::columns::{self, Columns};
 use super::Example;
 
 /// One example as read, with its label still a name, and the line it came from.
@@ -81,12 +83,14 @@ pub fn read(path: &Path) -> Result<Vec<RawExample>> {
 
 fn read_delimited(bytes: &[u8], delimiter: u8, source: &str) -> Result<Vec<RawExample>> {
     let bytes = super::strip_bom(bytes);
-    let mut r = csv::ReaderBuilder::new().delimiter(delimiter).flexible(true).from_reader(bytes);
-    let header = r.headers().with_context(|| format!("{source}: cannot read the header"))?.clone();
-    let col = |name: &str| header.iter().position(|h| h.trim() == name);
-    let text_col = col("text").with_context(|| format!("{source}: the header has no `text` column"))?;
-    let label_col = col("label").with_context(|| format!("{source}: the header has no `label` column"))?;
-    let pair_col = col("text_pair");
+    // TSV is not quoted (IANA's text/tab-separated-values; GLUE's files hold bare `"`), CSV is
+    let mut r = csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .quoting(delimiter != b'\t')
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(bytes);
+    let mut columns: Option<Columns> = None;
     let mut out = vec![];
     for rec in r.records() {
         let rec = rec.map_err(|e| match e.position() {
@@ -94,15 +98,32 @@ fn read_delimited(bytes: &[u8], delimiter: u8, source: &str) -> Result<Vec<RawEx
             None => anyhow::anyhow!("{source}: {e}"),
         })?;
         let line = rec.position().map_or(0, |p| p.line() as usize);
+        let cols = match columns {
+            Some(c) => c,
+            None => {
+                let first: Vec<&str> = rec.iter().collect();
+                let c = columns::detect(&first).with_context(|| {
+                    format!("{source}:{line}: unknown columns; expected {}", columns::KNOWN)
+                })?;
+                if c.label.is_none() {
+                    bail!("{source}:{line}: the header has no `label` column");
+                }
+                columns = Some(c);
+                if c.header {
+                    continue;
+                }
+                c
+            }
+        };
         let field = |c: usize, name: &str| {
             rec.get(c).map(str::to_string).with_context(|| format!("{source}:{line}: missing `{name}` field"))
         };
-        let text = field(text_col, "text")?;
+        let text = field(cols.text, "text")?;
         if text.trim().is_empty() {
             bail!("{source}:{line}: empty text");
         }
-        let label = field(label_col, "label")?.trim().to_string();
-        let pair = pair_col.map(|c| field(c, "text_pair")).transpose()?;
+        let label = field(cols.label.expect("checked above"), "label")?.trim().to_string();
+        let pair = cols.pair.map(|c| field(c, "text_pair")).transpose()?;
         out.push(RawExample { line, text, pair, label });
     }
     Ok(out)
@@ -181,9 +202,47 @@ mod tests {
     }
 
     #[test]
+    fn glue_task_files_are_read_as_they_are() {
+        // the quirks of GLUE's files: unquoted bare `"`, MRPC's BOM, SST-2's trailing space,
+        // CoLA's missing header and final newline
+        let (_d, p) = write("sst2.tsv", "sentence\tlabel\nit 's a \"charming\" film \t1\n");
+        let ex = read(&p).unwrap();
+        assert_eq!(
+            (ex[0].text.as_str(), ex[0].label.as_str(), ex[0].line),
+            ("it 's a \"charming\" film ", "1", 2)
+        );
+        let mrpc =
+            "\u{feff}Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n1\t7\t8\tHe said \"no.\tHe refused.\n";
+        let (_d, p) = write("mrpc.tsv", mrpc);
+        let ex = read(&p).unwrap();
+        assert_eq!(
+            (ex[0].text.as_str(), ex[0].pair.as_deref(), ex[0].label.as_str()),
+            ("He said \"no.", Some("He refused."), "1")
+        );
+        let (_d, p) = write(
+            "rte.tsv",
+            "index\tsentence1\tsentence2\tlabel\n0\tA cat sat.\tA cat exists.\tentailment\n",
+        );
+        assert_eq!(read(&p).unwrap()[0].pair.as_deref(), Some("A cat exists."));
+        let (_d, p) = write("qnli.tsv", "index\tquestion\tsentence\tlabel\n0\tWho?\tHim.\tentailment\n");
+        assert_eq!(
+            (read(&p).unwrap()[0].text.as_str(), read(&p).unwrap()[0].pair.as_deref()),
+            ("Who?", Some("Him."))
+        );
+        let (_d, p) =
+            write("cola.tsv", "gj04\t1\t\tOur friends won't buy this.\ngj04\t0\t*\tThey drank the pub.");
+        let ex = read(&p).unwrap();
+        assert_eq!(ex.len(), 2);
+        assert_eq!((ex[1].text.as_str(), ex[1].label.as_str(), ex[1].line), ("They drank the pub.", "0", 2));
+        let (_d, p) = write("x.tsv", "id\tbody\tlabel\n1\ta\t0\n");
+        assert!(format!("{:#}", read(&p).unwrap_err())
+            .contains("x.tsv:1: unknown columns; expected a header naming `text`"));
+    }
+
+    #[test]
     fn bad_files_are_clear_errors() {
         let (_d, p) = write("a.csv", "label,txt\n1,a\n");
-        assert!(format!("{:#}", read(&p).unwrap_err()).contains("no `text` column"));
+        assert!(format!("{:#}", read(&p).unwrap_err()).contains("unknown columns"));
         let (_d, p) = write("a.csv", "label,text\n");
         assert!(format!("{:#}", read(&p).unwrap_err()).contains("no examples"));
         let (_d, p) = write("a.csv", "label,text\n1,a\n1,b\n");

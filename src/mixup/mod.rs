@@ -59,12 +59,24 @@ use crate::train::job::{self, Placement, TrainJob, TrainSource};
 use crate::train::router::FitConfig;
 use crate::{assets, attack, io, Choice};
 
-/// The user's train, dev and test files (instead of MR).
+/// The user's train, dev and test files (instead of MR). Without a dev file a seeded,
+/// label-stratified dev split is carved from train ([`data::stratified_split`]) and not trained on:
+/// GLUE's dev split is its test set.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DataFiles {
     pub train: PathBuf,
-    pub dev: PathBuf,
+    pub dev: Option<PathBuf>,
     pub test: PathBuf,
+}
+
+impl DataFiles {
+    /// How the run's data is named in its plan and report.
+    pub fn describe(&self) -> String {
+        match &self.dev {
+            Some(dev) => format!("{}, {}, {}", self.train.display(), dev.display(), self.test.display()),
+            None => format!("{} (dev carved from it), {}", self.train.display(), self.test.display()),
+        }
+    }
 }
 
 /// The sizes a run starts from: `quick` (the CPU-sized main job) or `full` (all of MR).
@@ -171,37 +183,43 @@ struct DataRecord {
     seed: u64,
 }
 
-/// Labelled examples as JSONL (labels by name).
+/// Labelled examples as JSONL (labels by name; a sentence pair's second text as `text_pair`).
 fn jsonl(examples: &[Example], labels: &[String]) -> Result<String> {
-    io::jsonl(examples.iter().map(|e| serde_json::json!({"text": e.text, "label": labels[e.label]})))
+    io::jsonl(examples.iter().map(|e| match &e.pair {
+        None => serde_json::json!({"text": e.text, "label": labels[e.label]}),
+        Some(p) => serde_json::json!({"text": e.text, "text_pair": p, "label": labels[e.label]}),
+    }))
 }
 
 fn read_jsonl(path: &Path, labels: &[String]) -> Result<Vec<Example>> {
     data::labelled_examples(&path.display().to_string(), "", labels)
 }
 
-/// The run's train, dev and test splits and label names: MR, or the user's files.
-fn splits(a: &MixupConfig) -> Result<([Vec<Example>; 3], Vec<String>)> {
-    let Some(DataFiles { train, dev, test }) = &a.files else {
+/// The run's train, dev and test splits and label names: MR, or the user's files (a dev split of
+/// `plan.dev` examples, default a tenth of train, carved from train when there is no dev file).
+fn splits(a: &MixupConfig, plan: &Plan) -> Result<([Vec<Example>; 3], Vec<String>)> {
+    let Some(files) = &a.files else {
         let s = mr::load(&assets::mr_path())?;
         return Ok(([s.train, s.dev, s.test], mr::LABELS.iter().map(|s| s.to_string()).collect()));
     };
-    let raw = labeled::read(train)?;
-    let labels = LabelSet::from_examples(&raw, &train.display().to_string())?;
-    let mut out = vec![];
-    for (path, raw) in [(train, Some(raw)), (dev, None), (test, None)] {
-        let raw = match raw {
-            Some(r) => r,
-            None => labeled::read(path)?,
-        };
-        let ex = labels.encode(raw, &path.display().to_string())?;
-        if ex.iter().any(|e| e.pair.is_some()) {
-            bail!("{}: sentence pairs cannot be attacked (the file has a text_pair column)", path.display());
+    let raw = labeled::read(&files.train)?;
+    let labels = LabelSet::from_examples(&raw, &files.train.display().to_string())?;
+    let read = |path: &Path, raw: Option<Vec<labeled::RawExample>>| -> Result<Vec<Example>> {
+        labels.encode(raw.map_or_else(|| labeled::read(path), Ok)?, &path.display().to_string())
+    };
+    let train = read(&files.train, Some(raw))?;
+    let test = read(&files.test, None)?;
+    let (train, dev) = match &files.dev {
+        Some(dev) => (train, read(dev, None)?),
+        None => {
+            let n = plan.dev.unwrap_or(train.len() / 10);
+            if n == 0 || n >= train.len() {
+                bail!("cannot carve a dev split of {n} from {} training examples", train.len());
+            }
+            data::stratified_split(train, n, plan.seed ^ 4)
         }
-        out.push(ex);
-    }
-    let [tr, de, te]: [Vec<Example>; 3] = out.try_into().map_err(|_| anyhow::anyhow!("three splits"))?;
-    Ok(([tr, de, te], labels.names))
+    };
+    Ok(([train, dev, test], labels.names))
 }
 
 /// A seeded sample of `n` examples (all of them, in their order, when `n` is `None`).
@@ -224,12 +242,13 @@ fn read_records(dir: &Path) -> Result<Vec<AttackRecord>> {
         .collect()
 }
 
-/// The successful adversarial examples of an attack run, with their original labels.
+/// The successful adversarial examples of an attack run, with their original labels (and a
+/// sentence pair's second text, which the attacks leave as it is).
 fn adversarial(records: &[AttackRecord]) -> Vec<Example> {
     records
         .iter()
         .filter(|r| r.outcome == Outcome::Successful)
-        .filter_map(|r| Some(Example { text: r.perturbed.clone()?, pair: None, label: r.label }))
+        .filter_map(|r| Some(Example { text: r.perturbed.clone()?, pair: r.pair.clone(), label: r.label }))
         .collect()
 }
 
@@ -264,7 +283,7 @@ pub fn run(a: &MixupConfig) -> Result<Report> {
     // 1. data
     let labels_file = data.join("labels.json");
     // read (and check) the data before any stage prints
-    let fresh = if st.log.seconds.contains_key("data") { None } else { Some(splits(a)?) };
+    let fresh = if st.log.seconds.contains_key("data") { None } else { Some(splits(a, &plan)?) };
     let record = DataRecord {
         data: plan.data.clone(),
         train: plan.train,

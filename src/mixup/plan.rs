@@ -57,7 +57,7 @@ impl Plan {
         });
         let pick = |v: Option<usize>, q: usize| v.or(quick.then_some(q));
         let data = match &a.files {
-            Some(f) => format!("{}, {}, {}", f.train.display(), f.dev.display(), f.test.display()),
+            Some(f) => f.describe(),
             None => mr_name(),
         };
         Plan {
