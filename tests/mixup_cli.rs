@@ -438,3 +438,102 @@ fn sentence_pairs_run_end_to_end_with_a_dev_split_carved_from_train() {
         "{data}"
     );
 }
+
+/// A report's numbers: every method's accuracies (clean, transfer, adaptive) and the tuning; not
+/// its wall times.
+fn numbers(report: &serde_json::Value) -> serde_json::Value {
+    let methods: Vec<serde_json::Value> = report["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| serde_json::json!([m["name"], m["clean"], m["transfer"], m["adaptive"]]))
+        .collect();
+    serde_json::json!({"methods": methods, "sweep": report["sweep"].as_array().unwrap().len(),
+        "routing": report["routing"], "tuning": report["tuning"], "attribution": report["attribution"]})
+}
+
+#[test]
+fn plan_lists_the_stage_graph_and_stages_run_by_two_workers_give_the_report_of_one_process() {
+    let env = Env::new();
+    let extra =
+        ["--known", "deepwordbug,textbugger", "--unseen", "pwws", "--no-full", "--adaptive-examples", "4"];
+    ok(&env.mixup("one", &extra));
+
+    // the plan: every stage once, after its needs, each with the command that runs it alone
+    let plan = ok(&env.mixup("two", &[&extra[..], &["--plan"]].concat()));
+    let rows: Vec<Vec<&str>> = plan.lines().skip(1).map(|l| l.split('\t').collect()).collect();
+    let names: Vec<&str> = rows.iter().map(|r| r[1]).collect();
+    assert_eq!(
+        names,
+        [
+            "data",
+            "train-clean",
+            "attack-train-deepwordbug",
+            "train-adv-deepwordbug",
+            "attack-train-textbugger",
+            "train-adv-textbugger",
+            "attack-dev-deepwordbug",
+            "attack-dev-textbugger",
+            "train-router",
+            "train-adv-all",
+            "attack-test-deepwordbug",
+            "attack-test-textbugger",
+            "attack-test-pwws",
+            "evaluate",
+            "adaptive"
+        ]
+    );
+    let wave: std::collections::HashMap<&str, usize> =
+        rows.iter().map(|r| (r[1], r[0].parse().unwrap())).collect();
+    for r in &rows {
+        for need in r[2].split(',').filter(|n| *n != "-") {
+            assert!(wave[need] < wave[r[1]], "{} runs before its need {need}", r[1]);
+        }
+        assert!(r[3].ends_with(&format!("--stage {}", r[1])) && !r[3].contains("--plan"), "{}", r[3]);
+    }
+    assert!(!env.p("two/stages.json").exists(), "--plan writes nothing");
+    assert_eq!(
+        (wave["data"], wave["attack-test-pwws"], wave["train-router"], wave["adaptive"]),
+        (1, 3, 5, 7)
+    );
+
+    // a stage whose needs have not finished, and an unknown stage, are one error each
+    assert_error(&env.mixup("two", &[&extra[..], &["--stage", "train-clean"]].concat()), "needs stage data");
+    assert_error(
+        &env.mixup("two", &[&extra[..], &["--stage", "nope"]].concat()),
+        "no stage `nope` in this run",
+    );
+
+    // wave by wave, two workers at once on one directory (the plan re-read each wave: after
+    // `evaluate` it names the adaptive stages), then the report
+    for w in 1..=7 {
+        let plan = ok(&env.mixup("two", &[&extra[..], &["--plan"]].concat()));
+        let stages: Vec<String> = plan
+            .lines()
+            .skip(1)
+            .map(|l| l.split('\t').collect::<Vec<_>>())
+            .filter(|r| r[0] == w.to_string())
+            .map(|r| r[1].to_string())
+            .collect();
+        if w == 7 {
+            assert!(stages.len() > 4 && stages.iter().all(|s| s.starts_with("adaptive-")), "{stages:?}");
+        }
+        for chunk in stages.chunks(2) {
+            std::thread::scope(|s| {
+                let runs: Vec<_> = chunk
+                    .iter()
+                    .map(|stage| s.spawn(|| env.mixup("two", &[&extra[..], &["--stage", stage]].concat())))
+                    .collect();
+                for r in runs {
+                    ok(&r.join().unwrap());
+                }
+            });
+        }
+    }
+    ok(&env.mixup("two", &extra));
+    let (one, two) = (json(&env.p("one/report.json")), json(&env.p("two/report.json")));
+    assert_eq!(numbers(&one), numbers(&two));
+    let stages =
+        |r: &serde_json::Value| r["stage_seconds"].as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(stages(&one), stages(&two));
+}

@@ -86,10 +86,28 @@ pub struct MixupArgs {
     /// Most model queries per attacked example
     #[arg(long, default_value_t = 2000)]
     query_budget: u64,
+    /// Print the run's stage graph and exit: per stage its wave (stages of one wave can run at
+    /// once), name, needs and the command that runs it alone (TSV)
+    #[arg(long, conflicts_with = "stage")]
+    plan: bool,
+    /// Run one stage of the run in --out (its needs finished, by this or another machine sharing
+    /// the directory) and exit; `adaptive` runs every adaptive stage. Without it: every stage, then
+    /// the report
+    #[arg(long, value_name = "NAME")]
+    stage: Option<String>,
     #[command(flatten)]
     seed: Seed,
     #[command(flatten)]
     rt: Runtime,
+}
+
+/// `arg` as a POSIX shell word.
+fn shell_word(arg: &str) -> String {
+    let plain = !arg.is_empty() && arg.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=,:@%+".contains(c));
+    match plain {
+        true => arg.to_string(),
+        false => format!("'{}'", arg.replace('\'', r"'\''")),
+    }
 }
 
 pub fn mixup(a: MixupArgs) -> Result<()> {
@@ -125,6 +143,21 @@ pub fn mixup(a: MixupArgs) -> Result<()> {
         device: a.rt.device,
         precision: a.rt.precision,
     };
+    if a.plan {
+        // each stage's command: this command line without --plan, with --stage NAME
+        let argv: Vec<String> = std::env::args().filter(|x| x != "--plan").map(|x| shell_word(&x)).collect();
+        println!("# wave\tstage\tneeds\tcommand");
+        for node in mixup::stages(&config)? {
+            let needs = if node.needs.is_empty() { "-".to_string() } else { node.needs.join(",") };
+            println!("{}\t{}\t{needs}\t{} --stage {}", node.wave, node.name, argv.join(" "), node.name);
+        }
+        return Ok(());
+    }
+    if let Some(stage) = &a.stage {
+        mixup::run_stage(&config, stage)?;
+        println!("stage {stage}: finished in {}", config.out.display());
+        return Ok(());
+    }
     let report = mixup::run(&config)?;
     let out = &config.out;
     println!("{}", mixup::report::markdown(&report));

@@ -483,10 +483,12 @@ struct AdaptiveRecord<'a> {
     seed: u64,
 }
 
-pub(super) fn evaluate<B: Backend + 'static>(be: &B, c: &Ctx, st: &mut Stages) -> Result<Report> {
+/// The `evaluate` stage: every method on the clean test set and the transfer sets, the sweeps, the
+/// dev tuning, the routing and the attribution, kept in `evaluation.json`.
+pub(super) fn evaluate<B: Backend + 'static>(be: &B, c: &Ctx, st: &Stages) -> Result<()> {
     let zoo = Zoo::open(c)?;
     let file = c.out.join("evaluation.json");
-    let times = st.log.seconds.clone();
+    let times = st.seconds()?;
     let record = EvaluateRecord {
         precision: c.a.precision,
         tau: c.a.tau,
@@ -503,50 +505,93 @@ pub(super) fn evaluate<B: Backend + 'static>(be: &B, c: &Ctx, st: &mut Stages) -
         let e = evaluation(be, c, &zoo, &times)?;
         io::write_atomic(&file, serde_json::to_string_pretty(&e)?.as_bytes())
     })?;
-    let mut e: Evaluation = serde_json::from_str(&std::fs::read_to_string(&file)?)
-        .with_context(|| format!("{}: bad evaluation", file.display()))?;
+    Ok(())
+}
 
-    // the adaptive protocol: every method of the table attacked directly
-    if c.plan.adaptive > 0 {
+fn read_evaluation(c: &Ctx) -> Result<Evaluation> {
+    let file = c.out.join("evaluation.json");
+    let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: bad evaluation", file.display()))
+}
+
+/// One adaptive attack: a method of the main table (by its canonical spec) and an attack.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct AdaptiveStage {
+    pub name: String,
+    spec: Spec,
+    attack: String,
+}
+
+impl AdaptiveStage {
+    /// Where the stage's summary and record go.
+    fn file(&self, c: &Ctx, ext: &str) -> std::path::PathBuf {
+        c.out.join("adaptive").join(format!("{}.{ext}", &self.name["adaptive-".len()..]))
+    }
+}
+
+/// The adaptive protocol's stages: every method of `evaluate`'s table (the oracle excepted) attacked
+/// directly with every known and unseen attack; methods that are one classifier (the best static β
+/// may be a member) are attacked once, under the first row's name.
+pub(super) fn adaptive_stages(c: &Ctx) -> Result<Vec<AdaptiveStage>> {
+    if c.plan.adaptive == 0 {
+        return Ok(vec![]);
+    }
+    let e = read_evaluation(c)?;
+    let mut seen: Vec<Spec> = vec![];
+    let mut out = vec![];
+    for row in e.methods.iter().filter(|r| r.spec != Spec::Oracle) {
+        let spec = Zoo::canonical(&row.spec, c);
+        if seen.contains(&spec) {
+            continue;
+        }
+        seen.push(spec);
+        for k in c.plan.known.iter().chain(&c.plan.unseen) {
+            let name = format!("adaptive-{}-{k}", report::slug(&row.name));
+            out.push(AdaptiveStage { name, spec: row.spec.clone(), attack: k.clone() });
+        }
+    }
+    Ok(out)
+}
+
+/// Runs one adaptive stage: the method attacked as a whole on the first test examples.
+pub(super) fn adaptive<B: Backend + 'static>(be: &B, c: &Ctx, st: &Stages, s: &AdaptiveStage) -> Result<()> {
+    let victims: Vec<Example> = c.test.iter().take(c.plan.adaptive).cloned().collect();
+    let record = AdaptiveRecord {
+        precision: c.a.precision,
+        method: &s.spec,
+        attack: &s.attack,
+        examples: victims.len(),
+        query_budget: c.a.query_budget,
+        seed: c.plan.seed,
+    };
+    std::fs::create_dir_all(c.out.join("adaptive"))?;
+    st.run_recorded(&s.name, &s.file(c, "config.json"), &record, || {
+        let zoo = Zoo::open(c)?;
+        let clf = zoo.build(be, &Zoo::canonical(&s.spec, c), c)?;
         let tok = &ModelDir::open(&c.model_dir(), 64)?.tokenizer;
-        let victims: Vec<Example> = c.test.iter().take(c.plan.adaptive).cloned().collect();
-        let attacks: Vec<String> = c.plan.known.iter().chain(&c.plan.unseen).cloned().collect();
-        let dir = c.out.join("adaptive");
-        std::fs::create_dir_all(&dir)?;
-        // methods that are one classifier (the best static β may be a member) are attacked once
-        let mut attacked: Vec<(Spec, BTreeMap<String, f64>)> = vec![];
-        for row in e.methods.iter_mut().filter(|r| r.spec != Spec::Oracle) {
-            let spec = Zoo::canonical(&row.spec, c);
-            if let Some((_, adaptive)) = attacked.iter().find(|(s, _)| *s == spec) {
-                row.adaptive = adaptive.clone();
-                continue;
-            }
-            let clf = zoo.build(be, &spec, c)?;
-            for k in &attacks {
-                let stage = format!("adaptive-{}-{k}", report::slug(&row.name));
-                let file = dir.join(format!("{}.json", &stage["adaptive-".len()..]));
-                let record = AdaptiveRecord {
-                    precision: c.a.precision,
-                    method: &row.spec,
-                    attack: k,
-                    examples: victims.len(),
-                    query_budget: c.a.query_budget,
-                    seed: c.plan.seed,
-                };
-                let record_file = dir.join(format!("{}.config.json", &stage["adaptive-".len()..]));
-                st.run_recorded(&stage, &record_file, &record, || {
-                    let mut cfg = AttackConfig::new(Choice::parse(k)?);
-                    cfg.query_budget = c.a.query_budget;
-                    cfg.seed = c.plan.seed;
-                    let (wn, gl) = run::resources(cfg.kind, None, None)?;
-                    let records = run::black_box(be, &*clf, tok, &victims, &cfg, wn.as_ref(), gl.as_ref())?;
-                    io::write_atomic(&file, serde_json::to_string_pretty(&Summary::of(&records))?.as_bytes())
-                })?;
-                let summary: Summary = serde_json::from_str(&std::fs::read_to_string(&file)?)
-                    .with_context(|| format!("{}: bad summary", file.display()))?;
-                row.adaptive.insert(k.clone(), summary.accuracy_under_attack);
-            }
-            attacked.push((spec, row.adaptive.clone()));
+        let mut cfg = AttackConfig::new(Choice::parse(&s.attack)?);
+        cfg.query_budget = c.a.query_budget;
+        cfg.seed = c.plan.seed;
+        let (wn, gl) = run::resources(cfg.kind, None, None)?;
+        let records = run::black_box(be, &*clf, tok, &victims, &cfg, wn.as_ref(), gl.as_ref())?;
+        io::write_atomic(&s.file(c, "json"), serde_json::to_string_pretty(&Summary::of(&records))?.as_bytes())
+    })?;
+    Ok(())
+}
+
+/// The report of a finished run: `evaluate`'s tables with every method's adaptive accuracies.
+pub(super) fn report(c: &Ctx) -> Result<Report> {
+    let mut e = read_evaluation(c)?;
+    let stages = adaptive_stages(c)?;
+    for row in e.methods.iter_mut().filter(|r| r.spec != Spec::Oracle) {
+        let spec = Zoo::canonical(&row.spec, c);
+        for s in stages.iter().filter(|s| Zoo::canonical(&s.spec, c) == spec) {
+            let file = s.file(c, "json");
+            let text =
+                std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let summary: Summary =
+                serde_json::from_str(&text).with_context(|| format!("{}: bad summary", file.display()))?;
+            row.adaptive.insert(s.attack.clone(), summary.accuracy_under_attack);
         }
     }
     let sets = c

@@ -1,8 +1,11 @@
 //! AdpMixup end to end (`admix mixup`, docs/mixup.md): a typed [`MixupConfig`] in, the report out.
 //!
-//! Stages, each cached in `--out` and skipped by a re-run once finished (`stages.json` records
-//! what finished and how long it took):
-//! 1. `data`: seeded samples of MR's splits as JSONL (the preset's sizes, or all of MR);
+//! Stages, each cached in `--out` and skipped by a re-run once finished (`stages.json` records the
+//! plan, `stages/<name>.json` what finished and how long it took). The stages form a graph
+//! ([`stages`]): each reads its inputs from the run directory, so any one runs alone once its needs
+//! finished ([`run_stage`]), in this process or another sharing the directory:
+//! 1. `data`: seeded samples of the splits as JSONL (MR or the user's files; without a dev file a
+//!    stratified dev split carved from train);
 //! 2. `train-clean`: the clean adapter + head;
 //! 3. per known attack `k`: `attack-train-k` attacks (a sample of) the training split against the
 //!    clean model; `train-adv-k` trains adapter `adv_k` on the clean training set plus the
@@ -38,6 +41,7 @@ pub mod report;
 mod routing;
 mod stages;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -252,10 +256,35 @@ fn adversarial(records: &[AttackRecord]) -> Vec<Example> {
         .collect()
 }
 
-/// Runs (or resumes) the pipeline into `a.out` and returns the report (also written there as
-/// report.md, report.json and tradeoff.png).
-pub fn run(a: &MixupConfig) -> Result<Report> {
-    drop(a.device.open(a.precision)?); // a missing GPU (or bf16 CPU) is an error before any work
+/// One stage of a run's graph: its name and the stages that must have finished before it runs.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StageNode {
+    pub name: String,
+    pub needs: Vec<String>,
+    /// 1 + the largest wave among its needs: the stages of one wave can run at once
+    pub wave: usize,
+}
+
+/// What a stage does.
+#[derive(Clone, Debug, PartialEq)]
+enum Step {
+    Data,
+    TrainClean,
+    AttackTrain(String),
+    TrainAdv(String),
+    AttackDev(String),
+    TrainRouter,
+    TrainAdvAll,
+    TrainFull,
+    TrainFullAdv,
+    AttackTest(String),
+    Evaluate,
+    /// one adaptive attack, or (`None`, before `evaluate` has named them) all of them
+    Adaptive(Option<evaluation::AdaptiveStage>),
+}
+
+/// The checked plan of a config.
+fn checked_plan(a: &MixupConfig) -> Result<Plan> {
     if !(a.tau > 0.0 && a.tau.is_finite()) || a.taus.iter().any(|t| !(*t > 0.0 && t.is_finite())) {
         bail!("every τ must be positive");
     }
@@ -274,53 +303,182 @@ pub fn run(a: &MixupConfig) -> Result<Report> {
     if let Some(k) = plan.known.iter().find(|k| plan.unseen.contains(k)) {
         bail!("`{k}` is both known and unseen");
     }
-    let out = a.out.clone();
-    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
-    let started = Instant::now();
-    let mut st = Stages::open(&out, &plan)?;
-    let data = out.join("data");
+    Ok(plan)
+}
 
-    // 1. data
-    let labels_file = data.join("labels.json");
-    // read (and check) the data before any stage prints
-    let fresh = if st.log.seconds.contains_key("data") { None } else { Some(splits(a, &plan)?) };
-    let record = DataRecord {
-        data: plan.data.clone(),
-        train: plan.train,
-        adv: plan.adv,
-        dev: plan.dev,
-        test: plan.test,
-        seed: plan.seed,
-    };
-    st.run_recorded("data", &data.join("config.json"), &record, || {
-        let ([train, dev, test], labels) = fresh.context("the splits")?;
-        std::fs::create_dir_all(&data)?;
-        let train = sample(train, plan.train, plan.seed);
-        let adv_source = sample(train.clone(), plan.adv, plan.seed ^ 1);
-        for (name, v) in [
-            ("train", train),
-            ("adv-source", adv_source),
-            ("dev", sample(dev, plan.dev, plan.seed ^ 2)),
-            ("test", sample(test, plan.test, plan.seed ^ 3)),
-        ] {
-            if v.is_empty() {
-                bail!("the {name} split is empty");
+/// Runs (or resumes) the whole pipeline into `a.out` and returns the report (also written there as
+/// report.md, report.json and tradeoff.png).
+pub fn run(a: &MixupConfig) -> Result<Report> {
+    let p = Pipeline::open(a)?;
+    let started = Instant::now();
+    for (step, _) in p.graph()? {
+        p.exec(&step)?;
+    }
+    let report = p.report()?;
+    eprintln!("[mixup] this invocation: {:.0} s", started.elapsed().as_secs_f64());
+    Ok(report)
+}
+
+/// Runs one stage of `a`'s run, its needs finished (by this or another process sharing `a.out`):
+/// how a scheduler spreads a study over machines. `adaptive` runs every adaptive stage.
+pub fn run_stage(a: &MixupConfig, name: &str) -> Result<()> {
+    let p = Pipeline::open(a)?;
+    let graph = p.graph()?;
+    let family = name == "adaptive";
+    let chosen: Vec<&(Step, StageNode)> =
+        graph.iter().filter(|(s, n)| n.name == name || (family && matches!(s, Step::Adaptive(_)))).collect();
+    if chosen.is_empty() {
+        let names: Vec<&str> = graph.iter().map(|(_, n)| n.name.as_str()).collect();
+        bail!("no stage `{name}` in this run (its stages: {})", names.join(", "));
+    }
+    for (step, node) in chosen {
+        for need in &node.needs {
+            if p.st.finished(need)?.is_none() {
+                bail!("stage {} needs stage {need}, which has not finished", node.name);
             }
-            io::write_atomic(&data.join(format!("{name}.jsonl")), jsonl(&v, &labels)?.as_bytes())?;
         }
-        io::write_atomic(&labels_file, serde_json::to_string(&labels)?.as_bytes())
-    })?;
-    let labels: Vec<String> = match std::fs::read_to_string(&labels_file) {
-        Ok(t) => {
-            serde_json::from_str(&t).with_context(|| format!("{}: bad labels", labels_file.display()))?
+        p.exec(step)?;
+    }
+    Ok(())
+}
+
+/// The stage graph of `a`'s run, in an order that runs every stage after its needs. The adaptive
+/// stages are named once `evaluate` has finished; before, one node `adaptive` stands for them.
+pub fn stages(a: &MixupConfig) -> Result<Vec<StageNode>> {
+    let plan = checked_plan(a)?;
+    let p = Pipeline { a, plan, out: a.out.clone(), st: Stages::at(&a.out) };
+    Ok(p.graph()?.into_iter().map(|(_, n)| n).collect())
+}
+
+/// A run's settings, its directory and its stage log.
+struct Pipeline<'a> {
+    a: &'a MixupConfig,
+    plan: Plan,
+    out: PathBuf,
+    st: Stages,
+}
+
+/// What the evaluation stages read, loaded from the run directory.
+struct Sets {
+    test: Vec<Example>,
+    sets: Vec<(String, bool, Vec<Example>)>,
+    dev: Vec<Example>,
+    dev_sets: Vec<(String, Vec<Example>)>,
+}
+
+impl<'a> Pipeline<'a> {
+    fn open(a: &'a MixupConfig) -> Result<Pipeline<'a>> {
+        drop(a.device.open(a.precision)?); // a missing GPU (or bf16 CPU) is an error before any work
+        let plan = checked_plan(a)?;
+        std::fs::create_dir_all(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+        let st = Stages::open(&a.out, &plan)?;
+        Ok(Pipeline { a, plan, out: a.out.clone(), st })
+    }
+
+    /// Every stage with its needs, in run order.
+    fn graph(&self) -> Result<Vec<(Step, StageNode)>> {
+        let plan = &self.plan;
+        let s = |x: &str| x.to_string();
+        let known = |prefix: &str| plan.known.iter().map(|k| format!("{prefix}-{k}")).collect::<Vec<_>>();
+        let mut steps: Vec<(Step, String, Vec<String>)> =
+            vec![(Step::Data, s("data"), vec![]), (Step::TrainClean, s("train-clean"), vec![s("data")])];
+        for k in &plan.known {
+            steps.push((Step::AttackTrain(k.clone()), format!("attack-train-{k}"), vec![s("train-clean")]));
+            steps.push((
+                Step::TrainAdv(k.clone()),
+                format!("train-adv-{k}"),
+                vec![format!("attack-train-{k}")],
+            ));
         }
-        // runs made before labels.json existed were MR runs
-        Err(_) => mr::LABELS.iter().map(|s| s.to_string()).collect(),
-    };
-    let p = |n: &str| data.join(n);
-    let train_job = |name: &str, train: &str, dir: &Path, full: bool| -> TrainJob {
-        let mut job =
-            TrainJob::new(TrainSource::Files { train: p(train), dev: Some(p("dev.jsonl")) }, dir.into());
+        for k in &plan.known {
+            steps.push((Step::AttackDev(k.clone()), format!("attack-dev-{k}"), vec![s("train-clean")]));
+        }
+        let mut router_needs = known("train-adv");
+        router_needs.extend(known("attack-dev"));
+        steps.push((Step::TrainRouter, s("train-router"), router_needs));
+        if plan.known.len() > 1 {
+            steps.push((Step::TrainAdvAll, s("train-adv-all"), known("attack-train")));
+        }
+        if plan.full {
+            steps.push((Step::TrainFull, s("train-full"), vec![s("data")]));
+            steps.push((Step::TrainFullAdv, s("train-full-adv"), known("attack-train")));
+        }
+        for k in plan.known.iter().chain(&plan.unseen) {
+            steps.push((Step::AttackTest(k.clone()), format!("attack-test-{k}"), vec![s("train-clean")]));
+        }
+        let all: Vec<String> = steps.iter().map(|(_, n, _)| n.clone()).collect();
+        steps.push((Step::Evaluate, s("evaluate"), all));
+        if plan.adaptive > 0 {
+            let named = match self.st.finished("evaluate")? {
+                Some(_) => {
+                    let sets = self.sets()?;
+                    evaluation::adaptive_stages(&self.ctx(&sets))?
+                }
+                None => vec![],
+            };
+            if named.is_empty() {
+                steps.push((Step::Adaptive(None), s("adaptive"), vec![s("evaluate")]));
+            }
+            for stage in named {
+                let name = stage.name.clone();
+                steps.push((Step::Adaptive(Some(stage)), name, vec![s("evaluate")]));
+            }
+        }
+        let mut waves: BTreeMap<String, usize> = BTreeMap::new();
+        Ok(steps
+            .into_iter()
+            .map(|(step, name, needs)| {
+                let wave = 1 + needs.iter().map(|n| waves[n]).max().unwrap_or(0);
+                waves.insert(name.clone(), wave);
+                (step, StageNode { name, needs, wave })
+            })
+            .collect())
+    }
+
+    fn data(&self) -> PathBuf {
+        self.out.join("data")
+    }
+
+    fn labels(&self) -> Result<Vec<String>> {
+        let file = self.data().join("labels.json");
+        match std::fs::read_to_string(&file) {
+            Ok(t) => serde_json::from_str(&t).with_context(|| format!("{}: bad labels", file.display())),
+            // runs made before labels.json existed were MR runs
+            Err(_) => Ok(mr::LABELS.iter().map(|s| s.to_string()).collect()),
+        }
+    }
+
+    fn read(&self, name: &str) -> Result<Vec<Example>> {
+        read_jsonl(&self.data().join(name), &self.labels()?)
+    }
+
+    /// The successful adversarial examples of a finished attack stage.
+    fn adversarial(&self, stage: &str) -> Result<Vec<Example>> {
+        Ok(adversarial(&read_records(&self.out.join(stage))?))
+    }
+
+    /// Writes a training set as JSONL into the data directory.
+    fn write(&self, name: &str, examples: &[Example]) -> Result<()> {
+        io::write_atomic(&self.data().join(name), jsonl(examples, &self.labels()?)?.as_bytes())
+    }
+
+    /// The training split and every known attack's adversarial training examples: `adv-all.jsonl`
+    /// (adapter and full adversarial training).
+    fn write_adv_all(&self) -> Result<()> {
+        let mut set = self.read("train.jsonl")?;
+        for k in &self.plan.known {
+            set.extend(self.adversarial(&format!("attack-train-{k}"))?);
+        }
+        self.write("adv-all.jsonl", &set)
+    }
+
+    fn train_job(&self, name: &str, train: &str, dir: &str, full: bool) -> TrainJob {
+        let (a, plan) = (self.a, &self.plan);
+        let data = self.data();
+        let mut job = TrainJob::new(
+            TrainSource::Files { train: data.join(train), dev: Some(data.join("dev.jsonl")) },
+            self.out.join(dir),
+        );
         job.name = name.to_string();
         job.seed = plan.seed;
         if full {
@@ -339,145 +497,217 @@ pub fn run(a: &MixupConfig) -> Result<Report> {
         job.precision = a.precision;
         job.model = a.model.clone();
         job
-    };
-    let train_run = |st: &mut Stages, stage: &str, job: TrainJob| -> Result<f64> {
-        st.run_job(stage, &job.out.join("train.json"), &job, || job::run(&job).map(drop))
-    };
-    let attack_job = |kind: &str, victim: &Path, input: &str, dir: &Path| -> Result<AttackJob> {
+    }
+
+    /// Trains `job` as stage `stage`, `before` (writing its training set) run first.
+    fn train(&self, stage: &str, job: TrainJob, before: impl FnOnce() -> Result<()>) -> Result<()> {
+        self.st.run_job(stage, &job.out.join("train.json"), &job, || {
+            before()?;
+            job::run(&job).map(drop)
+        })?;
+        Ok(())
+    }
+
+    /// Attack `kind` on the clean adapter over data file `input`, as stage `stage`.
+    fn attack(&self, stage: &str, kind: &str, input: &str) -> Result<()> {
         let mut attack = AttackConfig::new(Choice::parse(kind)?);
-        attack.query_budget = a.query_budget;
-        attack.seed = plan.seed;
-        Ok(AttackJob {
-            victim: ClassifierSpec::checkpoint(victim),
-            model: a.model.clone(),
+        attack.query_budget = self.a.query_budget;
+        attack.seed = self.plan.seed;
+        let dir = self.out.join(stage);
+        let job = AttackJob {
+            victim: ClassifierSpec::checkpoint(&self.out.join("clean")),
+            model: self.a.model.clone(),
             max_len: None,
-            data: p(input).display().to_string(),
+            data: self.data().join(input).display().to_string(),
             split: "test".into(),
             num_examples: None,
-            device: a.device,
-            precision: a.precision,
+            device: self.a.device,
+            precision: self.a.precision,
             wordnet: None,
             glove: None,
             attack,
-            out: Some(dir.to_path_buf()),
-        })
-    };
-    let attack_run = |st: &mut Stages, stage: &str, job: AttackJob| -> Result<f64> {
-        let record = job.out.as_ref().expect("stage jobs write their results").join("job.json");
-        st.run_job(stage, &record, &job, || attack::job::run(&job).map(drop))
-    };
-
-    // 2. the clean adapter
-    let clean_dir = out.join("clean");
-    train_run(&mut st, "train-clean", train_job("clean", "train.jsonl", &clean_dir, false))?;
-
-    // 3. one adversarial adapter per known attack
-    let train_set = read_jsonl(&data.join("train.jsonl"), &labels)?;
-    let mut all_adv = vec![];
-    let mut adv_sets = vec![];
-    for k in &plan.known {
-        let dir = out.join(format!("attack-train-{k}"));
-        attack_run(
-            &mut st,
-            &format!("attack-train-{k}"),
-            attack_job(k, &clean_dir, "adv-source.jsonl", &dir)?,
-        )?;
-        let adv = adversarial(&read_records(&dir)?);
-        if adv.is_empty() {
-            bail!("{k} found no adversarial example on the training split: nothing to train adv_{k} on");
-        }
-        let file = format!("adv-{k}.jsonl");
-        let set: Vec<Example> = if plan.adv_only {
-            adv.clone()
-        } else {
-            train_set.iter().cloned().chain(adv.iter().cloned()).collect()
+            out: Some(dir.clone()),
         };
-        io::write_atomic(&data.join(&file), jsonl(&set, &labels)?.as_bytes())?;
-        all_adv.extend(adv.iter().cloned());
-        adv_sets.push(adv);
-        let job = train_job(&format!("adv_{k}"), &file, &out.join(format!("adv-{k}")), false);
-        train_run(&mut st, &format!("train-adv-{k}"), job)?;
-    }
-    // 3b. dev adversarial sets (the known attacks on the dev split against the clean adapter: for
-    // tuning only), and the learned router
-    let dev = read_jsonl(&data.join("dev.jsonl"), &labels)?;
-    let mut dev_sets = vec![];
-    for k in &plan.known {
-        let dir = out.join(format!("attack-dev-{k}"));
-        attack_run(&mut st, &format!("attack-dev-{k}"), attack_job(k, &clean_dir, "dev.jsonl", &dir)?)?;
-        dev_sets.push((k.clone(), adversarial(&read_records(&dir)?)));
-    }
-    let member_dirs: Vec<(String, PathBuf)> = std::iter::once(("clean".to_string(), clean_dir.clone()))
-        .chain(plan.known.iter().map(|k| (format!("adv_{k}"), out.join(format!("adv-{k}")))))
-        .collect();
-    let router_data = routing::RouterData {
-        train: std::iter::once(train_set.as_slice()).chain(adv_sets.iter().map(Vec::as_slice)).collect(),
-        dev: std::iter::once(dev.as_slice()).chain(dev_sets.iter().map(|(_, v)| v.as_slice())).collect(),
-    };
-    let fit = FitConfig { seed: plan.seed, ..FitConfig::default() };
-    let record = routing::RouterRecord {
-        fit: fit.clone(),
-        members: member_dirs.iter().map(|(n, _)| n.clone()).collect(),
-        train: router_data.train.iter().map(|v| v.len()).collect(),
-        dev: router_data.dev.iter().map(|v| v.len()).collect(),
-    };
-    st.run_recorded("train-router", &out.join("router.config.json"), &record, || {
-        let dirs: Vec<(String, &Path)> = member_dirs.iter().map(|(n, d)| (n.clone(), d.as_path())).collect();
-        let report = crate::with_backend!(a.device.open(a.precision)?, be => routing::train_router(
-            &be, a.model.as_deref(), &dirs, &router_data, &fit, &out.join("router"))?);
-        let last = report.epochs[report.best_epoch - 1].dev_balanced_accuracy;
-        eprintln!(
-            "[mixup] router: epoch {} of {}, dev balanced routing accuracy {:.1}%",
-            report.best_epoch,
-            fit.epochs,
-            100.0 * last
-        );
+        self.st.run_job(stage, &dir.join("job.json"), &job, || attack::job::run(&job).map(drop))?;
         Ok(())
-    })?;
-    let mixed: Vec<Example> = train_set.iter().cloned().chain(all_adv.iter().cloned()).collect();
-    io::write_atomic(&data.join("adv-all.jsonl"), jsonl(&mixed, &labels)?.as_bytes())?;
-
-    // 4. baselines
-    if plan.known.len() > 1 {
-        train_run(
-            &mut st,
-            "train-adv-all",
-            train_job("adv_all", "adv-all.jsonl", &out.join("adv-all"), false),
-        )?;
-    }
-    if plan.full {
-        train_run(&mut st, "train-full", train_job("full", "train.jsonl", &out.join("full"), true))?;
-        train_run(
-            &mut st,
-            "train-full-adv",
-            train_job("full_adv", "adv-all.jsonl", &out.join("full-adv"), true),
-        )?;
     }
 
-    // 5. transfer sets: the test examples whose attack fooled the clean model
-    let mut sets = vec![];
-    for k in plan.known.iter().chain(&plan.unseen) {
-        let dir = out.join(format!("attack-test-{k}"));
-        attack_run(&mut st, &format!("attack-test-{k}"), attack_job(k, &clean_dir, "test.jsonl", &dir)?)?;
-        sets.push((k.clone(), plan.known.contains(k), adversarial(&read_records(&dir)?)));
+    /// Runs one stage (skipped when it finished before).
+    fn exec(&self, step: &Step) -> Result<()> {
+        let plan = &self.plan;
+        match step {
+            Step::Data => self.stage_data(),
+            Step::TrainClean => {
+                self.train("train-clean", self.train_job("clean", "train.jsonl", "clean", false), || Ok(()))
+            }
+            Step::AttackTrain(k) => self.attack(&format!("attack-train-{k}"), k, "adv-source.jsonl"),
+            Step::TrainAdv(k) => {
+                let file = format!("adv-{k}.jsonl");
+                let job = self.train_job(&format!("adv_{k}"), &file, &format!("adv-{k}"), false);
+                self.train(&format!("train-adv-{k}"), job, || {
+                    let adv = self.adversarial(&format!("attack-train-{k}"))?;
+                    if adv.is_empty() {
+                        bail!("{k} found no adversarial example on the training split: nothing to train adv_{k} on");
+                    }
+                    let set = match plan.adv_only {
+                        true => adv,
+                        false => self.read("train.jsonl")?.into_iter().chain(adv).collect(),
+                    };
+                    self.write(&file, &set)
+                })
+            }
+            Step::AttackDev(k) => self.attack(&format!("attack-dev-{k}"), k, "dev.jsonl"),
+            Step::TrainRouter => self.stage_router(),
+            Step::TrainAdvAll => {
+                let job = self.train_job("adv_all", "adv-all.jsonl", "adv-all", false);
+                self.train("train-adv-all", job, || self.write_adv_all())
+            }
+            Step::TrainFull => {
+                self.train("train-full", self.train_job("full", "train.jsonl", "full", true), || Ok(()))
+            }
+            Step::TrainFullAdv => {
+                let job = self.train_job("full_adv", "adv-all.jsonl", "full-adv", true);
+                self.train("train-full-adv", job, || self.write_adv_all())
+            }
+            Step::AttackTest(k) => self.attack(&format!("attack-test-{k}"), k, "test.jsonl"),
+            Step::Evaluate => {
+                let sets = self.sets()?;
+                let c = self.ctx(&sets);
+                crate::with_backend!(self.a.device.open(self.a.precision)?, be => evaluation::evaluate(&be, &c, &self.st))
+            }
+            Step::Adaptive(stage) => {
+                let sets = self.sets()?;
+                let c = self.ctx(&sets);
+                let stages = match stage {
+                    Some(s) => vec![s.clone()],
+                    None => evaluation::adaptive_stages(&c)?,
+                };
+                for s in &stages {
+                    crate::with_backend!(self.a.device.open(self.a.precision)?, be => evaluation::adaptive(&be, &c, &self.st, s))?;
+                }
+                Ok(())
+            }
+        }
     }
 
-    // 6.–7. evaluation and the adaptive attacks
-    let test = read_jsonl(&data.join("test.jsonl"), &labels)?;
-    let ctx = Ctx { out: &out, plan: &plan, a, test: &test, sets: &sets, dev: &dev, dev_sets: &dev_sets };
-    let mut report =
-        crate::with_backend!(a.device.open(a.precision)?, be => evaluation::evaluate(&be, &ctx, &mut st)?);
-    report.total_seconds = st.log.seconds.values().sum();
-    report.stage_seconds = st.log.seconds.clone();
-    eprintln!("[mixup] this invocation: {:.0} s", started.elapsed().as_secs_f64());
+    /// Seeded samples of the splits (and a dev split carved from train when there is no dev file).
+    fn stage_data(&self) -> Result<()> {
+        let (plan, data) = (&self.plan, self.data());
+        // read (and check) the data before the stage prints
+        let fresh = match self.st.finished("data")? {
+            None => Some(splits(self.a, plan)?),
+            Some(_) => None,
+        };
+        let record = DataRecord {
+            data: plan.data.clone(),
+            train: plan.train,
+            adv: plan.adv,
+            dev: plan.dev,
+            test: plan.test,
+            seed: plan.seed,
+        };
+        self.st.run_recorded("data", &data.join("config.json"), &record, || {
+            let ([train, dev, test], labels) = fresh.context("the splits")?;
+            std::fs::create_dir_all(&data)?;
+            let train = sample(train, plan.train, plan.seed);
+            let adv_source = sample(train.clone(), plan.adv, plan.seed ^ 1);
+            for (name, v) in [
+                ("train", train),
+                ("adv-source", adv_source),
+                ("dev", sample(dev, plan.dev, plan.seed ^ 2)),
+                ("test", sample(test, plan.test, plan.seed ^ 3)),
+            ] {
+                if v.is_empty() {
+                    bail!("the {name} split is empty");
+                }
+                io::write_atomic(&data.join(format!("{name}.jsonl")), jsonl(&v, &labels)?.as_bytes())?;
+            }
+            io::write_atomic(&data.join("labels.json"), serde_json::to_string(&labels)?.as_bytes())
+        })?;
+        Ok(())
+    }
 
-    // 8. the report
-    let md = report::markdown(&report);
-    io::write_atomic(&out.join("report.md"), md.as_bytes())?;
-    io::write_atomic(&out.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
-    let png = out.join("tradeoff.png");
-    report::plot(&report, &png)?;
-    Ok(report)
+    /// The learned router, on the training split and the adversarial training examples (clean
+    /// first), its epoch picked on dev and the dev adversarial sets.
+    fn stage_router(&self) -> Result<()> {
+        let (plan, out) = (&self.plan, &self.out);
+        let mut train = vec![self.read("train.jsonl")?];
+        let mut dev = vec![self.read("dev.jsonl")?];
+        for k in &plan.known {
+            train.push(self.adversarial(&format!("attack-train-{k}"))?);
+            dev.push(self.adversarial(&format!("attack-dev-{k}"))?);
+        }
+        let router_data = routing::RouterData {
+            train: train.iter().map(Vec::as_slice).collect(),
+            dev: dev.iter().map(Vec::as_slice).collect(),
+        };
+        let member_dirs: Vec<(String, PathBuf)> = std::iter::once(("clean".to_string(), out.join("clean")))
+            .chain(plan.known.iter().map(|k| (format!("adv_{k}"), out.join(format!("adv-{k}")))))
+            .collect();
+        let fit = FitConfig { seed: plan.seed, ..FitConfig::default() };
+        let record = routing::RouterRecord {
+            fit: fit.clone(),
+            members: member_dirs.iter().map(|(n, _)| n.clone()).collect(),
+            train: train.iter().map(Vec::len).collect(),
+            dev: dev.iter().map(Vec::len).collect(),
+        };
+        self.st.run_recorded("train-router", &out.join("router.config.json"), &record, || {
+            let dirs: Vec<(String, &Path)> =
+                member_dirs.iter().map(|(n, d)| (n.clone(), d.as_path())).collect();
+            let a = self.a;
+            let report = crate::with_backend!(a.device.open(a.precision)?, be => routing::train_router(
+                &be, a.model.as_deref(), &dirs, &router_data, &fit, &out.join("router"))?);
+            let last = report.epochs[report.best_epoch - 1].dev_balanced_accuracy;
+            eprintln!(
+                "[mixup] router: epoch {} of {}, dev balanced routing accuracy {:.1}%",
+                report.best_epoch,
+                fit.epochs,
+                100.0 * last
+            );
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// The test and dev splits, the transfer sets and the dev adversarial sets.
+    fn sets(&self) -> Result<Sets> {
+        let plan = &self.plan;
+        let mut sets = vec![];
+        for k in plan.known.iter().chain(&plan.unseen) {
+            sets.push((k.clone(), plan.known.contains(k), self.adversarial(&format!("attack-test-{k}"))?));
+        }
+        let mut dev_sets = vec![];
+        for k in &plan.known {
+            dev_sets.push((k.clone(), self.adversarial(&format!("attack-dev-{k}"))?));
+        }
+        Ok(Sets { test: self.read("test.jsonl")?, sets, dev: self.read("dev.jsonl")?, dev_sets })
+    }
+
+    fn ctx<'s>(&'s self, sets: &'s Sets) -> Ctx<'s> {
+        Ctx {
+            out: &self.out,
+            plan: &self.plan,
+            a: self.a,
+            test: &sets.test,
+            sets: &sets.sets,
+            dev: &sets.dev,
+            dev_sets: &sets.dev_sets,
+        }
+    }
+
+    /// The report of a finished run: report.md, report.json and tradeoff.png.
+    fn report(&self) -> Result<Report> {
+        let sets = self.sets()?;
+        let mut report = evaluation::report(&self.ctx(&sets))?;
+        let seconds = self.st.seconds()?;
+        report.total_seconds = seconds.values().sum();
+        report.stage_seconds = seconds;
+        let md = report::markdown(&report);
+        io::write_atomic(&self.out.join("report.md"), md.as_bytes())?;
+        io::write_atomic(&self.out.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
+        report::plot(&report, &self.out.join("tradeoff.png"))?;
+        Ok(report)
+    }
 }
 
 /// What the evaluation stages read.

@@ -1,5 +1,7 @@
-//! The pipeline's stages, each cached in the output directory: `stages.json` records the plan, what
-//! finished and how long it took; a re-run skips what finished.
+//! The pipeline's stages, each cached in the output directory: `stages.json` records the plan,
+//! `stages/<name>.json` each finished stage and its wall time; a re-run skips what finished. One
+//! file per stage lets several processes (a scheduler's workers, `admix mixup --stage`) share one
+//! run directory: each writes only its own stage's files, atomically.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,16 +13,23 @@ use serde::{Deserialize, Serialize};
 use super::plan::Plan;
 use crate::io;
 
-/// Which stages finished, and their wall times.
+/// The run's plan (`stages.json`); runs made before `stages/` existed kept their stages' seconds
+/// here too.
 #[derive(Default, Serialize, Deserialize)]
-pub(super) struct StageLog {
-    pub plan: Option<Plan>,
-    pub seconds: BTreeMap<String, f64>,
+struct StageLog {
+    plan: Option<Plan>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    seconds: BTreeMap<String, f64>,
+}
+
+/// A finished stage's record (`stages/<name>.json`).
+#[derive(Serialize, Deserialize)]
+struct Finished {
+    seconds: f64,
 }
 
 pub(super) struct Stages {
-    path: PathBuf,
-    pub log: StageLog,
+    dir: PathBuf,
 }
 
 impl Stages {
@@ -39,19 +48,61 @@ impl Stages {
                 );
             }
         }
-        let mut s = Stages { path, log };
-        s.log.plan = Some(plan.clone());
-        s.save()?;
+        let s = Stages { dir: out.join("stages") };
+        std::fs::create_dir_all(&s.dir).with_context(|| format!("cannot create {}", s.dir.display()))?;
+        for (name, &seconds) in &log.seconds {
+            s.finish(name, seconds)?;
+        }
+        let log = StageLog { plan: Some(plan.clone()), seconds: BTreeMap::new() };
+        io::write_atomic(&path, serde_json::to_string_pretty(&log)?.as_bytes())?;
         Ok(s)
     }
 
-    fn save(&self) -> Result<()> {
-        io::write_atomic(&self.path, serde_json::to_string_pretty(&self.log)?.as_bytes())
+    /// The stages of the run in `out`, read only (nothing is written).
+    pub fn at(out: &Path) -> Stages {
+        Stages { dir: out.join("stages") }
+    }
+
+    fn record(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.json"))
+    }
+
+    fn finish(&self, name: &str, seconds: f64) -> Result<()> {
+        io::write_atomic(&self.record(name), serde_json::to_string(&Finished { seconds })?.as_bytes())
+    }
+
+    /// The wall time of stage `name`, if it finished.
+    pub fn finished(&self, name: &str) -> Result<Option<f64>> {
+        let path = self.record(name);
+        match std::fs::read_to_string(&path) {
+            Ok(t) => {
+                let f: Finished =
+                    serde_json::from_str(&t).with_context(|| format!("{}: invalid JSON", path.display()))?;
+                Ok(Some(f.seconds))
+            }
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Every finished stage and its wall time.
+    pub fn seconds(&self) -> Result<BTreeMap<String, f64>> {
+        let mut out = BTreeMap::new();
+        for entry in
+            std::fs::read_dir(&self.dir).with_context(|| format!("cannot read {}", self.dir.display()))?
+        {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if let Some(stage) = name.strip_suffix(".json").filter(|s| !s.starts_with('.')) {
+                if let Some(s) = self.finished(stage)? {
+                    out.insert(stage.to_string(), s);
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Runs `f` unless stage `name` finished before; returns the stage's wall time.
-    pub fn run(&mut self, name: &str, f: impl FnOnce() -> Result<()>) -> Result<f64> {
-        if let Some(&s) = self.log.seconds.get(name) {
+    pub fn run(&self, name: &str, f: impl FnOnce() -> Result<()>) -> Result<f64> {
+        if let Some(s) = self.finished(name)? {
             eprintln!("[mixup] {name}: done ({s:.0} s), skipped");
             return Ok(s);
         }
@@ -62,13 +113,13 @@ impl Stages {
     /// JSON beside its output (`record`): the stage's record and its cache key, so a finished stage
     /// whose recorded config differs from `config` (the one asked for now) is refused, not reused.
     pub fn run_job<T: Serialize>(
-        &mut self,
+        &self,
         name: &str,
         record: &Path,
         config: &T,
         f: impl FnOnce() -> Result<()>,
     ) -> Result<f64> {
-        if self.log.seconds.contains_key(name) {
+        if self.finished(name)?.is_some() {
             if let Ok(text) = std::fs::read_to_string(record) {
                 let was: serde_json::Value = serde_json::from_str(&text)
                     .with_context(|| format!("{}: invalid JSON", record.display()))?;
@@ -88,7 +139,7 @@ impl Stages {
     /// [`Stages::run_job`] for a stage that is not a job: `config` is written to `record` once `f`
     /// finished, the stage's record and cache key as a job's own.
     pub fn run_recorded<T: Serialize>(
-        &mut self,
+        &self,
         name: &str,
         record: &Path,
         config: &T,
@@ -100,14 +151,13 @@ impl Stages {
         })
     }
 
-    fn start(&mut self, name: &str, f: impl FnOnce() -> Result<()>) -> Result<f64> {
+    fn start(&self, name: &str, f: impl FnOnce() -> Result<()>) -> Result<f64> {
         eprintln!("[mixup] {name} ...");
         let t = Instant::now();
         f().with_context(|| format!("stage {name}"))?;
         let s = t.elapsed().as_secs_f64();
         eprintln!("[mixup] {name}: {s:.0} s");
-        self.log.seconds.insert(name.to_string(), s);
-        self.save()?;
+        self.finish(name, s)?;
         Ok(s)
     }
 }
