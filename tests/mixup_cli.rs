@@ -537,3 +537,74 @@ fn plan_lists_the_stage_graph_and_stages_run_by_two_workers_give_the_report_of_o
         |r: &serde_json::Value| r["stage_seconds"].as_object().unwrap().keys().cloned().collect::<Vec<_>>();
     assert_eq!(stages(&one), stages(&two));
 }
+
+#[test]
+fn several_training_seeds_share_the_surrogates_attacks_and_report_mean_and_sd() {
+    let env = Env::new();
+    let extra = ["--no-full", "--adaptive-examples", "2", "--seeds", "2"];
+    let plan = ok(&env.mixup("seeds", &[&extra[..], &["--plan"]].concat()));
+    let needs: std::collections::HashMap<&str, Vec<&str>> = plan
+        .lines()
+        .skip(1)
+        .map(|l| l.split('\t').collect::<Vec<_>>())
+        .map(|r| (r[1], r[2].split(',').collect()))
+        .collect();
+    // seed 43 trains its own models on the first seed's data and adversarial examples, and is
+    // evaluated on the same sets; the attacks run once, against seed 42's clean adapter
+    assert_eq!(needs["train-clean-seed43"], ["data"]);
+    assert_eq!(needs["train-adv-deepwordbug-seed43"], ["attack-train-deepwordbug"]);
+    assert_eq!(
+        needs["train-router-seed43"],
+        ["train-clean-seed43", "train-adv-deepwordbug-seed43", "attack-dev-deepwordbug"]
+    );
+    let mut eval43 = needs["evaluate-seed43"].clone();
+    eval43.sort();
+    assert_eq!(
+        eval43,
+        [
+            "attack-dev-deepwordbug",
+            "attack-test-deepwordbug",
+            "attack-test-textbugger",
+            "attack-train-deepwordbug",
+            "data",
+            "train-adv-deepwordbug-seed43",
+            "train-clean-seed43",
+            "train-router-seed43"
+        ]
+    );
+    assert!(!needs.keys().any(|n| n.starts_with("attack-") && n.contains("seed")), "attacks run once");
+
+    ok(&env.mixup("seeds", &extra));
+    let run = env.p("seeds");
+    let job = |dir: &str| json(&run.join(dir).join("train.json"));
+    assert_eq!((job("clean")["seed"].as_u64(), job("seed-43/clean")["seed"].as_u64()), (Some(42), Some(43)));
+    assert!(job("adv-deepwordbug")["data"].is_object());
+    assert_eq!(job("adv-deepwordbug")["data"], job("seed-43/adv-deepwordbug")["data"], "one training set");
+    let report = json(&run.join("report.json"));
+    assert_eq!(report["seeds"], serde_json::json!([42, 43]));
+    // the spread is each method's over the two seeds' own evaluations
+    let evals: Vec<serde_json::Value> =
+        ["evaluation.json", "seed-43/evaluation.json"].iter().map(|f| json(&run.join(f))).collect();
+    let clean_of = |e: &serde_json::Value, name: &str| {
+        e["methods"].as_array().unwrap().iter().find(|m| m["name"] == name).unwrap()["clean"]
+            .as_f64()
+            .unwrap()
+    };
+    let rows = report["seed_rows"].as_array().unwrap();
+    for name in
+        ["clean adapter", "adversarial adapter (deepwordbug)", "AdpMixup, learned router (admix's own)"]
+    {
+        let row = rows.iter().find(|r| r["method"] == name).unwrap();
+        let (a, b) = (clean_of(&evals[0], name), clean_of(&evals[1], name));
+        assert!((row["clean"]["mean"].as_f64().unwrap() - (a + b) / 2.0).abs() < 1e-9, "{name}");
+        assert!((row["clean"]["sd"].as_f64().unwrap() - (a - b).abs() / 2f64.sqrt()).abs() < 1e-9, "{name}");
+        assert_eq!(row["clean"]["n"], 2);
+    }
+    // seed 42's clean adapter is the surrogate: 0% on the transfer sets by construction
+    let clean42 =
+        evals[0]["methods"].as_array().unwrap().iter().find(|m| m["name"] == "clean adapter").unwrap();
+    assert_eq!(clean42["transfer"]["deepwordbug"], 0.0);
+    let md = std::fs::read_to_string(run.join("report.md")).unwrap();
+    assert!(md.contains("### Over 2 training seeds (42, 43): mean ± sd"), "{md}");
+    assert!(report["stage_seconds"].as_object().unwrap().contains_key("evaluate-seed43"));
+}

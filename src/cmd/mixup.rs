@@ -86,6 +86,11 @@ pub struct MixupArgs {
     /// Most model queries per attacked example
     #[arg(long, default_value_t = 2000)]
     query_budget: u64,
+    /// Training seeds: --seed and the N − 1 after it. Every trained method is trained once per
+    /// seed and evaluated on the same transfer sets (those of --seed's clean adapter, a fixed
+    /// surrogate); the report gives mean ± sd. Adaptive attacks: --seed's models only
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    seeds: u64,
     /// Print the run's stage graph and exit: per stage its wave (stages of one wave can run at
     /// once), name, needs and the command that runs it alone (TSV)
     #[arg(long, conflicts_with = "stage")]
@@ -140,6 +145,7 @@ pub fn mixup(a: MixupArgs) -> Result<()> {
         adaptive_examples: a.adaptive_examples,
         query_budget: a.query_budget,
         seed: a.seed.seed,
+        seeds: a.seeds as usize,
         device: a.rt.device,
         precision: a.rt.precision,
     };

@@ -485,7 +485,7 @@ struct AdaptiveRecord<'a> {
 
 /// The `evaluate` stage: every method on the clean test set and the transfer sets, the sweeps, the
 /// dev tuning, the routing and the attribution, kept in `evaluation.json`.
-pub(super) fn evaluate<B: Backend + 'static>(be: &B, c: &Ctx, st: &Stages) -> Result<()> {
+pub(super) fn evaluate<B: Backend + 'static>(be: &B, c: &Ctx, st: &Stages, stage: &str) -> Result<()> {
     let zoo = Zoo::open(c)?;
     let file = c.out.join("evaluation.json");
     let times = st.seconds()?;
@@ -501,15 +501,15 @@ pub(super) fn evaluate<B: Backend + 'static>(be: &B, c: &Ctx, st: &Stages) -> Re
         router: zoo.router.is_some(),
         tuned: &["temperatures", "entropy τ", "calibrated entropy τ", "static β"],
     };
-    st.run_recorded("evaluate", &c.out.join("evaluation.config.json"), &record, || {
+    st.run_recorded(stage, &c.out.join("evaluation.config.json"), &record, || {
         let e = evaluation(be, c, &zoo, &times)?;
         io::write_atomic(&file, serde_json::to_string_pretty(&e)?.as_bytes())
     })?;
     Ok(())
 }
 
-fn read_evaluation(c: &Ctx) -> Result<Evaluation> {
-    let file = c.out.join("evaluation.json");
+fn read_evaluation(dir: &std::path::Path) -> Result<Evaluation> {
+    let file = dir.join("evaluation.json");
     let text = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{}: bad evaluation", file.display()))
 }
@@ -536,7 +536,7 @@ pub(super) fn adaptive_stages(c: &Ctx) -> Result<Vec<AdaptiveStage>> {
     if c.plan.adaptive == 0 {
         return Ok(vec![]);
     }
-    let e = read_evaluation(c)?;
+    let e = read_evaluation(c.out)?;
     let mut seen: Vec<Spec> = vec![];
     let mut out = vec![];
     for row in e.methods.iter().filter(|r| r.spec != Spec::Oracle) {
@@ -579,9 +579,14 @@ pub(super) fn adaptive<B: Backend + 'static>(be: &B, c: &Ctx, st: &Stages, s: &A
     Ok(())
 }
 
-/// The report of a finished run: `evaluate`'s tables with every method's adaptive accuracies.
-pub(super) fn report(c: &Ctx) -> Result<Report> {
-    let mut e = read_evaluation(c)?;
+/// The report of a finished run: `evaluate`'s tables with every method's adaptive accuracies, and
+/// (with more training seeds, `others` their directories) every method over the seeds.
+pub(super) fn report(c: &Ctx, seeds: &[u64], others: &[std::path::PathBuf]) -> Result<Report> {
+    let mut e = read_evaluation(c.out)?;
+    let mut by_seed = vec![e.methods.clone()];
+    for dir in others {
+        by_seed.push(read_evaluation(dir)?.methods);
+    }
     let stages = adaptive_stages(c)?;
     for row in e.methods.iter_mut().filter(|r| r.spec != Spec::Oracle) {
         let spec = Zoo::canonical(&row.spec, c);
@@ -610,5 +615,9 @@ pub(super) fn report(c: &Ctx) -> Result<Report> {
     );
     report.routing = e.routing;
     report.tuning = e.tuning;
+    if !others.is_empty() {
+        report.seeds = seeds.to_vec();
+        report.seed_rows = report::seed_rows(&by_seed);
+    }
     Ok(report)
 }

@@ -137,6 +137,8 @@ pub struct MixupConfig {
     pub adaptive_examples: Option<usize>,
     pub query_budget: u64,
     pub seed: u64,
+    /// training seeds: `seed` (the surrogate the attacks run against) and the `seeds − 1` after it
+    pub seeds: usize,
     pub device: Device,
     /// the GEMMs' precision in every stage (default: the device's own)
     pub precision: Option<Precision>,
@@ -169,6 +171,7 @@ impl MixupConfig {
             adaptive_examples: None,
             query_budget: 2000,
             seed: 42,
+            seeds: 1,
             device: Device::Cpu,
             precision: None,
         }
@@ -265,20 +268,21 @@ pub struct StageNode {
     pub wave: usize,
 }
 
-/// What a stage does.
+/// What a stage does. The training stages and `evaluate` run once per training seed (`u64`); the
+/// data, the attacks against the clean adapter and the adaptive attacks are the first seed's.
 #[derive(Clone, Debug, PartialEq)]
 enum Step {
     Data,
-    TrainClean,
+    TrainClean(u64),
     AttackTrain(String),
-    TrainAdv(String),
+    TrainAdv(String, u64),
     AttackDev(String),
-    TrainRouter,
-    TrainAdvAll,
-    TrainFull,
-    TrainFullAdv,
+    TrainRouter(u64),
+    TrainAdvAll(u64),
+    TrainFull(u64),
+    TrainFullAdv(u64),
     AttackTest(String),
-    Evaluate,
+    Evaluate(u64),
     /// one adaptive attack, or (`None`, before `evaluate` has named them) all of them
     Adaptive(Option<evaluation::AdaptiveStage>),
 }
@@ -379,40 +383,70 @@ impl<'a> Pipeline<'a> {
     fn graph(&self) -> Result<Vec<(Step, StageNode)>> {
         let plan = &self.plan;
         let s = |x: &str| x.to_string();
-        let known = |prefix: &str| plan.known.iter().map(|k| format!("{prefix}-{k}")).collect::<Vec<_>>();
-        let mut steps: Vec<(Step, String, Vec<String>)> =
-            vec![(Step::Data, s("data"), vec![]), (Step::TrainClean, s("train-clean"), vec![s("data")])];
-        for k in &plan.known {
-            steps.push((Step::AttackTrain(k.clone()), format!("attack-train-{k}"), vec![s("train-clean")]));
-            steps.push((
-                Step::TrainAdv(k.clone()),
-                format!("train-adv-{k}"),
-                vec![format!("attack-train-{k}")],
-            ));
+        let each = |prefix: &str, suffix: &str| {
+            plan.known.iter().map(|k| format!("{prefix}-{k}{suffix}")).collect::<Vec<_>>()
+        };
+        let mut steps: Vec<(Step, String, Vec<String>)> = vec![(Step::Data, s("data"), vec![])];
+        let attacks = |steps: &mut Vec<(Step, String, Vec<String>)>, stage: &str| {
+            for k in &plan.known {
+                steps.push((Step::AttackTrain(k.clone()), format!("attack-train-{k}"), vec![s(stage)]));
+            }
+        };
+        for (i, seed) in self.seeds().into_iter().enumerate() {
+            let x = self.suffix(seed);
+            let clean = format!("train-clean{x}");
+            steps.push((Step::TrainClean(seed), clean.clone(), vec![s("data")]));
+            if i == 0 {
+                attacks(&mut steps, &clean);
+            }
+            for k in &plan.known {
+                let need = vec![format!("attack-train-{k}")];
+                steps.push((Step::TrainAdv(k.clone(), seed), format!("train-adv-{k}{x}"), need));
+            }
+            if i == 0 {
+                for k in &plan.known {
+                    steps.push((Step::AttackDev(k.clone()), format!("attack-dev-{k}"), vec![clean.clone()]));
+                }
+            }
+            let mut router_needs = vec![clean.clone()];
+            router_needs.extend(each("train-adv", &x));
+            router_needs.extend(each("attack-dev", ""));
+            steps.push((Step::TrainRouter(seed), format!("train-router{x}"), router_needs));
+            if plan.known.len() > 1 {
+                steps.push((Step::TrainAdvAll(seed), format!("train-adv-all{x}"), each("attack-train", "")));
+            }
+            if plan.full {
+                steps.push((Step::TrainFull(seed), format!("train-full{x}"), vec![s("data")]));
+                steps.push((
+                    Step::TrainFullAdv(seed),
+                    format!("train-full-adv{x}"),
+                    each("attack-train", ""),
+                ));
+            }
+            if i == 0 {
+                for k in plan.known.iter().chain(&plan.unseen) {
+                    steps.push((
+                        Step::AttackTest(k.clone()),
+                        format!("attack-test-{k}"),
+                        vec![clean.clone()],
+                    ));
+                }
+            }
+            // evaluate needs the data, the attacks and every stage of its own seed (the first
+            // seed's names have no suffix: every stage so far)
+            let all: Vec<String> = steps
+                .iter()
+                .map(|(_, n, _)| n)
+                .filter(|n| n.ends_with(&x) || *n == "data" || n.starts_with("attack-"))
+                .cloned()
+                .collect();
+            steps.push((Step::Evaluate(seed), format!("evaluate{x}"), all));
         }
-        for k in &plan.known {
-            steps.push((Step::AttackDev(k.clone()), format!("attack-dev-{k}"), vec![s("train-clean")]));
-        }
-        let mut router_needs = known("train-adv");
-        router_needs.extend(known("attack-dev"));
-        steps.push((Step::TrainRouter, s("train-router"), router_needs));
-        if plan.known.len() > 1 {
-            steps.push((Step::TrainAdvAll, s("train-adv-all"), known("attack-train")));
-        }
-        if plan.full {
-            steps.push((Step::TrainFull, s("train-full"), vec![s("data")]));
-            steps.push((Step::TrainFullAdv, s("train-full-adv"), known("attack-train")));
-        }
-        for k in plan.known.iter().chain(&plan.unseen) {
-            steps.push((Step::AttackTest(k.clone()), format!("attack-test-{k}"), vec![s("train-clean")]));
-        }
-        let all: Vec<String> = steps.iter().map(|(_, n, _)| n.clone()).collect();
-        steps.push((Step::Evaluate, s("evaluate"), all));
         if plan.adaptive > 0 {
             let named = match self.st.finished("evaluate")? {
                 Some(_) => {
                     let sets = self.sets()?;
-                    evaluation::adaptive_stages(&self.ctx(&sets))?
+                    evaluation::adaptive_stages(&self.ctx(&sets, &self.out))?
                 }
                 None => vec![],
             };
@@ -437,6 +471,28 @@ impl<'a> Pipeline<'a> {
 
     fn data(&self) -> PathBuf {
         self.out.join("data")
+    }
+
+    /// The training seeds: `--seed` (the surrogate: the attacks run against its clean adapter)
+    /// and the `--seeds` − 1 after it.
+    fn seeds(&self) -> Vec<u64> {
+        (0..self.plan.seeds.max(1) as u64).map(|i| self.plan.seed + i).collect()
+    }
+
+    /// The first seed's models are in the run directory, another seed's in `seed-<seed>/`.
+    fn seed_dir(&self, seed: u64) -> PathBuf {
+        match seed == self.plan.seed {
+            true => self.out.clone(),
+            false => self.out.join(format!("seed-{seed}")),
+        }
+    }
+
+    /// The first seed's stages have plain names, another seed's end in `-seed<seed>`.
+    fn suffix(&self, seed: u64) -> String {
+        match seed == self.plan.seed {
+            true => String::new(),
+            false => format!("-seed{seed}"),
+        }
     }
 
     fn labels(&self) -> Result<Vec<String>> {
@@ -472,15 +528,15 @@ impl<'a> Pipeline<'a> {
         self.write("adv-all.jsonl", &set)
     }
 
-    fn train_job(&self, name: &str, train: &str, dir: &str, full: bool) -> TrainJob {
+    fn train_job(&self, seed: u64, name: &str, train: &str, dir: &str, full: bool) -> TrainJob {
         let (a, plan) = (self.a, &self.plan);
         let data = self.data();
         let mut job = TrainJob::new(
             TrainSource::Files { train: data.join(train), dev: Some(data.join("dev.jsonl")) },
-            self.out.join(dir),
+            self.seed_dir(seed).join(dir),
         );
         job.name = name.to_string();
-        job.seed = plan.seed;
+        job.seed = seed;
         if full {
             job.full = true;
             job.epochs = plan.full_epochs;
@@ -537,14 +593,15 @@ impl<'a> Pipeline<'a> {
         let plan = &self.plan;
         match step {
             Step::Data => self.stage_data(),
-            Step::TrainClean => {
-                self.train("train-clean", self.train_job("clean", "train.jsonl", "clean", false), || Ok(()))
+            Step::TrainClean(seed) => {
+                let job = self.train_job(*seed, "clean", "train.jsonl", "clean", false);
+                self.train(&format!("train-clean{}", self.suffix(*seed)), job, || Ok(()))
             }
             Step::AttackTrain(k) => self.attack(&format!("attack-train-{k}"), k, "adv-source.jsonl"),
-            Step::TrainAdv(k) => {
+            Step::TrainAdv(k, seed) => {
                 let file = format!("adv-{k}.jsonl");
-                let job = self.train_job(&format!("adv_{k}"), &file, &format!("adv-{k}"), false);
-                self.train(&format!("train-adv-{k}"), job, || {
+                let job = self.train_job(*seed, &format!("adv_{k}"), &file, &format!("adv-{k}"), false);
+                self.train(&format!("train-adv-{k}{}", self.suffix(*seed)), job, || {
                     let adv = self.adversarial(&format!("attack-train-{k}"))?;
                     if adv.is_empty() {
                         bail!("{k} found no adversarial example on the training split: nothing to train adv_{k} on");
@@ -557,27 +614,30 @@ impl<'a> Pipeline<'a> {
                 })
             }
             Step::AttackDev(k) => self.attack(&format!("attack-dev-{k}"), k, "dev.jsonl"),
-            Step::TrainRouter => self.stage_router(),
-            Step::TrainAdvAll => {
-                let job = self.train_job("adv_all", "adv-all.jsonl", "adv-all", false);
-                self.train("train-adv-all", job, || self.write_adv_all())
+            Step::TrainRouter(seed) => self.stage_router(*seed),
+            Step::TrainAdvAll(seed) => {
+                let job = self.train_job(*seed, "adv_all", "adv-all.jsonl", "adv-all", false);
+                self.train(&format!("train-adv-all{}", self.suffix(*seed)), job, || self.write_adv_all())
             }
-            Step::TrainFull => {
-                self.train("train-full", self.train_job("full", "train.jsonl", "full", true), || Ok(()))
+            Step::TrainFull(seed) => {
+                let job = self.train_job(*seed, "full", "train.jsonl", "full", true);
+                self.train(&format!("train-full{}", self.suffix(*seed)), job, || Ok(()))
             }
-            Step::TrainFullAdv => {
-                let job = self.train_job("full_adv", "adv-all.jsonl", "full-adv", true);
-                self.train("train-full-adv", job, || self.write_adv_all())
+            Step::TrainFullAdv(seed) => {
+                let job = self.train_job(*seed, "full_adv", "adv-all.jsonl", "full-adv", true);
+                self.train(&format!("train-full-adv{}", self.suffix(*seed)), job, || self.write_adv_all())
             }
             Step::AttackTest(k) => self.attack(&format!("attack-test-{k}"), k, "test.jsonl"),
-            Step::Evaluate => {
+            Step::Evaluate(seed) => {
                 let sets = self.sets()?;
-                let c = self.ctx(&sets);
-                crate::with_backend!(self.a.device.open(self.a.precision)?, be => evaluation::evaluate(&be, &c, &self.st))
+                let dir = self.seed_dir(*seed);
+                let c = self.ctx(&sets, &dir);
+                let stage = format!("evaluate{}", self.suffix(*seed));
+                crate::with_backend!(self.a.device.open(self.a.precision)?, be => evaluation::evaluate(&be, &c, &self.st, &stage))
             }
             Step::Adaptive(stage) => {
                 let sets = self.sets()?;
-                let c = self.ctx(&sets);
+                let c = self.ctx(&sets, &self.out);
                 let stages = match stage {
                     Some(s) => vec![s.clone()],
                     None => evaluation::adaptive_stages(&c)?,
@@ -629,8 +689,8 @@ impl<'a> Pipeline<'a> {
 
     /// The learned router, on the training split and the adversarial training examples (clean
     /// first), its epoch picked on dev and the dev adversarial sets.
-    fn stage_router(&self) -> Result<()> {
-        let (plan, out) = (&self.plan, &self.out);
+    fn stage_router(&self, seed: u64) -> Result<()> {
+        let (plan, out) = (&self.plan, &self.seed_dir(seed));
         let mut train = vec![self.read("train.jsonl")?];
         let mut dev = vec![self.read("dev.jsonl")?];
         for k in &plan.known {
@@ -644,14 +704,15 @@ impl<'a> Pipeline<'a> {
         let member_dirs: Vec<(String, PathBuf)> = std::iter::once(("clean".to_string(), out.join("clean")))
             .chain(plan.known.iter().map(|k| (format!("adv_{k}"), out.join(format!("adv-{k}")))))
             .collect();
-        let fit = FitConfig { seed: plan.seed, ..FitConfig::default() };
+        let fit = FitConfig { seed, ..FitConfig::default() };
         let record = routing::RouterRecord {
             fit: fit.clone(),
             members: member_dirs.iter().map(|(n, _)| n.clone()).collect(),
             train: train.iter().map(Vec::len).collect(),
             dev: dev.iter().map(Vec::len).collect(),
         };
-        self.st.run_recorded("train-router", &out.join("router.config.json"), &record, || {
+        let stage = format!("train-router{}", self.suffix(seed));
+        self.st.run_recorded(&stage, &out.join("router.config.json"), &record, || {
             let dirs: Vec<(String, &Path)> =
                 member_dirs.iter().map(|(n, d)| (n.clone(), d.as_path())).collect();
             let a = self.a;
@@ -683,9 +744,10 @@ impl<'a> Pipeline<'a> {
         Ok(Sets { test: self.read("test.jsonl")?, sets, dev: self.read("dev.jsonl")?, dev_sets })
     }
 
-    fn ctx<'s>(&'s self, sets: &'s Sets) -> Ctx<'s> {
+    /// The evaluation stages' context for the models in `dir` (a seed's directory).
+    fn ctx<'s>(&'s self, sets: &'s Sets, dir: &'s Path) -> Ctx<'s> {
         Ctx {
-            out: &self.out,
+            out: dir,
             plan: &self.plan,
             a: self.a,
             test: &sets.test,
@@ -698,7 +760,8 @@ impl<'a> Pipeline<'a> {
     /// The report of a finished run: report.md, report.json and tradeoff.png.
     fn report(&self) -> Result<Report> {
         let sets = self.sets()?;
-        let mut report = evaluation::report(&self.ctx(&sets))?;
+        let others: Vec<PathBuf> = self.seeds()[1..].iter().map(|&s| self.seed_dir(s)).collect();
+        let mut report = evaluation::report(&self.ctx(&sets, &self.out), &self.seeds(), &others)?;
         let seconds = self.st.seconds()?;
         report.total_seconds = seconds.values().sum();
         report.stage_seconds = seconds;

@@ -24,12 +24,19 @@ pub struct Plan {
     pub adv_only: bool,
     pub full: bool,
     pub seed: u64,
+    /// training seeds (`seed` and the ones after it)
+    #[serde(default = "one")]
+    pub seeds: usize,
     #[serde(default)]
     pub lr: Option<f32>,
     #[serde(default)]
     pub batch_size: Option<usize>,
     #[serde(default)]
     pub dropout: Option<f32>,
+}
+
+fn one() -> usize {
+    1
 }
 
 fn mr_name() -> String {
@@ -74,6 +81,7 @@ impl Plan {
             adv_only: a.adv_only,
             full: !a.no_full,
             seed: a.seed,
+            seeds: a.seeds,
             lr: a.lr,
             batch_size: a.batch_size,
             dropout: a.dropout,

@@ -183,6 +183,127 @@ pub struct Report {
     pub stage_seconds: BTreeMap<String, f64>,
     pub machine: String,
     pub date: String,
+    /// the training seeds (one: no spread), and each method over them
+    #[serde(default)]
+    pub seeds: Vec<u64>,
+    #[serde(default)]
+    pub seed_rows: Vec<SeedRow>,
+}
+
+/// A mean over training seeds, its sample standard deviation and the seeds it counts.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Spread {
+    pub mean: f64,
+    pub sd: f64,
+    pub n: usize,
+}
+
+impl Spread {
+    pub fn of(v: &[f64]) -> Spread {
+        let n = v.len();
+        let m = mean(v);
+        let sd = match n {
+            0 | 1 => 0.0,
+            _ => (v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1) as f64).sqrt(),
+        };
+        Spread { mean: m, sd, n }
+    }
+}
+
+/// One method over the training seeds (matched by [`family`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SeedRow {
+    pub method: String,
+    pub clean: Spread,
+    pub transfer: BTreeMap<String, Spread>,
+    pub robust: Spread,
+    pub score: Spread,
+}
+
+/// A method's name without the values chosen for it (`τ = 0.01` → `τ = ·`), the same across seeds.
+pub fn family(name: &str) -> String {
+    let mut out = String::new();
+    let mut rest = name;
+    while let Some(i) = rest.find("= ") {
+        out += &rest[..i + 2];
+        rest = &rest[i + 2..];
+        let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-')).unwrap_or(rest.len());
+        if end > 0 {
+            out.push('·');
+        }
+        rest = &rest[end..];
+    }
+    out + rest
+}
+
+/// Every method of the first seed's table over all seeds' tables (`methods[s]`: seed s's rows). A
+/// seed whose dev tuning picked the configured τ has no separate dev-tuned entropy row: the
+/// configured row stands for it there.
+pub fn seed_rows(methods: &[Vec<MethodRow>]) -> Vec<SeedRow> {
+    let Some(first) = methods.first() else { return vec![] };
+    let find = |rows: &[MethodRow], fam: &str| -> Option<MethodRow> {
+        let by = |f: &str| rows.iter().find(|r| family(&r.name) == f).cloned();
+        by(fam).or_else(|| by(&fam.replace(", dev-tuned", "")))
+    };
+    first
+        .iter()
+        .map(|r| {
+            let fam = family(&r.name);
+            let rows: Vec<MethodRow> = methods.iter().filter_map(|m| find(m, &fam)).collect();
+            let over = |f: &dyn Fn(&MethodRow) -> f64| Spread::of(&rows.iter().map(f).collect::<Vec<_>>());
+            SeedRow {
+                method: fam.clone(),
+                clean: over(&|m| m.clean),
+                transfer: r
+                    .transfer
+                    .keys()
+                    .map(|k| (k.clone(), over(&|m| m.transfer.get(k).copied().unwrap_or(f64::NAN))))
+                    .collect(),
+                robust: over(&|m| m.robust),
+                score: over(&|m| m.score),
+            }
+        })
+        .collect()
+}
+
+fn spread(s: &Spread) -> String {
+    match s.n {
+        0 => "–".into(),
+        1 => pct(s.mean),
+        _ => format!("{} ± {:.1}", pct(s.mean), s.sd),
+    }
+}
+
+/// The table over training seeds.
+fn seeds_table(r: &Report) -> String {
+    if r.seed_rows.is_empty() {
+        return String::new();
+    }
+    let seeds: Vec<String> = r.seeds.iter().map(|s| s.to_string()).collect();
+    let mut s = format!(
+        "\n### Over {} training seeds ({}): mean ± sd\n\nEvery trained method trained once per seed; the \
+         transfer sets are those of seed {}'s clean adapter for every seed (a fixed surrogate: its own \
+         accuracy there is 0 by construction, the other seeds' clean adapters are attacked by transfer). \
+         Adaptive attacks: seed {} only (above).\n\n| method | clean |",
+        r.seeds.len(),
+        seeds.join(", "),
+        seeds[0],
+        seeds[0]
+    );
+    for set in &r.sets {
+        s += &format!(" {} ({}) |", set.attack, if set.known { "known" } else { "unseen" });
+    }
+    s += " robust | (clean + robust)/2 |\n|---|---|";
+    s += &"---|".repeat(r.sets.len() + 2);
+    s += "\n";
+    for row in &r.seed_rows {
+        s += &format!("| {} | {} |", row.method, spread(&row.clean));
+        for set in &r.sets {
+            s += &format!(" {} |", row.transfer.get(&set.attack).map_or("–".into(), spread));
+        }
+        s += &format!(" {} | {} |\n", spread(&row.robust), spread(&row.score));
+    }
+    s
 }
 
 impl Report {
@@ -209,6 +330,8 @@ impl Report {
             stage_seconds: BTreeMap::new(),
             machine: crate::provenance::machine(),
             date: crate::provenance::today(),
+            seeds: vec![],
+            seed_rows: vec![],
         }
     }
 }
@@ -274,8 +397,14 @@ fn table(r: &Report, rows: &[MethodRow], adaptive: bool) -> String {
 /// The report as markdown.
 pub fn markdown(r: &Report) -> String {
     let mut s = format!(
-        "## AdpMixup on MR: clean accuracy vs robustness\n\n{} · {} · {:.0} s of stages in all\n\n",
-        r.date, r.machine, r.total_seconds
+        "## AdpMixup on {}: clean accuracy vs robustness\n\n{} · {} · {:.0} s of stages in all\n\n",
+        match r.plan.get("data").and_then(|d| d.as_str()) {
+            None | Some("mr") => "MR",
+            Some(files) => files,
+        },
+        r.date,
+        r.machine,
+        r.total_seconds
     );
     s += "Accuracy in %. Transfer columns: accuracy on the test examples each attack turned against the \
           clean adapter (fixed sets). Adaptive columns: TextAttack's accuracy under attack, each method \
@@ -285,6 +414,7 @@ pub fn markdown(r: &Report) -> String {
     }
     s += ". Train time counts everything a method needs (its training runs, the attacks that made its data).\n\n";
     s += &table(r, &r.methods, true);
+    s += &seeds_table(r);
     s += "\n### Static β sweep and τ ablation (transfer protocol)\n\n";
     s += &table(r, &r.sweep, false);
     let claims = claims(r);
@@ -601,6 +731,48 @@ mod tests {
         r.transfer.insert("pwws".into(), pwws);
         r.finish([("deepwordbug", true), ("pwws", false)].into_iter());
         r
+    }
+
+    #[test]
+    fn methods_are_matched_across_seeds_by_family_and_summarised_by_mean_and_sd() {
+        assert_eq!(
+            family("AdpMixup, entropy β (τ = 0.01, dev-tuned)"),
+            "AdpMixup, entropy β (τ = ·, dev-tuned)"
+        );
+        assert_eq!(
+            family("AdpMixup, best static β on test (upper bound; β_clean = 0.30)"),
+            "AdpMixup, best static β on test (upper bound; β_clean = ·)"
+        );
+        assert_eq!(family("clean adapter"), "clean adapter");
+        let s = Spread::of(&[70.0, 74.0, 72.0]);
+        assert_eq!((s.mean, s.sd, s.n), (72.0, 2.0, 3));
+        assert_eq!(Spread::of(&[5.0]).sd, 0.0);
+        let e = |tau: &str| format!("AdpMixup, entropy β (τ = {tau})");
+        let seed42 = vec![
+            row("clean adapter", "baseline", Spec::Oracle, 80.0, 0.0, 0.0),
+            row(&e("0.1"), "adpmixup", Spec::Oracle, 79.0, 60.0, 40.0),
+            row(
+                &format!("{}, dev-tuned)", &e("0.01")[..e("0.01").len() - 1]),
+                "adpmixup",
+                Spec::Oracle,
+                78.0,
+                70.0,
+                50.0,
+            ),
+        ];
+        // seed 43 tuned τ to the configured one: no separate dev-tuned row
+        let seed43 = vec![
+            row("clean adapter", "baseline", Spec::Oracle, 82.0, 30.0, 20.0),
+            row(&e("0.1"), "adpmixup", Spec::Oracle, 81.0, 64.0, 44.0),
+        ];
+        let rows = seed_rows(&[seed42, seed43]);
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[0].clean, Spread { mean: 81.0, sd: 2f64.sqrt(), n: 2 });
+        assert_eq!(rows[0].transfer["deepwordbug"].mean, 15.0);
+        assert_eq!(rows[2].method, "AdpMixup, entropy β (τ = ·, dev-tuned)");
+        // the dev-tuned row of seed 42 with the configured row of seed 43
+        assert_eq!((rows[2].clean.mean, rows[2].transfer["pwws"].mean, rows[2].clean.n), (79.5, 47.0, 2));
+        assert_eq!(rows[2].score.mean, (79.5 + (67.0 + 47.0) / 2.0) / 2.0);
     }
 
     fn report(mix_clean: f64, mix_dwb: f64) -> Report {
