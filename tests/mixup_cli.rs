@@ -541,6 +541,8 @@ fn plan_lists_the_stage_graph_and_stages_run_by_two_workers_give_the_report_of_o
 #[test]
 fn several_training_seeds_share_the_surrogates_attacks_and_report_mean_and_sd() {
     let env = Env::new();
+    // a one-seed run, then extended to two seeds: the first seed's stages are reused
+    ok(&env.mixup("seeds", &["--no-full", "--adaptive-examples", "2"]));
     let extra = ["--no-full", "--adaptive-examples", "2", "--seeds", "2"];
     let plan = ok(&env.mixup("seeds", &[&extra[..], &["--plan"]].concat()));
     let needs: std::collections::HashMap<&str, Vec<&str>> = plan
@@ -574,7 +576,13 @@ fn several_training_seeds_share_the_surrogates_attacks_and_report_mean_and_sd() 
     );
     assert!(!needs.keys().any(|n| n.starts_with("attack-") && n.contains("seed")), "attacks run once");
 
-    ok(&env.mixup("seeds", &extra));
+    let out = env.mixup("seeds", &extra);
+    ok(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    for stage in ["train-clean", "attack-train-deepwordbug", "attack-test-textbugger", "evaluate"] {
+        assert!(err.contains(&format!("[mixup] {stage}: done (")), "{stage} was not reused: {err}");
+    }
+    assert!(err.contains("[mixup] train-clean-seed43 ..."), "{err}");
     let run = env.p("seeds");
     let job = |dir: &str| json(&run.join(dir).join("train.json"));
     assert_eq!((job("clean")["seed"].as_u64(), job("seed-43/clean")["seed"].as_u64()), (Some(42), Some(43)));

@@ -39,8 +39,10 @@ impl Stages {
             Ok(t) => serde_json::from_str(&t).with_context(|| format!("{}: invalid JSON", path.display()))?,
             Err(_) => StageLog::default(),
         };
+        // more training seeds extend a run: its finished stages stay what they were
+        let same = |p: &Plan| Plan { seeds: plan.seeds, ..p.clone() } == *plan;
         if let Some(p) = &log.plan {
-            if p != plan {
+            if !same(p) {
                 bail!(
                     "{} holds a run with other settings ({}); use another --out or delete it",
                     out.display(),
