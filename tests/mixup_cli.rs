@@ -542,8 +542,9 @@ fn plan_lists_the_stage_graph_and_stages_run_by_two_workers_give_the_report_of_o
 fn several_training_seeds_share_the_surrogates_attacks_and_report_mean_and_sd() {
     let env = Env::new();
     // a one-seed run, then extended to two seeds: the first seed's stages are reused
-    ok(&env.mixup("seeds", &["--no-full", "--adaptive-examples", "2"]));
-    let extra = ["--no-full", "--adaptive-examples", "2", "--seeds", "2"];
+    let core = ["--no-full", "--adaptive-examples", "2", "--adaptive-methods", "core"];
+    ok(&env.mixup("seeds", &core));
+    let extra = [&core[..], &["--seeds", "2"]].concat();
     let plan = ok(&env.mixup("seeds", &[&extra[..], &["--plan"]].concat()));
     let needs: std::collections::HashMap<&str, Vec<&str>> = plan
         .lines()
@@ -614,5 +615,16 @@ fn several_training_seeds_share_the_surrogates_attacks_and_report_mean_and_sd() 
     assert_eq!(clean42["transfer"]["deepwordbug"], 0.0);
     let md = std::fs::read_to_string(run.join("report.md")).unwrap();
     assert!(md.contains("### Over 2 training seeds (42, 43): mean ± sd"), "{md}");
-    assert!(report["stage_seconds"].as_object().unwrap().contains_key("evaluate-seed43"));
+    let stages = report["stage_seconds"].as_object().unwrap();
+    assert!(stages.contains_key("evaluate-seed43"));
+    // the core adaptive set: no Adapter Soup, no upper bound; the rules and the members
+    let adaptive: Vec<&String> = stages.keys().filter(|k| k.starts_with("adaptive-")).collect();
+    for want in [
+        "adaptive-clean-adapter-",
+        "adaptive-adpmixup-learned-router-admix-s-own-",
+        "adaptive-adpmixup-calibrated-",
+    ] {
+        assert!(adaptive.iter().any(|k| k.starts_with(want)), "no {want}: {adaptive:?}");
+    }
+    assert!(!adaptive.iter().any(|k| k.contains("soup") || k.contains("upper-bound")), "{adaptive:?}");
 }

@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Args;
 
 use admix::attack::run::AttackKind;
-use admix::mixup::{self, DataFiles, MixupConfig, Preset};
+use admix::mixup::{self, AdaptiveMethods, DataFiles, MixupConfig, Preset};
 
 use super::{choice, Runtime, Seed};
 
@@ -83,6 +83,11 @@ pub struct MixupArgs {
     /// preset's)
     #[arg(long)]
     adaptive_examples: Option<usize>,
+    /// Adaptive protocol: `all` methods of the table, or the `core` ones (clean adapter,
+    /// adversarial adapters, adv-all, full adversarial training, every AdpMixup rule not chosen on
+    /// test)
+    #[arg(long, default_value = "all", value_parser = choice::<AdaptiveMethods>())]
+    adaptive_methods: AdaptiveMethods,
     /// Most model queries per attacked example
     #[arg(long, default_value_t = 2000)]
     query_budget: u64,
@@ -143,6 +148,7 @@ pub fn mixup(a: MixupArgs) -> Result<()> {
         taus: a.taus,
         beta_step: a.beta_step,
         adaptive_examples: a.adaptive_examples,
+        adaptive_methods: a.adaptive_methods,
         query_budget: a.query_budget,
         seed: a.seed.seed,
         seeds: a.seeds as usize,

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::methods::{method_rows, Zoo};
 use super::report::{self, Attribution, MethodRow, Report, RoutingRow, SetInfo, Spec, Tuning};
 use super::stages::Stages;
-use super::Ctx;
+use super::{AdaptiveMethods, Ctx};
 use crate::adapter::mix::{fit_temperature, BetaRule};
 use crate::adapter::router::features::MemberPasses;
 use crate::attack::metrics::Summary;
@@ -539,7 +539,17 @@ pub(super) fn adaptive_stages(c: &Ctx) -> Result<Vec<AdaptiveStage>> {
     let e = read_evaluation(c.out)?;
     let mut seen: Vec<Spec> = vec![];
     let mut out = vec![];
-    for row in e.methods.iter().filter(|r| r.spec != Spec::Oracle) {
+    let core = |r: &MethodRow| match &r.spec {
+        Spec::Checkpoint { dir } => dir != "full",
+        Spec::ModelSoup => false,
+        // Adapter Soup and the best static β on test (an upper bound) are static mixes too
+        Spec::Static { .. } => r.kind == "adpmixup" && !r.name.contains("upper bound"),
+        _ => true,
+    };
+    let wanted = |r: &&MethodRow| {
+        r.spec != Spec::Oracle && (c.plan.adaptive_methods == AdaptiveMethods::All || core(r))
+    };
+    for row in e.methods.iter().filter(wanted) {
         let spec = Zoo::canonical(&row.spec, c);
         if seen.contains(&spec) {
             continue;

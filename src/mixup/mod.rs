@@ -102,6 +102,28 @@ impl Choice for Preset {
     }
 }
 
+/// Which methods the adaptive stages attack: `all` of the main table (the oracle excepted), or the
+/// `core` ones — the clean adapter, the adversarial adapters, adv-all, full adversarial training
+/// and every AdpMixup rule chosen without the test sets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdaptiveMethods {
+    #[default]
+    All,
+    Core,
+}
+
+impl Choice for AdaptiveMethods {
+    const WHAT: &'static str = "adaptive method set";
+    const ALL: &'static [Self] = &[AdaptiveMethods::All, AdaptiveMethods::Core];
+    fn name(self) -> &'static str {
+        match self {
+            AdaptiveMethods::All => "all",
+            AdaptiveMethods::Core => "core",
+        }
+    }
+}
+
 /// A pipeline run (`admix mixup`'s flags, typed). Sizes left `None` are the preset's.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MixupConfig {
@@ -133,8 +155,9 @@ pub struct MixupConfig {
     pub taus: Vec<f32>,
     /// step of the static β grid
     pub beta_step: f32,
-    /// test examples attacked per method and attack (0 = skip)
+    /// test examples attacked per method and attack (0 = skip), and which methods
     pub adaptive_examples: Option<usize>,
+    pub adaptive_methods: AdaptiveMethods,
     pub query_budget: u64,
     pub seed: u64,
     /// training seeds: `seed` (the surrogate the attacks run against) and the `seeds − 1` after it
@@ -169,6 +192,7 @@ impl MixupConfig {
             taus: vec![0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 10.0],
             beta_step: 0.1,
             adaptive_examples: None,
+            adaptive_methods: AdaptiveMethods::All,
             query_budget: 2000,
             seed: 42,
             seeds: 1,

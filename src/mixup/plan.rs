@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{MixupConfig, Preset};
+use super::{AdaptiveMethods, MixupConfig, Preset};
 use crate::attack::run::AttackKind;
 use crate::Choice;
 
@@ -21,6 +21,8 @@ pub struct Plan {
     pub epochs: usize,
     pub full_epochs: usize,
     pub adaptive: usize,
+    #[serde(default)]
+    pub adaptive_methods: AdaptiveMethods,
     pub adv_only: bool,
     pub full: bool,
     pub seed: u64,
@@ -78,6 +80,7 @@ impl Plan {
             epochs: a.epochs.unwrap_or(3),
             full_epochs: a.full_epochs.unwrap_or(if quick { 3 } else { 2 }),
             adaptive: a.adaptive_examples.unwrap_or(if quick { 20 } else { 100 }),
+            adaptive_methods: a.adaptive_methods,
             adv_only: a.adv_only,
             full: !a.no_full,
             seed: a.seed,
