@@ -609,6 +609,16 @@ fn several_training_seeds_share_the_surrogates_attacks_and_report_mean_and_sd() 
         assert!((row["clean"]["sd"].as_f64().unwrap() - (a - b).abs() / 2f64.sqrt()).abs() < 1e-9, "{name}");
         assert_eq!(row["clean"]["n"], 2);
     }
+    // the study's targets are checked on the seeds' means
+    let mean_clean = |name: &str| (clean_of(&evals[0], name) + clean_of(&evals[1], name)) / 2.0;
+    let router = "AdpMixup, learned router (admix's own)";
+    let targets = report["targets"].as_array().unwrap();
+    let t = targets.iter().find(|t| t["rule"] == router).unwrap();
+    assert!((t["clean"].as_f64().unwrap() - (mean_clean(router) - mean_clean("clean adapter"))).abs() < 1e-9);
+    assert!(!targets.iter().any(|t| t["rule"].as_str().unwrap().contains("upper bound")), "{targets:?}");
+    assert!(std::fs::read_to_string(run.join("report.md"))
+        .unwrap()
+        .contains("### The study's targets per AdpMixup rule (means over 2 seeds)"));
     // seed 42's clean adapter is the surrogate: 0% on the transfer sets by construction
     let clean42 =
         evals[0]["methods"].as_array().unwrap().iter().find(|m| m["name"] == "clean adapter").unwrap();

@@ -539,6 +539,7 @@ impl<'a> Pipeline<'a> {
         let seconds = self.st.seconds()?;
         report.total_seconds = seconds.values().sum();
         report.stage_seconds = seconds;
+        report.targets = report::study_targets(&report);
         let md = report::markdown(&report);
         io::write_atomic(&self.out.join("report.md"), md.as_bytes())?;
         io::write_atomic(&self.out.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;

@@ -188,6 +188,9 @@ pub struct Report {
     pub seeds: Vec<u64>,
     #[serde(default)]
     pub seed_rows: Vec<SeedRow>,
+    /// the study's targets per AdpMixup rule ([`study_targets`])
+    #[serde(default)]
+    pub targets: Vec<TargetRow>,
 }
 
 /// A mean over training seeds, its sample standard deviation and the seeds it counts.
@@ -332,6 +335,7 @@ impl Report {
             date: crate::provenance::today(),
             seeds: vec![],
             seed_rows: vec![],
+            targets: vec![],
         }
     }
 }
@@ -415,6 +419,7 @@ pub fn markdown(r: &Report) -> String {
     s += ". Train time counts everything a method needs (its training runs, the attacks that made its data).\n\n";
     s += &table(r, &r.methods, true);
     s += &seeds_table(r);
+    s += &targets_table(r);
     s += "\n### Static β sweep and τ ablation (transfer protocol)\n\n";
     s += &table(r, &r.sweep, false);
     let claims = claims(r);
@@ -578,6 +583,140 @@ pub fn claims(r: &Report) -> Vec<(String, bool)> {
         out.push((format!("ahead of every static β on (clean + robust)/2 ({:+.1})", d), d > 0.0));
     }
     out
+}
+
+/// One AdpMixup rule against the study's four targets (`None`: the run has nothing to compare).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TargetRow {
+    pub rule: String,
+    /// clean accuracy minus the clean adapter's (target ≥ −1.5)
+    pub clean: f64,
+    /// per known attack, accuracy on its set minus the best single adversarial adapter's there
+    /// (target ≥ −3 each)
+    pub known: BTreeMap<String, f64>,
+    /// mean unseen accuracy minus adv-all's (target ≥ 0; with two or more known attacks)
+    pub unseen: Option<f64>,
+    /// (clean + robust)/2 minus the best other adapter method's (target ≥ 0)
+    pub score: f64,
+    /// training time over full adversarial training's (target < 1/3; with the full baselines)
+    pub time_ratio: Option<f64>,
+}
+
+impl TargetRow {
+    /// Whether each target holds: clean, known, unseen, score and time.
+    pub fn met(&self) -> [Option<bool>; 4] {
+        [
+            Some(self.clean >= -1.5),
+            Some(self.known.values().all(|d| *d >= -3.0)),
+            self.unseen.map(|d| d >= 0.0),
+            Some(self.score >= 0.0 && self.time_ratio.is_none_or(|t| t < 1.0 / 3.0)),
+        ]
+    }
+}
+
+/// The study's targets for every AdpMixup rule chosen without the test sets, on the means over the
+/// training seeds when there are several (the first seed's table otherwise).
+pub fn study_targets(r: &Report) -> Vec<TargetRow> {
+    // a row's clean accuracy, transfer accuracies and score: its seeds' means when there are some
+    let value = |m: &MethodRow| -> (f64, BTreeMap<String, f64>, f64) {
+        match r.seed_rows.iter().find(|s| s.method == family(&m.name)) {
+            Some(s) => {
+                (s.clean.mean, s.transfer.iter().map(|(k, v)| (k.clone(), v.mean)).collect(), s.score.mean)
+            }
+            None => (m.clean, m.transfer.clone(), m.score),
+        }
+    };
+    let unseen = |t: &BTreeMap<String, f64>| {
+        mean(
+            &r.sets.iter().filter(|s| !s.known).filter_map(|s| t.get(&s.attack).copied()).collect::<Vec<_>>(),
+        )
+    };
+    let rule = |m: &&MethodRow| m.kind == "adpmixup" && !m.name.contains("upper bound");
+    // the adapter methods a rule competes with: the adapters, the static mixes and the other
+    // rules (not the upper bounds)
+    let adapter_method = |m: &&MethodRow| {
+        !m.name.contains("upper bound")
+            && (matches!(&m.spec, Spec::Checkpoint { dir } if !dir.starts_with("full"))
+                || matches!(m.spec, Spec::Static { .. })
+                || rule(m))
+    };
+    let Some(clean) = r.methods.iter().find(|m| m.spec == (Spec::Checkpoint { dir: "clean".into() })) else {
+        return vec![];
+    };
+    let advs: Vec<&MethodRow> = r
+        .methods
+        .iter()
+        .filter(
+            |m| matches!(&m.spec, Spec::Checkpoint { dir } if dir.starts_with("adv-") && dir != "adv-all"),
+        )
+        .collect();
+    let adv_all = r.methods.iter().find(|m| m.spec == (Spec::Checkpoint { dir: "adv-all".into() }));
+    let full_adv = r.methods.iter().find(|m| m.spec == (Spec::Checkpoint { dir: "full-adv".into() }));
+    let clean_acc = value(clean).0;
+    r.methods
+        .iter()
+        .filter(rule)
+        .map(|m| {
+            let (c, t, score) = value(m);
+            let known = r
+                .sets
+                .iter()
+                .filter(|s| s.known)
+                .map(|s| {
+                    let best = advs
+                        .iter()
+                        .filter_map(|a| value(a).1.get(&s.attack).copied())
+                        .fold(f64::NEG_INFINITY, f64::max);
+                    (s.attack.clone(), t.get(&s.attack).copied().unwrap_or(f64::NAN) - best)
+                })
+                .collect();
+            let others = r.methods.iter().filter(adapter_method).filter(|o| o.name != m.name);
+            let best_other = others.map(|o| value(o).2).fold(f64::NEG_INFINITY, f64::max);
+            TargetRow {
+                rule: m.name.clone(),
+                clean: c - clean_acc,
+                known,
+                unseen: adv_all.map(|a| unseen(&t) - unseen(&value(a).1)),
+                score: score - best_other,
+                time_ratio: full_adv.map(|f| m.train_seconds / f.train_seconds),
+            }
+        })
+        .collect()
+}
+
+/// The study's targets as a table.
+fn targets_table(r: &Report) -> String {
+    let rows = study_targets(r);
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mark = |ok: Option<bool>, text: String| match ok {
+        None => "n/a".to_string(),
+        Some(ok) => format!("{} {text}", if ok { "✓" } else { "✗" }),
+    };
+    let over = if r.seed_rows.is_empty() {
+        "this seed".to_string()
+    } else {
+        format!("means over {} seeds", r.seeds.len())
+    };
+    let mut s = format!(
+        "\n### The study's targets per AdpMixup rule ({over})\n\n| rule | clean ≥ clean adapter − 1.5 | \
+         each known set ≥ best adversarial adapter − 3 | unseen ≥ adv-all | best (clean + robust)/2 of the adapter methods, < 1/3 of full AT's time |\n|---|---|---|---|---|\n"
+    );
+    for row in &rows {
+        let met = row.met();
+        let known: Vec<String> = row.known.iter().map(|(k, d)| format!("{k} {d:+.1}")).collect();
+        let time = row.time_ratio.map_or(String::new(), |t| format!(", {:.2}× the time", t));
+        s += &format!(
+            "| {} | {} | {} | {} | {} |\n",
+            row.rule,
+            mark(met[0], format!("{:+.1}", row.clean)),
+            mark(met[1], known.join(", ")),
+            mark(met[2], row.unseen.map_or(String::new(), |d| format!("{d:+.1}"))),
+            mark(met[3], format!("{:+.1}{time}", row.score)),
+        );
+    }
+    s
 }
 
 /// The learned router's targets, checked on this run's rows: within 1.5 points of the clean
@@ -872,6 +1011,42 @@ mod tests {
         let (lo, hi) = wilson(0.0, 20);
         assert!(lo.abs() < 1e-9 && (hi - 16.11).abs() < 0.01, "{lo} {hi}");
         assert!(md.contains("- ✗ clean accuracy within 1.5 points of the clean adapter (-2.0)"), "{md}");
+    }
+
+    #[test]
+    fn the_study_targets_compare_each_rule_with_the_adapters_and_full_adversarial_training() {
+        let ck = |d: &str| Spec::Checkpoint { dir: d.into() };
+        let upper = "AdpMixup, best static β on test (upper bound; β_clean = 0.40)";
+        let mut rows = vec![
+            row("clean adapter", "baseline", ck("clean"), 80.0, 0.0, 0.0),
+            row("adversarial adapter (deepwordbug)", "baseline", ck("adv-deepwordbug"), 60.0, 70.0, 50.0),
+            row("full adversarial training", "baseline", ck("full-adv"), 85.0, 60.0, 60.0),
+            row(
+                "Adapter Soup (uniform)",
+                "baseline",
+                Spec::Static { beta: vec![0.5, 0.5] },
+                70.0,
+                40.0,
+                30.0,
+            ),
+            row(upper, "adpmixup", Spec::Static { beta: vec![0.4, 0.6] }, 79.0, 69.0, 49.0),
+            row("AdpMixup, entropy β (τ = 0.1)", "adpmixup", Spec::Entropy { tau: 0.1 }, 78.0, 68.0, 40.0),
+        ];
+        rows[2].train_seconds = 900.0;
+        rows[5].train_seconds = 200.0;
+        let mut r = report(0.0, 0.0);
+        r.methods = rows;
+        let t = study_targets(&r);
+        // one rule (the upper bound is not one): clean −2.0, DWB −2.0 vs its adapter, no adv-all,
+        // score 66 vs the adversarial adapter's 60 (the upper bound's 69 set aside), 0.22× the time
+        assert_eq!(t.len(), 1);
+        assert_eq!((t[0].clean, t[0].known["deepwordbug"], t[0].unseen, t[0].score), (-2.0, -2.0, None, 6.0));
+        assert!((t[0].time_ratio.unwrap() - 200.0 / 900.0).abs() < 1e-12);
+        assert_eq!(t[0].met(), [Some(false), Some(true), None, Some(true)]);
+        let md = markdown(&r);
+        let want =
+            "| AdpMixup, entropy β (τ = 0.1) | ✗ -2.0 | ✓ deepwordbug -2.0 | n/a | ✓ +6.0, 0.22× the time |";
+        assert!(md.contains(want), "{md}");
     }
 
     #[test]
