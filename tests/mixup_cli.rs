@@ -637,4 +637,17 @@ fn several_training_seeds_share_the_surrogates_attacks_and_report_mean_and_sd() 
         assert!(adaptive.iter().any(|k| k.starts_with(want)), "no {want}: {adaptive:?}");
     }
     assert!(!adaptive.iter().any(|k| k.contains("soup") || k.contains("upper-bound")), "{adaptive:?}");
+    // the adaptive protocol is set aside (a report without it) or changed (its finished stages'
+    // records refuse another number of examples) without touching the rest of the run
+    let without = ["--no-full", "--adaptive-methods", "core", "--seeds", "2", "--adaptive-examples", "0"];
+    ok(&env.mixup("seeds", &without));
+    let report = json(&run.join("report.json"));
+    assert!(report["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|m| m["adaptive"].as_object().unwrap().is_empty()));
+    assert_eq!(report["seed_rows"].as_array().unwrap().len(), rows.len());
+    let more = ["--no-full", "--adaptive-methods", "core", "--seeds", "2", "--adaptive-examples", "3"];
+    assert_error_after_progress(&env.mixup("seeds", &more), "finished with other settings");
 }

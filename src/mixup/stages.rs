@@ -39,8 +39,16 @@ impl Stages {
             Ok(t) => serde_json::from_str(&t).with_context(|| format!("{}: invalid JSON", path.display()))?,
             Err(_) => StageLog::default(),
         };
-        // more training seeds extend a run: its finished stages stay what they were
-        let same = |p: &Plan| Plan { seeds: plan.seeds, ..p.clone() } == *plan;
+        // more training seeds, or another adaptive protocol, extend a run: its finished stages stay
+        // what they were (an adaptive stage's own record holds its number of examples)
+        let same = |p: &Plan| {
+            Plan {
+                seeds: plan.seeds,
+                adaptive: plan.adaptive,
+                adaptive_methods: plan.adaptive_methods,
+                ..p.clone()
+            } == *plan
+        };
         if let Some(p) = &log.plan {
             if !same(p) {
                 bail!(
