@@ -27,10 +27,10 @@ pub struct MixupArgs {
     /// Test file (same format), with --train; for GLUE, the task's dev.tsv
     #[arg(long, requires = "train")]
     test: Option<PathBuf>,
-    /// Sizes: `quick` (the CPU-sized main job, about 17 minutes on 2 cores) or `full` (all of MR)
+    /// Sizes: `quick` (the CPU-sized main job, about 17 minutes on 2 cores) or `full` (all the data)
     #[arg(long, default_value = "full", value_parser = choice::<Preset>())]
     preset: Preset,
-    /// Training examples: a seeded sample of MR train (default: the preset's)
+    /// Training examples: a seeded sample of the training split (default: the preset's)
     #[arg(long)]
     train_examples: Option<usize>,
     /// Training examples attacked to make each adversarial training set (default: the preset's)
