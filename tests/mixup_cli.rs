@@ -402,11 +402,16 @@ fn sentence_pairs_run_end_to_end_with_a_dev_split_carved_from_train() {
             "--no-full",
             "--adaptive-examples",
             "3",
+            "--max-len",
+            "24",
         ],
         b"",
     );
     ok(&out);
     let run = env.p("pairs");
+    // one token limit for every stage: the pairs are truncated, longest first
+    assert_eq!(json(&run.join("clean/train.json"))["max_len"], 24);
+    assert_eq!(json(&run.join("stages.json"))["plan"]["max_len"], 24);
     let read = |name: &str| -> Vec<serde_json::Value> {
         std::fs::read_to_string(run.join(name))
             .unwrap()

@@ -61,6 +61,10 @@ pub struct MixupArgs {
     /// Training batch size (default: `admix train`'s)
     #[arg(long)]
     batch_size: Option<usize>,
+    /// Token limit of every stage: training, the attacks, evaluation (pairs truncated longest
+    /// first; default 64, MR's sentences fit; sentence pairs want 128)
+    #[arg(long, value_parser = clap::value_parser!(u64).range(3..=8192))]
+    max_len: Option<u64>,
     /// Training dropout (default: the model config's)
     #[arg(long)]
     dropout: Option<f32>,
@@ -142,6 +146,7 @@ pub fn mixup(a: MixupArgs) -> Result<()> {
         lr: a.lr,
         batch_size: a.batch_size,
         dropout: a.dropout,
+        max_len: a.max_len.map(|n| n as usize),
         full_epochs: a.full_epochs,
         no_full: a.no_full,
         tau: a.tau,

@@ -184,7 +184,7 @@ fn evaluation<B: Backend + 'static>(
     zoo: &Zoo,
     times: &BTreeMap<String, f64>,
 ) -> Result<Evaluation> {
-    let tok = &ModelDir::open(&c.model_dir(), 64)?.tokenizer;
+    let tok = &ModelDir::open(&c.model_dir(), c.plan.max_len)?.tokenizer;
     let (mut methods, mut sweep) = method_rows(c, zoo, times);
     let mut inputs: Vec<(String, &[Example])> = vec![("clean".into(), c.test)];
     inputs.extend(c.sets.iter().map(|(k, _, v)| (k.clone(), v.as_slice())));
@@ -578,7 +578,7 @@ pub(super) fn adaptive<B: Backend + 'static>(be: &B, c: &Ctx, st: &Stages, s: &A
     st.run_recorded(&s.name, &s.file(c, "config.json"), &record, || {
         let zoo = Zoo::open(c)?;
         let clf = zoo.build(be, &Zoo::canonical(&s.spec, c), c)?;
-        let tok = &ModelDir::open(&c.model_dir(), 64)?.tokenizer;
+        let tok = &ModelDir::open(&c.model_dir(), c.plan.max_len)?.tokenizer;
         let mut cfg = AttackConfig::new(Choice::parse(&s.attack)?);
         cfg.query_budget = c.a.query_budget;
         cfg.seed = c.plan.seed;

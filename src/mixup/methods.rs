@@ -64,7 +64,7 @@ pub(super) struct Zoo {
 impl Zoo {
     pub fn open(c: &Ctx) -> Result<Zoo> {
         let model = c.a.model.as_deref();
-        let dir = ModelDir::open(&c.model_dir(), 64)?;
+        let dir = ModelDir::open(&c.model_dir(), c.plan.max_len)?;
         let base = dir.bert()?;
         let router_dir = c.out.join("router");
         let router = match router_dir.join(crate::adapter::router::CONFIG).exists() {

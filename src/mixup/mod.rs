@@ -144,6 +144,8 @@ pub struct MixupConfig {
     pub lr: Option<f32>,
     pub batch_size: Option<usize>,
     pub dropout: Option<f32>,
+    /// token limit of every stage (training, attacks, evaluation; default 64)
+    pub max_len: Option<usize>,
     pub full_epochs: Option<usize>,
     /// skip full fine-tuning, full adversarial training and Model Soup
     pub no_full: bool,
@@ -183,6 +185,7 @@ impl MixupConfig {
             lr: None,
             batch_size: None,
             dropout: None,
+            max_len: None,
             full_epochs: None,
             no_full: false,
             tau: 0.1,

@@ -323,6 +323,7 @@ impl<'a> Pipeline<'a> {
             job.batch_size = b;
         }
         job.dropout = plan.dropout;
+        job.max_len = plan.max_len;
         job.device = a.device;
         job.precision = a.precision;
         job.model = a.model.clone();
@@ -347,6 +348,7 @@ impl<'a> Pipeline<'a> {
         let job = AttackJob {
             victim: ClassifierSpec::checkpoint(&self.out.join("clean")),
             model: self.a.model.clone(),
+            // the clean adapter's trained length: the run's --max-len
             max_len: None,
             data: self.data().join(input).display().to_string(),
             split: "test".into(),
@@ -491,7 +493,7 @@ impl<'a> Pipeline<'a> {
                 member_dirs.iter().map(|(n, d)| (n.clone(), d.as_path())).collect();
             let a = self.a;
             let report = crate::with_backend!(a.device.open(a.precision)?, be => routing::train_router(
-                &be, a.model.as_deref(), &dirs, &router_data, &fit, &out.join("router"))?);
+                &be, a.model.as_deref(), plan.max_len, &dirs, &router_data, &fit, &out.join("router"))?);
             let last = report.epochs[report.best_epoch - 1].dev_balanced_accuracy;
             eprintln!(
                 "[mixup] router: epoch {} of {}, dev balanced routing accuracy {:.1}%",

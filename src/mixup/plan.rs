@@ -35,10 +35,17 @@ pub struct Plan {
     pub batch_size: Option<usize>,
     #[serde(default)]
     pub dropout: Option<f32>,
+    /// every stage's token limit (pairs truncated longest first)
+    #[serde(default = "sixty_four")]
+    pub max_len: usize,
 }
 
 fn one() -> usize {
     1
+}
+
+fn sixty_four() -> usize {
+    64
 }
 
 fn mr_name() -> String {
@@ -88,6 +95,7 @@ impl Plan {
             lr: a.lr,
             batch_size: a.batch_size,
             dropout: a.dropout,
+            max_len: a.max_len.unwrap_or(sixty_four()),
         }
     }
 }

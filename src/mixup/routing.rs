@@ -37,6 +37,7 @@ pub(super) struct RouterRecord {
 pub(super) fn train_router<B: Backend>(
     be: &B,
     model: Option<&Path>,
+    max_len: usize,
     dirs: &[(String, &Path)],
     data: &RouterData,
     cfg: &FitConfig,
@@ -47,7 +48,7 @@ pub(super) fn train_router<B: Backend>(
         mixing: BetaRule::MinEntropy,
         adapter_act: None,
     };
-    let loaded = classifier::load(&spec, model, Some(64))?;
+    let loaded = classifier::load(&spec, model, Some(max_len))?;
     let Built::Mixture(mixture) = loaded.build(be)? else {
         anyhow::bail!("a router needs two or more members")
     };
