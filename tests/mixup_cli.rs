@@ -437,6 +437,16 @@ fn sentence_pairs_run_end_to_end_with_a_dev_split_carved_from_train() {
     }
     assert!(read("data/adv-deepwordbug.jsonl").iter().all(|e| e["text_pair"].is_string()));
     let report = json(&run.join("report.json"));
+    // the floor: always answering dev's majority label (the toy's dev is balanced: the smaller id)
+    let share = |v: &[serde_json::Value], label: &str| {
+        100.0 * v.iter().filter(|e| e["label"] == label).count() as f64 / v.len() as f64
+    };
+    assert_eq!(report["majority"]["label"], 0);
+    assert_eq!(report["majority"]["clean"].as_f64().unwrap(), share(&test, "neg"));
+    let adv = read("attack-test-deepwordbug/results.jsonl");
+    let fooled: Vec<serde_json::Value> = adv.into_iter().filter(|r| r["outcome"] == "successful").collect();
+    let neg = 100.0 * fooled.iter().filter(|r| r["label"] == 0).count() as f64 / fooled.len() as f64;
+    assert_eq!(report["majority"]["transfer"]["deepwordbug"].as_f64().unwrap(), neg);
     let data = report["plan"]["data"].as_str().unwrap();
     assert!(
         data == format!("{} (dev carved from it), {}", env.s("train-pairs.tsv"), env.s("test-pairs.tsv")),

@@ -625,6 +625,9 @@ pub(super) fn report(c: &Ctx, seeds: &[u64], others: &[std::path::PathBuf]) -> R
     );
     report.routing = e.routing;
     report.tuning = e.tuning;
+    let labels = |v: &[Example]| v.iter().map(|e| e.label).collect::<Vec<_>>();
+    let sets: Vec<(String, Vec<usize>)> = c.sets.iter().map(|(k, _, v)| (k.clone(), labels(v))).collect();
+    report.majority = report::Majority::of(&labels(c.dev), &labels(c.test), &sets);
     if !others.is_empty() {
         report.seeds = seeds.to_vec();
         report.seed_rows = report::seed_rows(&by_seed);

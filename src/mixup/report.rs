@@ -191,6 +191,40 @@ pub struct Report {
     /// the study's targets per AdpMixup rule ([`study_targets`])
     #[serde(default)]
     pub targets: Vec<TargetRow>,
+    /// a constant classifier of the dev split's majority label: the floor every accuracy is read
+    /// against (a transfer set can hold mostly one label)
+    #[serde(default)]
+    pub majority: Option<Majority>,
+}
+
+/// The accuracies of always answering one label.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Majority {
+    pub label: usize,
+    pub clean: f64,
+    pub transfer: BTreeMap<String, f64>,
+}
+
+impl Majority {
+    /// Always answering the most frequent label of `dev` (ties: the smaller id), on the clean test
+    /// set and each transfer set.
+    pub fn of(dev: &[usize], test: &[usize], sets: &[(String, Vec<usize>)]) -> Option<Majority> {
+        let labels = dev.iter().max()? + 1;
+        let mut counts = vec![0usize; labels];
+        for &l in dev {
+            counts[l] += 1;
+        }
+        let label = (0..labels).max_by_key(|&l| (counts[l], std::cmp::Reverse(l)))?;
+        let share = |v: &[usize]| match v.len() {
+            0 => f64::NAN,
+            n => 100.0 * v.iter().filter(|&&l| l == label).count() as f64 / n as f64,
+        };
+        Some(Majority {
+            label,
+            clean: share(test),
+            transfer: sets.iter().map(|(k, v)| (k.clone(), share(v))).collect(),
+        })
+    }
 }
 
 /// A mean over training seeds, its sample standard deviation and the seeds it counts.
@@ -336,6 +370,7 @@ impl Report {
             seeds: vec![],
             seed_rows: vec![],
             targets: vec![],
+            majority: None,
         }
     }
 }
@@ -418,6 +453,20 @@ pub fn markdown(r: &Report) -> String {
     }
     s += ". Train time counts everything a method needs (its training runs, the attacks that made its data).\n\n";
     s += &table(r, &r.methods, true);
+    if let Some(m) = &r.majority {
+        let sets: Vec<String> = r
+            .sets
+            .iter()
+            .map(|s| format!("{} {}", s.attack, m.transfer.get(&s.attack).map_or("–".into(), |v| pct(*v))))
+            .collect();
+        s += &format!(
+            "\nFloor: always answering label {} (dev's majority) scores clean {}, {}. A transfer set that holds \
+             mostly one label rewards a classifier that answers it regardless of the input.\n",
+            m.label,
+            pct(m.clean),
+            sets.join(", ")
+        );
+    }
     s += &seeds_table(r);
     s += &targets_table(r);
     s += "\n### Static β sweep and τ ablation (transfer protocol)\n\n";
@@ -1047,6 +1096,24 @@ mod tests {
         let want =
             "| AdpMixup, entropy β (τ = 0.1) | ✗ -2.0 | ✓ deepwordbug -2.0 | n/a | ✓ +6.0, 0.22× the time |";
         assert!(md.contains(want), "{md}");
+    }
+
+    #[test]
+    fn the_majority_floor_is_the_share_of_devs_most_frequent_label() {
+        let m = Majority::of(
+            &[1, 1, 0, 1],
+            &[0, 1, 1, 1, 0],
+            &[("dwb".into(), vec![1, 1, 1, 0]), ("none".into(), vec![])],
+        )
+        .unwrap();
+        assert_eq!((m.label, m.clean, m.transfer["dwb"]), (1, 60.0, 75.0));
+        assert!(m.transfer["none"].is_nan());
+        assert_eq!(Majority::of(&[0, 1], &[0], &[]).unwrap().label, 0, "a tie goes to the smaller id");
+        assert!(Majority::of(&[], &[0], &[]).is_none());
+        let mut r = report(79.0, 66.0);
+        r.majority = Some(m);
+        assert!(markdown(&r)
+            .contains("Floor: always answering label 1 (dev's majority) scores clean 60.0, deepwordbug"));
     }
 
     #[test]
