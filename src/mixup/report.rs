@@ -448,8 +448,10 @@ pub fn markdown(r: &Report) -> String {
     s += "Accuracy in %. Transfer columns: accuracy on the test examples each attack turned against the \
           clean adapter (fixed sets). Adaptive columns: TextAttack's accuracy under attack, each method \
           attacked directly";
-    if let Some(n) = r.plan.get("adaptive").and_then(|v| v.as_u64()) {
-        s += &format!(" (first {n} test examples)");
+    match r.plan.get("adaptive").and_then(|v| v.as_u64()) {
+        Some(0) => s += " (not run in this report: `--adaptive-examples 0`)",
+        Some(n) => s += &format!(" (first {n} test examples)"),
+        None => {}
     }
     s += ". Train time counts everything a method needs (its training runs, the attacks that made its data).\n\n";
     s += &table(r, &r.methods, true);
