@@ -724,7 +724,8 @@ pub fn study_targets(r: &Report) -> Vec<TargetRow> {
             let others = r.methods.iter().filter(adapter_method).filter(|o| o.name != m.name);
             let best_other = others.map(|o| value(o).2).fold(f64::NEG_INFINITY, f64::max);
             TargetRow {
-                rule: m.name.clone(),
+                // over seeds, the rule's values (τ, β) differ from seed to seed
+                rule: if r.seed_rows.is_empty() { m.name.clone() } else { family(&m.name) },
                 clean: c - clean_acc,
                 known,
                 unseen: adv_all.map(|a| unseen(&t) - unseen(&value(a).1)),
