@@ -31,20 +31,17 @@ impl Env {
         self.p(name).to_str().unwrap().to_string()
     }
     fn mixup(&self, out: &str, extra: &[&str]) -> Output {
-        let (model, train, dev, test, out) =
-            (self.s("model"), self.s("train.tsv"), self.s("dev.tsv"), self.s("test.tsv"), self.s(out));
-        let mut args = vec![
-            "mixup",
-            "--model",
-            &model,
-            "--train",
-            &train,
-            "--dev",
-            &dev,
-            "--test",
-            &test,
-            "--out",
-            &out,
+        self.mixup_on("train.tsv", Some("dev.tsv"), "test.tsv", out, extra)
+    }
+    /// `admix mixup` on the given data files (without a dev file: carved from train).
+    fn mixup_on(&self, train: &str, dev: Option<&str>, test: &str, out: &str, extra: &[&str]) -> Output {
+        let (model, train, test, out) = (self.s("model"), self.s(train), self.s(test), self.s(out));
+        let dev = dev.map(|d| self.s(d));
+        let mut args = vec!["mixup", "--model", &model, "--train", &train, "--test", &test, "--out", &out];
+        if let Some(dev) = &dev {
+            args.extend(["--dev", dev.as_str()]);
+        }
+        args.extend([
             "--epochs",
             "10",
             "--lr",
@@ -61,7 +58,7 @@ impl Env {
             "0.1,1",
             "--beta-step",
             "0.25",
-        ];
+        ]);
         // list flags accumulate when repeated: the defaults only where `extra` has none
         for (flag, default) in [("--known", "deepwordbug"), ("--unseen", "textbugger")] {
             if !extra.contains(&flag) {
@@ -304,22 +301,7 @@ fn bad_settings_are_one_error_line() {
     assert_error(&env.mixup("c", &["--unseen", "deepwordbug"]), "both known and unseen");
     assert_error(&env.mixup("d", &["--beta-step", "2"]), "--beta-step must be in (0, 1]");
     std::fs::write(env.p("bad.tsv"), "text\tlabel\nonly one label\tpos\n").unwrap();
-    let out = admix(
-        &[
-            "mixup",
-            "--model",
-            &env.s("model"),
-            "--train",
-            &env.s("bad.tsv"),
-            "--dev",
-            &env.s("dev.tsv"),
-            "--test",
-            &env.s("test.tsv"),
-            "--out",
-            &env.s("e"),
-        ],
-        b"",
-    );
+    let out = env.mixup_on("bad.tsv", Some("dev.tsv"), "test.tsv", "e", &[]);
     assert_error(&out, "needs at least two labels");
 }
 
@@ -372,41 +354,18 @@ fn sentence_pairs_run_end_to_end_with_a_dev_split_carved_from_train() {
     };
     std::fs::write(env.p("train-pairs.tsv"), as_pairs(&common::toy_dataset(121, 1))).unwrap();
     std::fs::write(env.p("test-pairs.tsv"), as_pairs(&common::toy_dataset(33, 3))).unwrap();
-    let out = admix(
-        &[
-            "mixup",
-            "--model",
-            &env.s("model"),
-            "--train",
-            &env.s("train-pairs.tsv"),
-            "--test",
-            &env.s("test-pairs.tsv"),
-            "--out",
-            &env.s("pairs"),
-            "--preset",
-            "full",
-            "--dev-examples",
-            "20",
-            "--epochs",
-            "10",
-            "--lr",
-            "1e-2",
-            "--batch-size",
-            "16",
-            "--dropout",
-            "0",
-            "--known",
-            "deepwordbug",
-            "--unseen",
-            "textbugger",
-            "--no-full",
-            "--adaptive-examples",
-            "3",
-            "--max-len",
-            "24",
-        ],
-        b"",
-    );
+    let extra = [
+        "--preset",
+        "full",
+        "--dev-examples",
+        "20",
+        "--no-full",
+        "--adaptive-examples",
+        "3",
+        "--max-len",
+        "24",
+    ];
+    let out = env.mixup_on("train-pairs.tsv", None, "test-pairs.tsv", "pairs", &extra);
     ok(&out);
     let run = env.p("pairs");
     // one token limit for every stage: the pairs are truncated, longest first

@@ -543,7 +543,7 @@ pub(super) fn adaptive_stages(c: &Ctx) -> Result<Vec<AdaptiveStage>> {
         Spec::Checkpoint { dir } => dir != "full",
         Spec::ModelSoup => false,
         // Adapter Soup and the best static β on test (an upper bound) are static mixes too
-        Spec::Static { .. } => r.kind == "adpmixup" && !r.name.contains("upper bound"),
+        Spec::Static { .. } => r.kind == "adpmixup" && !r.is_upper_bound(),
         _ => true,
     };
     let wanted = |r: &&MethodRow| {

@@ -75,6 +75,11 @@ fn mean(v: &[f64]) -> f64 {
 }
 
 impl MethodRow {
+    /// Whether the row is an upper bound (chosen on test, or the oracle), not a method.
+    pub fn is_upper_bound(&self) -> bool {
+        self.name.contains("upper bound")
+    }
+
     pub fn new(name: &str, kind: &str, spec: Spec, trainable_params: usize, train_seconds: f64) -> Self {
         MethodRow {
             name: name.into(),
@@ -682,11 +687,11 @@ pub fn study_targets(r: &Report) -> Vec<TargetRow> {
             &r.sets.iter().filter(|s| !s.known).filter_map(|s| t.get(&s.attack).copied()).collect::<Vec<_>>(),
         )
     };
-    let rule = |m: &&MethodRow| m.kind == "adpmixup" && !m.name.contains("upper bound");
+    let rule = |m: &&MethodRow| m.kind == "adpmixup" && !m.is_upper_bound();
     // the adapter methods a rule competes with: the adapters, the static mixes and the other
     // rules (not the upper bounds)
     let adapter_method = |m: &&MethodRow| {
-        !m.name.contains("upper bound")
+        !m.is_upper_bound()
             && (matches!(&m.spec, Spec::Checkpoint { dir } if !dir.starts_with("full"))
                 || matches!(m.spec, Spec::Static { .. })
                 || rule(m))
