@@ -46,7 +46,7 @@ fn bf16_bits(x: f32) -> u32 {
 }
 
 /// A matrix `B [n×k]` packed into 16-column panels of bf16 pairs, `n` padded to 32, `k` to 2.
-struct Packed {
+pub(super) struct Packed {
     n: usize,
     k2: usize,
     panels: Vec<u32>,
@@ -120,30 +120,153 @@ fn gemm_packed(out: &mut [f32], x: &[f32], pw: &Packed, m: usize, k: usize) {
             }
         }
     });
-    // a task owns 128 rows; each panel pair (two 16-column panels) is reused by all of its 8-row
-    // micro-blocks while it is hot in cache
-    const ROWS: usize = 128;
-    out.par_chunks_mut(ROWS * n).enumerate().for_each(|(blk, out)| {
-        let r0 = blk * ROWS;
-        let rows = out.len() / n;
-        for pp in 0..pw.panels.len() / (32 * k2) {
-            let b = &pw.panels[2 * pp * k2 * 16..(2 * pp + 2) * k2 * 16];
-            for rr in (0..rows).step_by(8) {
-                let a = &xa[(r0 + rr) * k2..(r0 + rr + 8) * k2];
-                let mut acc = [0f32; 8 * 32];
-                // SAFETY: available() was asserted; the slices hold 8 rows of k2 pairs and two
-                // panels of k2 × 16 pairs.
-                unsafe { kernel_8x32(a, b, k2, &mut acc) };
-                for r in 0..(rows - rr).min(8) {
-                    let dst = &mut out[(rr + r) * n..(rr + r + 1) * n];
-                    let c0 = 32 * pp;
-                    for c in 0..32.min(n.saturating_sub(c0)) {
-                        dst[c0 + c] += acc[r * 32 + c];
-                    }
+    // a task owns up to 128 rows; each panel pair (two 16-column panels) is reused by all of its
+    // 8-row micro-blocks while it is hot in cache. Fewer rows when that leaves a thread idle (one
+    // sequence is 128 rows)
+    let tasks = 2 * rayon::current_num_threads();
+    let rows = (m.div_ceil(tasks).div_ceil(8) * 8).clamp(8, 128);
+    out.par_chunks_mut(rows * n).enumerate().for_each(|(blk, out)| {
+        let r0 = blk * rows;
+        // SAFETY: available() was asserted; xa holds the block's rows, padded to 8.
+        unsafe { block(out, &xa[r0 * k2..], pw) };
+    });
+}
+
+/// `out[rows×n] += A · B[n×k]ᵀ` on one thread, for `A`'s bf16 pairs `a` (at least `rows` rounded
+/// up to 8 rows of `B.k2` pairs).
+#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx512f,avx512bf16"))]
+unsafe fn block(out: &mut [f32], a: &[u32], pw: &Packed) {
+    let (n, k2) = (pw.n, pw.k2);
+    let rows = out.len() / n;
+    for pp in 0..pw.panels.len() / (32 * k2) {
+        let b = &pw.panels[2 * pp * k2 * 16..(2 * pp + 2) * k2 * 16];
+        for rr in (0..rows).step_by(8) {
+            let mut acc = [0f32; 8 * 32];
+            kernel_8x32(&a[rr * k2..(rr + 8) * k2], b, k2, &mut acc);
+            for r in 0..(rows - rr).min(8) {
+                let dst = &mut out[(rr + r) * n..(rr + r + 1) * n];
+                let c0 = 32 * pp;
+                for c in 0..32.min(n.saturating_sub(c0)) {
+                    dst[c0 + c] += acc[r * 32 + c];
                 }
             }
         }
-    });
+    }
+}
+
+/// The bf16 products of attention, one (sequence, head) on one thread: operands read in place
+/// from strided rows (`row r` of a matrix at `src[r·ld..]`), packed per call.
+pub(super) mod small {
+    use super::*;
+
+    /// `A [m×k]` as bf16 pairs, `m` padded to 8.
+    pub struct Rows {
+        k2: usize,
+        pairs: Vec<u32>,
+    }
+
+    /// The rows `src[r·ld..r·ld + k]`, `r < m`, as bf16 pairs. Needs [`available`].
+    pub fn rows(src: &[f32], m: usize, k: usize, ld: usize) -> Rows {
+        assert!(available(), "bf16 GEMM without AVX512-BF16");
+        let k2 = k.div_ceil(2);
+        let mut pairs = vec![0u32; m.div_ceil(8) * 8 * k2];
+        for (r, dst) in pairs.chunks_mut(k2).take(m).enumerate() {
+            // SAFETY: available() was asserted above.
+            unsafe { to_pairs(&src[r * ld..r * ld + k], dst) };
+        }
+        Rows { k2, pairs }
+    }
+
+    /// The columns of `src`'s rows as the rows of `A [m×k]`: `A[i][j] = src[j·ld + i]`, `i < m`,
+    /// `j < k`, as bf16 pairs. Needs [`available`].
+    pub fn cols(src: &[f32], m: usize, k: usize, ld: usize) -> Rows {
+        let b = packed_cols(src, k, m, ld);
+        let k2 = b.k2;
+        let mut pairs = vec![0u32; m.div_ceil(8) * 8 * k2];
+        for (i, row) in pairs.chunks_mut(k2).take(m).enumerate() {
+            let panel = &b.panels[(i / 16) * k2 * 16..];
+            for (kk, v) in row.iter_mut().enumerate() {
+                *v = panel[kk * 16 + i % 16];
+            }
+        }
+        Rows { k2, pairs }
+    }
+
+    /// `B [n×k]` packed from its rows `src[j·ld..j·ld + k]` (as `K` in `Q·Kᵀ`). Needs
+    /// [`available`].
+    pub fn packed_rows(src: &[f32], n: usize, k: usize, ld: usize) -> Packed {
+        let a = rows(src, n, k, ld);
+        let k2 = a.k2;
+        let np = n.div_ceil(32) * 2;
+        let mut panels = vec![0u32; np * k2 * 16];
+        for (j, row) in a.pairs.chunks(k2).take(n).enumerate() {
+            let panel = &mut panels[(j / 16) * k2 * 16..];
+            for (kk, &v) in row.iter().enumerate() {
+                panel[kk * 16 + j % 16] = v;
+            }
+        }
+        Packed { n, k2, panels }
+    }
+
+    /// `B [n×k]` packed from the columns of `src`'s rows: `B[c][j] = src[j·ld + c]`, `j < k`,
+    /// `c < n` (as `Vᵀ` in `P·V`). Needs [`available`].
+    pub fn packed_cols(src: &[f32], k: usize, n: usize, ld: usize) -> Packed {
+        assert!(available(), "bf16 GEMM without AVX512-BF16");
+        let k2 = k.div_ceil(2);
+        let np = n.div_ceil(32) * 2;
+        let mut panels = vec![0u32; np * k2 * 16];
+        for (p, panel) in panels.chunks_mut(k2 * 16).enumerate() {
+            let c0 = 16 * p;
+            let width = 16.min(n.saturating_sub(c0));
+            if width == 0 {
+                break;
+            }
+            for kk in 0..k2 {
+                let lo = &src[2 * kk * ld + c0..2 * kk * ld + c0 + width];
+                let hi =
+                    (2 * kk + 1 < k).then(|| &src[(2 * kk + 1) * ld + c0..(2 * kk + 1) * ld + c0 + width]);
+                // SAFETY: available() was asserted above.
+                unsafe { interleave(lo, hi, &mut panel[kk * 16..kk * 16 + width]) };
+            }
+        }
+        Packed { n, k2, panels }
+    }
+
+    /// `out[m×n] += A · B[n×k]ᵀ`, `m` the rows of `out`.
+    pub fn gemm(out: &mut [f32], a: &Rows, b: &Packed) {
+        assert!(a.k2 == b.k2 && out.len() % b.n.max(1) == 0, "bf16 gemm shapes");
+        assert!(a.pairs.len() >= (out.len() / b.n.max(1)).div_ceil(8) * 8 * a.k2, "bf16 gemm shapes");
+        if b.n == 0 {
+            return;
+        }
+        // SAFETY: available() was asserted when `a` was made; its rows are padded to 8.
+        unsafe { block(out, &a.pairs, b) };
+    }
+}
+
+/// `dst[i] = (bf16(lo[i]), bf16(hi[i]))` as one pair (`hi` absent: 0), nearest even.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn interleave(lo: &[f32], hi: Option<&[f32]>, dst: &mut [u32]) {
+    use std::arch::x86_64::*;
+    if lo.len() == 16 {
+        let l: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(lo.as_ptr())));
+        let mut v = _mm512_cvtepu16_epi32(l);
+        if let Some(hi) = hi {
+            let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(hi.as_ptr())));
+            v = _mm512_or_si512(v, _mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+        }
+        _mm512_storeu_si512(dst.as_mut_ptr() as *mut _, v);
+        return;
+    }
+    for (i, d) in dst.iter_mut().enumerate() {
+        *d = bf16_bits(lo[i]) | hi.map_or(0, |h| bf16_bits(h[i]) << 16);
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn interleave(_lo: &[f32], _hi: Option<&[f32]>, _dst: &mut [u32]) {
+    unreachable!("bf16 GEMM needs x86-64 AVX512-BF16")
 }
 
 /// One row of f32 as bf16 pairs (nearest even), 32 values per `vcvtne2ps2bf16`.
@@ -243,6 +366,41 @@ mod tests {
                 }
             }
             assert!(err <= 1e-5 * norm.max(1.0) * (k as f64).sqrt(), "{m}x{n}x{k}: error {err:.2e}");
+        }
+    }
+
+    #[test]
+    fn small_products_read_strided_rows_and_columns() {
+        if !available() {
+            eprintln!("skipped: this CPU has no AVX512-BF16");
+            return;
+        }
+        // A [m×k] and B [n×k] as row blocks of wider matrices (leading dimension ld); Bᵀ read as
+        // the columns of a [k×n] block: odd k, n off the 16-column panels and on them
+        for (m, n, k) in [(1, 1, 1), (9, 17, 7), (13, 40, 32), (8, 16, 33)] {
+            let ld = n.max(k) + 5;
+            let (a, b) = (rng(m * ld, 11), rng(n * ld, 12));
+            let bt = rng(k * ld, 13);
+            let rows = small::rows(&a, m, k, ld);
+            let mut got = vec![0.0f32; m * n];
+            small::gemm(&mut got, &rows, &small::packed_rows(&b, n, k, ld));
+            let mut got_t = vec![0.0f32; m * n];
+            small::gemm(&mut got_t, &rows, &small::packed_cols(&bt, k, n, ld));
+            // Aᵀ's rows from A's columns: (Aᵀ)ᵀ·B = A·B
+            let at: Vec<f32> =
+                (0..k * ld).map(|e| if e % ld < m { a[(e % ld) * ld + e / ld] } else { 0.0 }).collect();
+            let mut got_c = vec![0.0f32; m * n];
+            small::gemm(&mut got_c, &small::cols(&at, m, k, ld), &small::packed_rows(&b, n, k, ld));
+            assert_eq!(got_c, got, "{m}x{n}x{k}: A from its transpose's columns");
+            let r = |v: f32| half::bf16::from_f32(v).to_f32() as f64;
+            for i in 0..m {
+                for j in 0..n {
+                    let want: f64 = (0..k).map(|c| r(a[i * ld + c]) * r(b[j * ld + c])).sum();
+                    let want_t: f64 = (0..k).map(|c| r(a[i * ld + c]) * r(bt[c * ld + j])).sum();
+                    assert!((got[i * n + j] as f64 - want).abs() < 1e-5, "{m}x{n}x{k} ({i}, {j})");
+                    assert!((got_t[i * n + j] as f64 - want_t).abs() < 1e-5, "{m}x{n}x{k} ({i}, {j}) of Bᵀ");
+                }
+            }
         }
     }
 

@@ -3,6 +3,7 @@
 use anyhow::{ensure, Result};
 use rayon::prelude::*;
 
+use super::math::sum_lanes;
 use super::{Mat, ROW_CHUNK};
 use crate::weights::Tensor;
 
@@ -40,9 +41,9 @@ fn layernorm_row_to(dst: &mut [f32], src: &[f32], g: &[f32], b: &[f32], eps: f32
 
 /// Mean and 1/√(biased variance + eps) of a row.
 fn stats(row: &[f32], eps: f32) -> (f32, f32) {
-    let n = row.len() as f32;
-    let mean = row.iter().sum::<f32>() / n;
-    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let n = row.len();
+    let mean = sum_lanes(n, |i| row[i]) / n as f32;
+    let var = sum_lanes(n, |i| (row[i] - mean) * (row[i] - mean)) / n as f32;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
@@ -112,15 +113,12 @@ pub fn layernorm_row_backward(
     eps: f32,
     grads: Option<(&mut [f32], &mut [f32])>,
 ) {
-    let n = x.len() as f32;
+    let len = x.len();
+    assert!(dx.len() == len && dy.len() == len && g.len() == len, "layernorm_row_backward: widths");
+    let n = len as f32;
     let (mean, rstd) = stats(x, eps);
-    let (mut sum_d, mut sum_dx) = (0.0f32, 0.0f32);
-    for i in 0..x.len() {
-        let xhat = (x[i] - mean) * rstd;
-        let d = g[i] * dy[i];
-        sum_d += d;
-        sum_dx += d * xhat;
-    }
+    let sum_d = sum_lanes(len, |i| g[i] * dy[i]);
+    let sum_dx = sum_lanes(len, |i| g[i] * dy[i] * ((x[i] - mean) * rstd));
     let (mean_d, mean_dx) = (sum_d / n, sum_dx / n);
     for i in 0..x.len() {
         let xhat = (x[i] - mean) * rstd;

@@ -26,7 +26,9 @@ pub fn exp(x: f32) -> f32 {
             + r * (0.5
                 + r * (1.0 / 6.0
                     + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
-    let bits = ((n as i32 + 127) as u32) << 23;
+    // 2^n from t's low mantissa bits (t − SHIFT = n exactly in t's binade): integer lanes, where
+    // a float-to-int `as` would not vectorise
+    let bits = t.to_bits().wrapping_sub(SHIFT.to_bits()).wrapping_add(127) << 23;
     let y = p * f32::from_bits(bits);
     if underflow {
         0.0
@@ -220,27 +222,84 @@ dispatch_grad_fn!(
     /// `dy ← dy·ReLU′(x)` (0 at x ≤ 0).
     relu_backward, |d, x| if x > 0.0 { *d } else { 0.0 });
 
+/// `Σᵢ f(i)` for `i < n` in 16 lanes combined in a fixed order: the sum vectorises (a plain
+/// left-to-right sum is one chain of dependent adds) and gives the same bits on every target.
+#[inline(always)]
+pub fn sum_lanes(n: usize, f: impl Fn(usize) -> f32) -> f32 {
+    const L: usize = 16;
+    let mut lanes = [0.0f32; L];
+    let full = n / L * L;
+    for c in (0..full).step_by(L) {
+        for (i, lane) in lanes.iter_mut().enumerate() {
+            *lane += f(c + i);
+        }
+    }
+    for (i, lane) in lanes.iter_mut().enumerate().take(n - full) {
+        *lane += f(full + i);
+    }
+    lanes.iter().sum()
+}
+
 /// In place softmax of one row (max-subtracted).
 pub fn softmax_inplace(row: &mut [f32]) {
     softmax_scaled_inplace(row, 1.0);
 }
 
-/// In place `softmax(scale · row)` for `scale > 0`, in one pass before the exponentials.
+/// In place `softmax(scale · row)` for `scale > 0`. The max and the sum run in 16 lanes combined in
+/// a fixed order, so that they vectorise and every compiled version gives the same bits.
 pub fn softmax_scaled_inplace(row: &mut [f32], scale: f32) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    for v in row.iter_mut() {
-        *v = (*v - max) * scale;
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            #[target_feature(enable = "avx512f,avx2,fma")]
+            unsafe fn wide(row: &mut [f32], scale: f32) {
+                softmax_lanes(row, scale)
+            }
+            // SAFETY: the feature was detected just above.
+            return unsafe { wide(row, scale) };
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn fast(row: &mut [f32], scale: f32) {
+                softmax_lanes(row, scale)
+            }
+            // SAFETY: the features were detected just above.
+            return unsafe { fast(row, scale) };
+        }
     }
-    exp_inplace(row);
-    let inv = 1.0 / row.iter().sum::<f32>();
+    softmax_lanes(row, scale)
+}
+
+#[inline(always)]
+fn softmax_lanes(row: &mut [f32], scale: f32) {
+    const L: usize = 16;
+    let full = row.len() / L * L;
+    let mut lanes = [f32::NEG_INFINITY; L];
+    for chunk in row[..full].chunks_exact(L) {
+        for i in 0..L {
+            lanes[i] = lanes[i].max(chunk[i]);
+        }
+    }
+    for (i, &v) in row[full..].iter().enumerate() {
+        lanes[i] = lanes[i].max(v);
+    }
+    let max = lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut lanes = [0.0f32; L];
+    for chunk in row[..full].chunks_exact_mut(L) {
+        for i in 0..L {
+            chunk[i] = exp((chunk[i] - max) * scale);
+            lanes[i] += chunk[i];
+        }
+    }
+    for (i, v) in row[full..].iter_mut().enumerate() {
+        *v = exp((*v - max) * scale);
+        lanes[i] += *v;
+    }
+    let inv = 1.0 / lanes.iter().sum::<f32>();
     for v in row.iter_mut() {
         *v *= inv;
     }
 }
-
-dispatch_slice_fn!(
-    /// In place e^x.
-    exp_inplace, |v| exp(*v));
 
 #[cfg(test)]
 mod tests {
@@ -301,6 +360,34 @@ mod tests {
         let z: f64 = [1.0f64, 2.0, 3.0].iter().map(|v| v.exp()).sum();
         assert!((row[2] as f64 - 3f64.exp() / z).abs() < 1e-6);
         assert_eq!(row[3], 0.0);
+    }
+
+    #[test]
+    fn softmax_lanes_agree_with_the_baseline_and_with_f64() {
+        // lengths around the 16 lanes; the dispatched version against the baseline one, bit for bit
+        for n in [1, 15, 16, 17, 130] {
+            let xs: Vec<f32> = (0..n).map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.7).collect();
+            let mut got = xs.clone();
+            softmax_scaled_inplace(&mut got, 0.3);
+            let mut base = xs.clone();
+            softmax_lanes(&mut base, 0.3);
+            assert_eq!(got, base, "n = {n}");
+            let max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let z: f64 = xs.iter().map(|&v| ((v as f64 - max) * 0.3).exp()).sum();
+            for (g, &x) in got.iter().zip(&xs) {
+                let want = ((x as f64 - max) * 0.3).exp() / z;
+                assert!((*g as f64 - want).abs() < 1e-6 * want.max(1e-3), "n = {n}: {g} vs {want}");
+            }
+        }
+    }
+
+    #[test]
+    fn lane_sums_are_sums() {
+        for n in [0, 1, 16, 33, 384] {
+            let xs: Vec<f32> = (0..n).map(|i| (i % 7) as f32 - 2.5).collect();
+            let want: f64 = xs.iter().map(|&v| v as f64).sum();
+            assert_eq!(sum_lanes(n, |i| xs[i]) as f64, want, "n = {n}");
+        }
     }
 
     #[test]

@@ -142,7 +142,7 @@ impl Backend for Cpu {
         heads: usize,
         dropout: Option<DropKey>,
     ) -> Result<Mat> {
-        attention::attention(qkv, lens, seq, heads, dropout)
+        attention::attention(qkv, lens, seq, heads, dropout, self.bf16)
     }
 
     fn gather_rows(&self, x: &Mat, rows: &[usize]) -> Result<Mat> {
@@ -220,7 +220,7 @@ impl Backend for Cpu {
         heads: usize,
         dropout: Option<DropKey>,
     ) -> Result<Mat> {
-        attention::attention_backward(dctx, qkv, lens, seq, heads, dropout)
+        attention::attention_backward(dctx, qkv, lens, seq, heads, dropout, self.bf16)
     }
 
     fn scatter_rows(&self, dy: &Mat, rows: &[usize], total: usize) -> Result<Mat> {
