@@ -151,8 +151,15 @@ impl DropKey {
     /// Whether element `i` survives.
     #[inline(always)]
     pub fn keep(&self, i: u64) -> bool {
-        let h = (mix64(self.key ^ i.wrapping_mul(0x9E37_79B9_7F4A_7C15)) >> 32) as u32;
-        h as f64 >= self.p as f64 * 4_294_967_296.0
+        let h = mix64(self.key ^ i.wrapping_mul(0x9E37_79B9_7F4A_7C15)) >> 32;
+        h >= self.threshold()
+    }
+
+    /// The least 32-bit hash that survives, `⌈p·2³²⌉` (a hash is an integer: `h ≥ p·2³²` iff
+    /// `h ≥ ⌈p·2³²⌉`), so that the test is an integer compare.
+    #[inline(always)]
+    pub fn threshold(&self) -> u64 {
+        (self.p as f64 * 4_294_967_296.0).ceil() as u64
     }
 
     /// The factor applied to kept elements.

@@ -57,12 +57,8 @@ fn probabilities(qkv: &Mat, s: &Shape, b: usize, hd: usize, len: usize, bf16: bo
 /// Applies dropout to the probabilities of (b, hd) in place, with the element index of the full
 /// `[B, heads, S, S]` tensor so that the mask does not depend on `len`.
 fn drop_probabilities(p: &mut [f32], s: &Shape, b: usize, hd: usize, len: usize, drop: DropKey) {
-    let scale = drop.scale();
     for (i, row) in p.chunks_mut(len).enumerate() {
-        let base = (((b * s.heads + hd) * s.seq + i) * s.seq) as u64;
-        for (j, v) in row.iter_mut().enumerate() {
-            *v = if drop.keep(base + j as u64) { *v * scale } else { 0.0 };
-        }
+        super::dropout::apply(row, (((b * s.heads + hd) * s.seq + i) * s.seq) as u64, drop);
     }
 }
 

@@ -140,14 +140,15 @@ unsafe fn block(out: &mut [f32], a: &[u32], pw: &Packed) {
     let rows = out.len() / n;
     for pp in 0..pw.panels.len() / (32 * k2) {
         let b = &pw.panels[2 * pp * k2 * 16..(2 * pp + 2) * k2 * 16];
+        let c0 = 32 * pp;
         for rr in (0..rows).step_by(8) {
             let mut acc = [0f32; 8 * 32];
             kernel_8x32(&a[rr * k2..(rr + 8) * k2], b, k2, &mut acc);
-            for r in 0..(rows - rr).min(8) {
-                let dst = &mut out[(rr + r) * n..(rr + r + 1) * n];
-                let c0 = 32 * pp;
-                for c in 0..32.min(n.saturating_sub(c0)) {
-                    dst[c0 + c] += acc[r * 32 + c];
+            let (height, width) = ((rows - rr).min(8), 32.min(n - c0));
+            for r in 0..height {
+                let dst = &mut out[(rr + r) * n + c0..(rr + r) * n + c0 + width];
+                for (d, a) in dst.iter_mut().zip(&acc[r * 32..r * 32 + width]) {
+                    *d += a;
                 }
             }
         }

@@ -52,7 +52,7 @@ fn elementwise(n: usize) -> Launch {
 /// The dropout arguments of the kernels (attention, dropout): (key, threshold = ceil(p·2³²), 1/(1−p)).
 fn dropout_args(drop: Option<DropKey>) -> (u64, u64, f32) {
     match drop {
-        Some(k) => (k.key, (k.p as f64 * 4_294_967_296.0).ceil() as u64, k.scale()),
+        Some(k) => (k.key, k.threshold(), k.scale()),
         None => (0, 0, 1.0),
     }
 }
