@@ -4,6 +4,7 @@
 //! numerics of the CUDA path's GEMMs. The f32 path stays the reference. Two products against a
 //! weight `W [n×k]`: the linear layer's `x·Wᵀ` ([`gemm_acc`]) and its input gradient `dy·W`
 //! ([`gemm_acc_t`]); the weight gradient stays f32 (the master weights are f32, as on the GPU).
+//! Attention's per-head products ([`small`]) use the same micro-kernel on one thread each.
 //!
 //! Weights are packed once per orientation, kept with the weight tensor itself
 //! ([`Tensor::derived`]: freed with it, remade if its values change), into 16-column panels of bf16

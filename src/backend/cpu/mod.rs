@@ -52,7 +52,7 @@ impl Mat {
 }
 
 /// The CPU backend: the f32 reference (the constant [`const@Cpu`]), or with bf16 GEMMs in its linear
-/// layers ([`Cpu::bf16`], `--precision bf16`).
+/// layers and attention ([`Cpu::bf16`], `--precision bf16`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Cpu {
     bf16: bool,
@@ -63,9 +63,10 @@ pub struct Cpu {
 pub const Cpu: Cpu = Cpu { bf16: false };
 
 impl Cpu {
-    /// A CPU backend whose linear layers (forward `x·Wᵀ` and input gradient `dy·W`) take bf16
-    /// inputs with f32 accumulation, the CUDA path's numerics; weight gradients, master weights and
-    /// everything else stay f32. An error where the CPU lacks AVX512-BF16.
+    /// A CPU backend whose linear layers (forward `x·Wᵀ` and input gradient `dy·W`) and attention
+    /// products (forward and backward) take bf16 inputs with f32 accumulation, the CUDA path's
+    /// numerics; weight gradients, master weights and everything else stay f32. An error where the
+    /// CPU lacks AVX512-BF16.
     pub fn bf16() -> Result<Cpu> {
         bf16::require()?;
         Ok(Cpu { bf16: true })
