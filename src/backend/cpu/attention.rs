@@ -205,14 +205,10 @@ pub fn attention_backward(
 mod tests {
     use super::*;
 
+    /// `n` values uniform in [-2, 2).
     fn rng(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-            })
-            .collect()
+        let mut r = crate::rng::Rng::new(seed);
+        (0..n).map(|_| ((r.uniform() * 2.0 - 1.0) * 2.0) as f32).collect()
     }
 
     fn round(x: f32) -> f64 {

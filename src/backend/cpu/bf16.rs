@@ -327,14 +327,10 @@ unsafe fn kernel_8x32(_a: &[u32], _b: &[u32], _k2: usize, _acc: &mut [f32; 256])
 mod tests {
     use super::*;
 
+    /// `n` values uniform in [-1, 1).
     fn rng(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
+        let mut r = crate::rng::Rng::new(seed);
+        (0..n).map(|_| (r.uniform() * 2.0 - 1.0) as f32).collect()
     }
 
     fn round(v: &[f32]) -> Vec<f64> {
