@@ -53,24 +53,6 @@ pub(super) struct Packed {
     panels: Vec<u32>,
 }
 
-/// Packs `B [n×k]` given elementwise: `b(row, col)`.
-fn pack(n: usize, k: usize, b: impl Fn(usize, usize) -> f32 + Sync) -> Packed {
-    let k2 = k.div_ceil(2);
-    let np = n.div_ceil(32) * 2;
-    let mut panels = vec![0u32; np * k2 * 16];
-    panels.par_chunks_mut(k2 * 16).enumerate().for_each(|(p, panel)| {
-        for lane in 0..16.min(n.saturating_sub(16 * p)) {
-            let row = 16 * p + lane;
-            for kk in 0..k2 {
-                let lo = bf16_bits(b(row, 2 * kk));
-                let hi = if 2 * kk + 1 < k { bf16_bits(b(row, 2 * kk + 1)) } else { 0 };
-                panel[kk * 16 + lane] = lo | (hi << 16);
-            }
-        }
-    });
-    Packed { n, k2, panels }
-}
-
 /// A weight's packings, each made on first use: `W` for `x·Wᵀ`, `Wᵀ` for `dy·W`.
 #[derive(Default)]
 struct Packings {
@@ -82,10 +64,7 @@ struct Packings {
 pub fn gemm_acc(out: &mut [f32], x: &[f32], w: &Tensor, m: usize, n: usize, k: usize) {
     assert!(w.data().len() == n * k, "bf16 gemm shapes");
     let packings = w.derived(|_| Packings::default());
-    let b = packings.w.get_or_init(|| {
-        let w = w.data();
-        pack(n, k, |r, c| w[r * k + c])
-    });
+    let b = packings.w.get_or_init(|| small::packed_rows(w.data(), n, k, k));
     gemm_packed(out, x, b, m, k);
 }
 
@@ -94,10 +73,8 @@ pub fn gemm_acc(out: &mut [f32], x: &[f32], w: &Tensor, m: usize, n: usize, k: u
 pub fn gemm_acc_t(out: &mut [f32], dy: &[f32], w: &Tensor, m: usize, n: usize, k: usize) {
     assert!(w.data().len() == n * k, "bf16 gemm shapes");
     let packings = w.derived(|_| Packings::default());
-    let b = packings.wt.get_or_init(|| {
-        let w = w.data();
-        pack(k, n, |r, c| w[c * k + r])
-    });
+    // Wᵀ [k×n]: row c of Wᵀ is column c of W
+    let b = packings.wt.get_or_init(|| small::packed_cols(w.data(), n, k, k));
     gemm_packed(out, dy, b, m, n);
 }
 
@@ -156,8 +133,9 @@ unsafe fn block(out: &mut [f32], a: &[u32], pw: &Packed) {
     }
 }
 
-/// The bf16 products of attention, one (sequence, head) on one thread: operands read in place
-/// from strided rows (`row r` of a matrix at `src[r·ld..]`), packed per call.
+/// Operands read in place from strided rows (`row r` of a matrix at `src[r·ld..]`) and packed on
+/// one thread: the weights' panels (once per weight) and attention's operands (per sequence and
+/// head, with [`small::gemm`] as their product).
 pub(super) mod small {
     use super::*;
 
