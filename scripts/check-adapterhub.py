@@ -1,8 +1,9 @@
 """Cross-check admix checkpoints with Python AdapterHub, both ways.
 
-    python scripts/check-adapterhub.py runs/clean/best [--data /tmp/mr] [--limit 200]
+    python scripts/check-adapterhub.py runs/clean/best [--model DIR] [--data /tmp/mr] [--limit 200]
 
-Loads the base model fetched by `admix fetch`, then `load_adapter(checkpoint)` (which also loads
+Loads the base model (`--model`, a BERT or RoBERTa directory; by default the MiniLM that
+`admix fetch` installs), then `load_adapter(checkpoint)` (which also loads
 the head saved beside it), scores the first --limit texts of the MR test split (exported by
 `admix mr --export DIR`), and prints the largest logit difference against `admix score` on the
 same texts, and both accuracies. Then AdapterHub saves the adapter and head again
@@ -19,12 +20,13 @@ from adapters import AutoAdapterModel
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("checkpoint")
+    ap.add_argument("--model", help="the base model's directory (default: the fetched MiniLM)")
     ap.add_argument("--data", default="/tmp/mr")
     ap.add_argument("--limit", type=int, default=200)
     ap.add_argument("--admix", default="target/release/admix")
     args = ap.parse_args()
     home = os.environ.get("ADMIX_HOME") or os.path.join(os.path.expanduser("~/.cache"), "admix")
-    model_dir = os.path.join(home, "models", "all-MiniLM-L6-v2")
+    model_dir = args.model or os.path.join(home, "models", "all-MiniLM-L6-v2")
     info = json.load(open(os.path.join(args.checkpoint, "admix.json")))
     max_len = info.get("max_len", 128)
     subprocess.run([args.admix, "mr", "--export", args.data], check=True, stdout=subprocess.DEVNULL)
@@ -42,13 +44,15 @@ def main():
 
     def admix_logits(checkpoint):
         inp = "\n".join(texts) + "\n"
-        out = subprocess.run([args.admix, "score", "-", "--adapter", checkpoint, "--max-len", str(max_len)],
+        out = subprocess.run([args.admix, "score", "-", "--model", model_dir, "--adapter", checkpoint,
+                              "--max-len", str(max_len)],
                              input=inp, capture_output=True, text=True, check=True).stdout
         return torch.tensor([json.loads(l)["logits"] for l in out.splitlines()])
 
     ours = admix_logits(args.checkpoint)
     acc = lambda logits: sum(int(p) == y for p, y in zip(logits.argmax(-1), labels)) / len(labels)
-    print(f"adapter `{name}` from {args.checkpoint}: {len(texts)} MR test texts")
+    print(f"adapter `{name}` from {args.checkpoint} on {model.config.model_type} {model_dir}: "
+          f"{len(texts)} MR test texts")
     print(f"max |logit difference| admix vs AdapterHub: {(ours - ref).abs().max().item():.2e}")
     print(f"accuracy: admix {100 * acc(ours):.2f}%, AdapterHub {100 * acc(ref):.2f}%")
     with tempfile.TemporaryDirectory() as saved:

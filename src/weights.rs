@@ -15,6 +15,11 @@ use anyhow::{bail, Context, Result};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
+/// The prefixes under which checkpoints store an encoder's tensors: Hugging Face task models and
+/// AdapterHub checkpoints (`bert.`, `roberta.`; see [`crate::model::config::Family::prefix`]) and
+/// bare encoders (`""`), in the order they are looked for.
+pub const ENCODER_PREFIXES: [&str; 3] = ["bert.", "roberta.", ""];
+
 /// f32 tensor data: a window of a shared mapping, or an owned buffer.
 #[derive(Clone)]
 enum Storage {

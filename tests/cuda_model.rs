@@ -124,3 +124,37 @@ fn tiny_bert_with_both_adapter_placements_matches_the_cpu_on_the_emulator() {
         same_predictions(&format!("tiny BERT, {name}"), &logits, &cpu_logits, head.num_labels);
     }
 }
+
+#[test]
+fn tiny_roberta_with_both_adapterhub_placements_matches_the_reference_on_the_emulator() {
+    // tests/fixtures/roberta-tiny: RoBERTa's positions, one token type, <s> … </s></s> … </s> pairs
+    let dir = common::roberta_dir();
+    let m = ModelDir::open(&dir.join("model"), 40).unwrap();
+    let (single, pair) = common::roberta_inputs();
+    let oracle = common::roberta_oracle();
+    let bert = m.bert().unwrap();
+    let cuda = Cuda::emulator().unwrap();
+    for (name, labels) in [("pfeiffer", 2), ("houlsby", 3)] {
+        let ck = admix::classifier::checkpoint::load(&dir.join(name), 3, 32).unwrap();
+        for (which, inputs, key) in [("single", &single, "logits_f64"), ("pair", &pair, "pair_logits_f64")] {
+            let batch = m.tokenizer.encode(inputs).unwrap();
+            let (emb, logits) = outputs(&cuda, &bert, ck.adapter.as_ref(), &ck.head, &batch);
+            let want: Vec<f32> =
+                oracle.f64s(&format!("{name}.{key}")).unwrap().1.iter().map(|&v| v as f32).collect();
+            close(&format!("tiny RoBERTa + {name}, {which}: logits vs AdapterHub"), &logits, &want);
+            same_predictions(&format!("tiny RoBERTa + {name}, {which}"), &logits, &want, labels);
+            if name == "pfeiffer" {
+                let (plain, _) = outputs(&cuda, &bert, None, &ck.head, &batch);
+                let want: Vec<f32> = oracle
+                    .f64s(&format!("{which}.sentence_embedding_f64"))
+                    .unwrap()
+                    .1
+                    .iter()
+                    .map(|&v| v as f32)
+                    .collect();
+                close(&format!("tiny RoBERTa, {which}: sentence embeddings"), &plain, &want);
+                assert_eq!(emb.len(), plain.len());
+            }
+        }
+    }
+}

@@ -50,6 +50,16 @@ fn token_ids_match_exactly() {
     let lens: Vec<usize> = mask.chunks(128).map(|r| r.iter().sum::<i64>() as usize).collect();
     assert_eq!(batch.lens, lens);
     assert_eq!(batch.lens, sentences().1);
+    // [CLS] a [SEP] b [SEP], the second text of type 1
+    let want = admix::model::tokenizer::Template {
+        first: vec![101],
+        between: vec![102],
+        last: vec![102],
+        typed_pairs: true,
+    };
+    assert_eq!(m.tokenizer.template(), Some(&want));
+    assert_eq!(m.tokenizer.segment_end(), Some(102));
+    assert!(!m.tokenizer.spaces_are_pieces());
     // only sentence 4 (163 tokens) is truncated
     assert_eq!(batch.truncated, vec![false, false, false, true, false, false, false, false]);
 }

@@ -5,17 +5,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-
 use admix::adapter::mix::{mix_adapters, mix_heads};
 use admix::backend::cpu::Cpu;
 use admix::engine::Engine;
 use admix::model::tokenizer::TextInput;
 use admix::model::ModelDir;
-use admix::serve::loadtest::Client;
 use admix::weights::WeightFile;
 use common::cli::{admix, assert_error};
+use common::serve::Serve;
 use serde_json::{json, Value};
 
 fn softmax(l: &[f64]) -> Vec<f64> {
@@ -33,54 +30,6 @@ fn adapters_file() -> String {
     common::fixture_dir().join("adapter_weights.safetensors").to_str().unwrap().to_string()
 }
 
-/// A running `admix serve` and its address (read from its first stderr line).
-struct Serve {
-    child: Child,
-    addr: String,
-    stderr: BufReader<std::process::ChildStderr>,
-}
-
-impl Serve {
-    fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_admix"))
-            .arg("serve")
-            .args(["--addr", "127.0.0.1:0", "--model", common::minilm_dir().to_str().unwrap()])
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
-        let mut line = String::new();
-        stderr.read_line(&mut line).unwrap();
-        let addr = line
-            .split("http://")
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no address in `{line}`"))
-            .to_string();
-        Serve { child, addr, stderr }
-    }
-
-    fn score(&self, texts: &[String]) -> Vec<Value> {
-        let body = json!({ "texts": texts }).to_string();
-        let (status, body) = Client::new(&self.addr).call("POST", "/v1/score", body.as_bytes()).unwrap();
-        let v: Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(status, 200, "{v}");
-        v["predictions"].as_array().unwrap().clone()
-    }
-
-    /// SIGTERM, then the exit status and the rest of stderr.
-    fn terminate(mut self) -> (bool, String) {
-        // SAFETY: signalling our own child process.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let status = self.child.wait().unwrap();
-        let mut rest = String::new();
-        std::io::Read::read_to_string(&mut self.stderr, &mut rest).unwrap();
-        (status.success(), rest)
-    }
-}
-
 fn floats(v: &Value) -> Vec<f64> {
     v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
 }
@@ -89,7 +38,7 @@ fn floats(v: &Value) -> Vec<f64> {
 fn one_adapter_serves_adapterhub_probabilities() {
     let (sentences, _) = common::sentences();
     let (_, logits) = common::fixture("adapter_oracle.safetensors").f64s("logits_f64").unwrap();
-    let srv = Serve::start(&["--adapter", &format!("{}#clean", adapters_file())]);
+    let srv = Serve::start(&common::minilm_dir(), &["--adapter", &format!("{}#clean", adapters_file())]);
     let preds = srv.score(&sentences);
     assert_eq!(preds.len(), 8);
     for (i, p) in preds.iter().enumerate() {
@@ -110,7 +59,10 @@ fn the_kernels_serve_on_the_emulator() {
     // the CUDA backend's path (bf16 kernels, here on the SIMT emulator) behind the same server
     let (sentences, _) = common::sentences();
     let (_, logits) = common::fixture("adapter_oracle.safetensors").f64s("logits_f64").unwrap();
-    let srv = Serve::start(&["--adapter", &format!("{}#clean", adapters_file()), "--device", "emu"]);
+    let srv = Serve::start(
+        &common::minilm_dir(),
+        &["--adapter", &format!("{}#clean", adapters_file()), "--device", "emu"],
+    );
     let preds = srv.score(&sentences[..2]);
     for (i, p) in preds.iter().enumerate() {
         let want = softmax(&logits[2 * i..2 * i + 2]);
@@ -129,16 +81,19 @@ fn two_adapters_mix_by_entropy_in_weight_space() {
     let (_, adv) = oracle.f64s("adv.logits").unwrap();
     let file = adapters_file();
     let tau = 0.5;
-    let srv = Serve::start(&[
-        "--adapter",
-        &format!("{file}#clean"),
-        "--adapter",
-        &format!("{file}#adv"),
-        "--tau",
-        &tau.to_string(),
-        "--max-wait-us",
-        "0",
-    ]);
+    let srv = Serve::start(
+        &common::minilm_dir(),
+        &[
+            "--adapter",
+            &format!("{file}#clean"),
+            "--adapter",
+            &format!("{file}#adv"),
+            "--tau",
+            &tau.to_string(),
+            "--max-wait-us",
+            "0",
+        ],
+    );
     // one request per sentence and one with all of them: batching must not change a text's answer
     let together = srv.score(&sentences);
     let model = ModelDir::open(&common::minilm_dir(), 128).unwrap();
@@ -182,7 +137,7 @@ fn a_routed_mixture_serves_what_score_gives() {
     let file = adapters_file();
     let (c, a) = (format!("{file}#clean"), format!("{file}#adv"));
     let flags = ["--adapter", &c, "--adapter", &a, "--router", router.to_str().unwrap()];
-    let srv = Serve::start(&[&flags[..], &["--max-wait-us", "0"]].concat());
+    let srv = Serve::start(&common::minilm_dir(), &[&flags[..], &["--max-wait-us", "0"]].concat());
     let served = srv.score(&sentences);
     let (ok, rest) = srv.terminate();
     assert!(ok, "{rest}");
@@ -292,14 +247,10 @@ fn a_static_beta_serves_adapterhubs_mix() {
     let (sentences, _) = common::sentences();
     let (_, logits) = common::fixture("adapter_oracle.safetensors").f64s("mix.logits").unwrap();
     let file = adapters_file();
-    let srv = Serve::start(&[
-        "--adapter",
-        &format!("{file}#clean"),
-        "--adapter",
-        &format!("{file}#adv"),
-        "--beta",
-        "0.3,0.7",
-    ]);
+    let srv = Serve::start(
+        &common::minilm_dir(),
+        &["--adapter", &format!("{file}#clean"), "--adapter", &format!("{file}#adv"), "--beta", "0.3,0.7"],
+    );
     let preds = srv.score(&sentences);
     for (i, p) in preds.iter().enumerate() {
         let want = softmax(&logits[2 * i..2 * i + 2]);

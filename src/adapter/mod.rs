@@ -1,7 +1,8 @@
 //! Bottleneck adapters and classification heads in AdapterHub's format.
 //!
 //! Tensor names follow AdapterHub (`adapters` 1.x):
-//! `bert.encoder.layer.{i}.output.adapters.{name}.adapter_down.0.{weight,bias}`,
+//! `bert.encoder.layer.{i}.output.adapters.{name}.adapter_down.0.{weight,bias}` (`roberta.` for
+//! RoBERTa),
 //! `...adapter_up.{weight,bias}` (and `attention.output.adapters.{name}` for the second adapter of
 //! `double_seq_bn`); heads in [`head`].
 
@@ -148,7 +149,7 @@ fn join(s: &BTreeSet<String>) -> String {
 }
 
 fn find(file: &WeightFile, name: &str) -> Option<String> {
-    ["bert.", ""].iter().map(|p| format!("{p}{name}")).find(|n| file.contains(n))
+    crate::weights::ENCODER_PREFIXES.iter().map(|p| format!("{p}{name}")).find(|n| file.contains(n))
 }
 
 fn bottleneck(file: &WeightFile, base: &str, hidden: usize) -> Result<Option<Bottleneck<Tensor>>> {

@@ -72,8 +72,9 @@ fn flippable_token(t: &str) -> bool {
 }
 
 impl<B: Backend> HotFlip<B> {
-    /// `word`: the model's word-embedding table `[V, H]` on the host; `tokens[v]`: entry `v`'s
-    /// string.
+    /// `word`: the model's word-embedding table `[V, H]` on the host; `tokens[v]`: the word entry
+    /// `v` spells after a space ([`crate::model::tokenizer::TextTokenizer::spelled_word`]; empty:
+    /// none).
     pub fn new(be: &B, word: &Tensor, tokens: Vec<String>, cfg: HotFlipConfig) -> Result<Self> {
         ensure!(cfg.beam >= 1, "HotFlip needs a beam of at least 1");
         ensure!((1..=TOPK_MAX).contains(&cfg.top_k), "HotFlip's top-k must be in 1..={TOPK_MAX}");
@@ -120,10 +121,24 @@ struct Beam {
 /// Token position of each word that is one wordpiece, not a stopword, and inside the truncation.
 fn flippable_words(victim: &mut Victim, text: &Text, max_len: usize) -> Result<Vec<(usize, usize)>> {
     let mut out = vec![];
-    let mut pos = 1; // after [CLS]
+    let (mut pos, last) = (victim.template().first.len(), victim.template().last.len());
+    if victim.tok.spaces_are_pieces() {
+        // byte-level BPE: a word after a space is one piece `Ġword` with that space
+        for (i, unit) in text.parts().chunks(2).enumerate() {
+            let glued = unit.concat();
+            let n = if glued.is_empty() { 0 } else { victim.fragment(&glued)?.len() };
+            if let [sep, word] = unit {
+                if n == 1 && sep.ends_with(' ') && pos + last < max_len && !is_stopword(word) {
+                    out.push((i, pos));
+                }
+            }
+            pos += n;
+        }
+        return Ok(out);
+    }
     for (k, part) in text.parts().iter().enumerate() {
         let n = if part.is_empty() { 0 } else { victim.fragment(part)?.len() };
-        if k % 2 == 1 && n == 1 && pos < max_len - 1 && !is_stopword(part) {
+        if k % 2 == 1 && n == 1 && pos + last < max_len && !is_stopword(part) {
             out.push((k / 2, pos));
         }
         pos += n;

@@ -253,7 +253,7 @@ pub fn run<B: Backend>(
             let scorer = ModelScorer { be, model: m, pad_id: tok.pad_id(), sep_id: None, batch_size: rows };
             let mut victim = Victim::new(&scorer, tok)?;
             let tokens =
-                (0..word_table.shape()[0]).map(|v| tok.id_to_token(v as u32).unwrap_or_default()).collect();
+                (0..word_table.shape()[0]).map(|v| tok.spelled_word(v as u32).unwrap_or_default()).collect();
             let cfg = HotFlipConfig {
                 max_word_frac: a.max_word_frac,
                 min_cos: a.min_cos,
@@ -294,7 +294,7 @@ pub fn black_box<B: Backend>(
         }
         kind => {
             // sentence pairs need token types; single texts keep type 0 throughout
-            let sep_id = examples.iter().any(|e| e.pair.is_some()).then(|| tok.token_id("[SEP]")).flatten();
+            let sep_id = examples.iter().any(|e| e.pair.is_some()).then(|| tok.segment_end()).flatten();
             let scorer = ModelScorer { be, model: clf, pad_id: tok.pad_id(), sep_id, batch_size: usize::MAX };
             let (k, min_cos, vocab) = match kind {
                 AttackKind::Textfooler => (textfooler::NEIGHBOURS, textfooler::MIN_COS, textfooler::VOCAB),

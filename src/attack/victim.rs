@@ -16,9 +16,9 @@ use super::words::Text;
 use crate::backend::Backend;
 use crate::backend::TokenBatch;
 use crate::model::classify::{argmax, Classify};
-use crate::model::tokenizer::{TextInput, TextTokenizer};
+use crate::model::tokenizer::{Template, TextInput, TextTokenizer};
 
-/// Class probabilities of token rows (`[CLS] … [SEP]`, unpadded). `key` orders the requests of
+/// Class probabilities of token rows (`[CLS] … [SEP]`, `<s> … </s>`, unpadded). `key` orders the requests of
 /// concurrent examples (their index), so that batches are formed deterministically.
 pub trait Scorer {
     fn probs(&self, key: usize, rows: Vec<Vec<u32>>) -> Result<Vec<Vec<f32>>>;
@@ -59,8 +59,7 @@ pub struct Victim<'s> {
     pub scorer: &'s dyn Scorer,
     pub tok: &'s TextTokenizer,
     pieces: HashMap<String, Vec<u32>>,
-    cls: u32,
-    sep: u32,
+    template: Template,
     /// the example being attacked (orders concurrent requests)
     key: usize,
     /// this example's text does not tokenize word by word like a whole (a symbol glued to a word,
@@ -70,32 +69,21 @@ pub struct Victim<'s> {
     pair: Option<(String, Vec<u32>)>,
 }
 
-/// `[CLS] pieces [SEP]`, the pieces truncated as the tokenizer truncates a single text.
-fn with_specials(cls: u32, sep: u32, mut pieces: Vec<u32>, max_len: usize) -> Vec<u32> {
-    pieces.truncate(max_len - 2);
-    let mut ids = Vec::with_capacity(pieces.len() + 2);
-    ids.push(cls);
-    ids.extend(pieces);
-    ids.push(sep);
-    ids
-}
-
 impl<'s> Victim<'s> {
     pub fn new(scorer: &'s dyn Scorer, tok: &'s TextTokenizer) -> Result<Self> {
-        let id = |t: &str| tok.token_id(t).with_context(|| format!("the tokenizer has no {t} token"));
-        Ok(Victim {
-            scorer,
-            tok,
-            pieces: HashMap::new(),
-            cls: id("[CLS]")?,
-            sep: id("[SEP]")?,
-            key: 0,
-            whole_text: false,
-            pair: None,
-        })
+        let template = tok.template().cloned().context(
+            "cannot tell the tokenizer's special tokens (its encodings of `a` and of the pair `a`, `b` do not have the pieces of `a` and `b` in them)",
+        )?;
+        Ok(Victim { scorer, tok, pieces: HashMap::new(), template, key: 0, whole_text: false, pair: None })
     }
 
-    /// The wordpieces of one word or separator (cached).
+    /// The special tokens around the texts.
+    pub fn template(&self) -> &Template {
+        &self.template
+    }
+
+    /// The wordpieces of one word or separator, or (byte-level BPE) of a separator and the word
+    /// after it (cached).
     pub fn fragment(&mut self, s: &str) -> Result<&[u32]> {
         if !self.pieces.contains_key(s) {
             let ids = self.tok.pieces(s)?;
@@ -138,25 +126,29 @@ impl<'s> Victim<'s> {
             return Ok(self.tok.encode_rows(&[self.input(text)])?.remove(0).0);
         }
         let mut pieces = vec![];
-        for part in text.parts() {
-            if !part.is_empty() {
-                pieces.extend_from_slice(self.fragment(part)?);
+        if self.tok.spaces_are_pieces() {
+            // byte-level BPE: the separator before a word is part of its first piece (`Ġword`)
+            for unit in text.parts().chunks(2) {
+                let unit = unit.concat();
+                if !unit.is_empty() {
+                    pieces.extend_from_slice(self.fragment(&unit)?);
+                }
+            }
+        } else {
+            for part in text.parts() {
+                if !part.is_empty() {
+                    pieces.extend_from_slice(self.fragment(part)?);
+                }
             }
         }
         let Some((_, second)) = &self.pair else {
-            return Ok(with_specials(self.cls, self.sep, pieces, max_len));
+            return Ok(self.template.single(pieces, max_len));
         };
-        if pieces.len() + second.len() + 3 > max_len {
+        if pieces.len() + second.len() + self.template.pair_specials() > max_len {
             // a pair too long is truncated longest-first: leave that to the tokenizer
             return Ok(self.tok.encode_rows(&[self.input(text)])?.remove(0).0);
         }
-        let mut ids = Vec::with_capacity(pieces.len() + second.len() + 3);
-        ids.push(self.cls);
-        ids.extend(pieces);
-        ids.push(self.sep);
-        ids.extend_from_slice(second);
-        ids.push(self.sep);
-        Ok(ids)
+        Ok(self.template.pair(&pieces, second))
     }
 
     /// Class probabilities of token rows.

@@ -132,6 +132,59 @@ pub struct EmbeddingWeights<W> {
     pub ln_beta: W,
 }
 
+/// How the embedding layer numbers the tokens of a sequence (valid tokens first, then pads).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Positions {
+    /// BERT: token `s` reads position row `s`.
+    Absolute,
+    /// RoBERTa: a token reads row `padding_idx + 1 + s`, a pad (id `padding_idx`) row
+    /// `padding_idx` — Hugging Face's `create_position_ids_from_input_ids` for rows whose
+    /// tokens come before their pads.
+    AfterPadding { padding_idx: u32 },
+}
+
+impl Positions {
+    /// The position-table row of token `s` (id `id`) of a sequence.
+    pub fn row(self, id: u32, s: usize) -> usize {
+        match self {
+            Positions::Absolute => s,
+            Positions::AfterPadding { padding_idx } if id == padding_idx => padding_idx as usize,
+            Positions::AfterPadding { padding_idx } => padding_idx as usize + 1 + s,
+        }
+    }
+
+    /// How many table rows sequences of `seq` tokens may read.
+    pub fn rows_needed(self, seq: usize) -> usize {
+        match self {
+            Positions::Absolute => seq,
+            Positions::AfterPadding { padding_idx } => padding_idx as usize + 1 + seq,
+        }
+    }
+
+    /// The kernels' encoding: `-1` for absolute positions, else `padding_idx`.
+    pub fn kernel_arg(self) -> i32 {
+        match self {
+            Positions::Absolute => -1,
+            Positions::AfterPadding { padding_idx } => padding_idx as i32,
+        }
+    }
+}
+
+/// What the embedding layer computes besides its tables: the positions' numbering and the
+/// LayerNorm's eps.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EmbedSpec {
+    pub positions: Positions,
+    pub eps: f32,
+}
+
+impl EmbedSpec {
+    /// BERT's numbering with LayerNorm eps `eps`.
+    pub fn absolute(eps: f32) -> Self {
+        EmbedSpec { positions: Positions::Absolute, eps }
+    }
+}
+
 /// Dropout at one site of one step: element `i` of the site is kept iff `hash(key, i) >= p·2³²`,
 /// and kept elements are scaled by `1/(1-p)`. The mask is a pure function of `(key, i)`
 /// (counter-based), so a backward pass regenerates it instead of storing it, and every backend
@@ -321,14 +374,14 @@ pub trait Backend {
     /// Copies an activation back to the host, with its shape `(rows, cols)`.
     fn download(&self, x: &Self::Act) -> Result<(usize, usize, Vec<f32>)>;
 
-    /// `LN(word[id] + δ + position[s] + token_type[tt])` for every token of the batch: `[B*S, H]`.
-    /// `delta` (`[B*S, H]`, in [`Backend::zeros`]' precision) is an attack's perturbation of the
-    /// word rows; `None` is δ = 0.
+    /// `LN(word[id] + δ + position[p] + token_type[tt])` for every token of the batch, `p` as
+    /// `spec.positions` numbers it: `[B*S, H]`. `delta` (`[B*S, H]`, in [`Backend::zeros`]'
+    /// precision) is an attack's perturbation of the word rows; `None` is δ = 0.
     fn embed(
         &self,
         batch: &TokenBatch,
         w: &EmbeddingWeights<Self::Weight>,
-        eps: f32,
+        spec: EmbedSpec,
         delta: Option<&Self::Act>,
     ) -> Result<Self::Act>;
     /// `act(x·Wᵀ + b) + residual`, with `W` stored `[out, in]` as in PyTorch.
@@ -418,7 +471,7 @@ pub trait Backend {
         dy: &Self::Act,
         batch: &TokenBatch,
         w: &EmbeddingWeights<Self::Weight>,
-        eps: f32,
+        spec: EmbedSpec,
         delta: Option<&Self::Act>,
         grads: Option<&mut EmbeddingWeights<Self::Act>>,
     ) -> Result<Self::Act>;

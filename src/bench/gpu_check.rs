@@ -302,7 +302,17 @@ fn performance(exec: &Arc<dyn Executor>, r: &mut Report) -> Result<()> {
     let ids = DevBuf::from_slice(exec, &ids)?;
     let types = DevBuf::from_slice(exec, &vec![0i32; tokens])?;
     let ms = median_ms(&**exec, warm, reps, || {
-        launch::embed(&**exec, &y, &ids, &types, &we, None, tokens, seq, 1e-12)
+        launch::embed(
+            &**exec,
+            &y,
+            &ids,
+            &types,
+            &we,
+            None,
+            tokens,
+            seq,
+            crate::backend::EmbedSpec::absolute(1e-12),
+        )
     })?;
     row(
         r,

@@ -10,7 +10,7 @@ use anyhow::Result;
 use super::ceilings::values;
 use super::{Row, Timer};
 use crate::backend::TokenBatch;
-use crate::backend::{Activation, AdamWStep, Backend, EmbeddingWeights};
+use crate::backend::{Activation, AdamWStep, Backend, EmbedSpec, EmbeddingWeights};
 use crate::model::config::BertConfig;
 use crate::weights::Tensor;
 
@@ -126,7 +126,7 @@ pub fn run<B: Backend>(
         ln_beta: weight(&[h], 504)?,
     };
     let tb = token_batch(batch, seq, cfg.vocab_size);
-    let row = t.run(&mut || be.embed(&tb, &emb, 1e-12, None).map(drop))?;
+    let row = t.run(&mut || be.embed(&tb, &emb, EmbedSpec::absolute(1e-12), None).map(drop))?;
     push(
         "embedding + layernorm",
         format!("{tokens}×{h}"),

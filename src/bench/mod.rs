@@ -37,17 +37,21 @@ pub enum Size {
     Base,
     /// bert-large's shape, random weights
     Large,
+    /// roberta-base's shape (RoBERTa's positions, one token type, 50,265 tokens), random weights
+    #[serde(rename = "roberta-base")]
+    RobertaBase,
 }
 
 impl crate::Choice for Size {
     const WHAT: &'static str = "model size";
-    const ALL: &'static [Self] = &[Size::Tiny, Size::Minilm, Size::Base, Size::Large];
+    const ALL: &'static [Self] = &[Size::Tiny, Size::Minilm, Size::Base, Size::Large, Size::RobertaBase];
     fn name(self) -> &'static str {
         match self {
             Size::Tiny => "tiny",
             Size::Minilm => "minilm",
             Size::Base => "base",
             Size::Large => "large",
+            Size::RobertaBase => "roberta-base",
         }
     }
 }
@@ -59,6 +63,7 @@ impl Size {
         Some(match self {
             Size::Minilm => return None,
             Size::Base => base,
+            Size::RobertaBase => BertConfig::roberta_base(),
             Size::Large => BertConfig {
                 hidden_size: 1024,
                 num_hidden_layers: 24,
@@ -84,6 +89,7 @@ impl Size {
             Size::Minilm => "minilm",
             Size::Base => "bert-base",
             Size::Large => "bert-large",
+            Size::RobertaBase => "roberta-base",
         }
     }
 }

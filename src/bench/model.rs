@@ -180,7 +180,7 @@ pub fn run<B: Backend>(
     let width = shape.features;
     let router = Router::init(shape, vec![0.0; width], vec![1.0; width], 7)?;
     // every id a one-letter word piece: the statistics cost what they cost on text
-    let table = PieceTable::new((0..cfg.vocab_size).map(|_| Some("a".to_string())));
+    let table = PieceTable::new((0..cfg.vocab_size).map(|_| Some("a".to_string())), false);
     let mix = Mixture::new(be, bert, &refs, BetaRule::Router { dir: "bench".into() })?
         .routed(be, &router, table)?;
     let row = t.run(&mut || mix.run(be, &tb).map(drop))?;

@@ -116,10 +116,10 @@ fn encoder(size: Size, a: &BenchConfig, seq: usize) -> Result<Encoder> {
     Ok(match size.config() {
         Some(cfg) => {
             anyhow::ensure!(
-                seq <= cfg.max_position_embeddings,
+                seq <= cfg.max_tokens(),
                 "--seq {seq} exceeds {}'s {} positions",
                 size.name(),
-                cfg.max_position_embeddings
+                cfg.max_tokens()
             );
             Encoder::Random(cfg)
         }

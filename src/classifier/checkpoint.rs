@@ -1,10 +1,11 @@
 //! Checkpoints in AdapterHub's format, so that Python's `adapters` loads what admix trains and
 //! admix loads what `adapters` saved:
 //!
-//! - `adapter_config.json` + `adapter.safetensors` (tensor names `bert.encoder.layer.{i}.…adapters.{name}.…`),
+//! - `adapter_config.json` + `adapter.safetensors` (tensor names `bert.encoder.layer.{i}.…adapters.{name}.…`,
+//!   `roberta.` for RoBERTa),
 //! - `head_config.json` + `model_head.safetensors` (`heads.{name}.…`, with `label2id`),
-//! - full fine-tuning: `config.json` + `model.safetensors` (Hugging Face names, `bert.` prefix) +
-//!   `tokenizer.json`, a model directory any BERT loader reads.
+//! - full fine-tuning: `config.json` + `model.safetensors` (Hugging Face names, `bert.` or `roberta.`
+//!   prefix) + `tokenizer.json`, a model directory any BERT (RoBERTa) loader reads.
 //!
 //! A checkpoint directory is replaced as a whole ([`crate::io::replace_dir`]): a crash while
 //! writing leaves the previous checkpoint intact.
@@ -20,6 +21,7 @@ use crate::backend::{Activation, Backend};
 use crate::io::{write_atomic, write_safetensors};
 use crate::model::bert::QKV;
 use crate::model::classify::Model;
+use crate::model::config::Family;
 use crate::weights::{Tensor, WeightFile};
 
 pub const ADAPTER_CONFIG: &str = "adapter_config.json";
@@ -33,6 +35,8 @@ const ADAPTERS_VERSION: &str = "adapters.1.3.0";
 pub struct Meta {
     /// the base model's directory (config and tokenizer are copied from it for full fine-tuning)
     pub base_model: PathBuf,
+    /// the encoder's family (the checkpoint's `model_type` and `model_class`)
+    pub family: Family,
     pub hidden: usize,
     pub labels: Vec<String>,
     /// the adapter's reduction factor and init, for `adapter_config.json`
@@ -83,9 +87,9 @@ fn wrapper(config: serde_json::Value, meta: &Meta, name: &str) -> serde_json::Va
     json!({
         "config": config,
         "hidden_size": meta.hidden,
-        "model_class": "BertAdapterModel",
+        "model_class": meta.family.adapter_model_class(),
         "model_name": meta.base_model.file_name().map(|n| n.to_string_lossy().to_string()),
-        "model_type": "bert",
+        "model_type": meta.family.model_type(),
         "name": name,
         "version": ADAPTERS_VERSION,
     })
@@ -176,6 +180,8 @@ pub struct Loaded {
     pub labels: Vec<String>,
     /// set when the checkpoint holds a full model (`config.json` + `model.safetensors`)
     pub model_dir: Option<PathBuf>,
+    /// the `model_type` the adapter or head was saved for (`bert`, `roberta`), when recorded
+    pub model_type: Option<String>,
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {
@@ -214,9 +220,11 @@ pub fn load(dir: &Path, layers: usize, hidden: usize) -> Result<Loaded> {
         ),
         None => (0..head.num_labels).map(|i| i.to_string()).collect(),
     };
+    let mut model_type = head_cfg["model_type"].as_str().map(str::to_string);
     let adapter = if dir.join(ADAPTER_CONFIG).exists() {
         let cfg_path = dir.join(ADAPTER_CONFIG);
         let cfg = read_json(&cfg_path)?;
+        model_type = cfg["model_type"].as_str().map(str::to_string).or(model_type);
         let settings = adapter::config::adapter_settings(&cfg["config"], layers)
             .with_context(|| format!("{}", cfg_path.display()))?;
         let file = WeightFile::open(&dir.join(ADAPTER_WEIGHTS))?;
@@ -232,5 +240,5 @@ pub fn load(dir: &Path, layers: usize, hidden: usize) -> Result<Loaded> {
         None
     };
     let model_dir = dir.join("model.safetensors").exists().then(|| dir.to_path_buf());
-    Ok(Loaded { adapter, head, labels, model_dir })
+    Ok(Loaded { adapter, head, labels, model_dir, model_type })
 }

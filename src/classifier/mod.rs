@@ -199,6 +199,14 @@ pub fn load(spec: &ClassifierSpec, model: Option<&Path>, max_len: Option<usize>)
                     source.label()
                 );
                 let ck = checkpoint::load(dir, layers, hidden)?;
+                if let Some(t) = ck.model_type.as_deref().filter(|&t| t != model.config.model_type) {
+                    bail!(
+                        "{}: the checkpoint was saved for a `{t}` model, but {} is a `{}` model",
+                        dir.display(),
+                        model.dir.display(),
+                        model.config.model_type
+                    );
+                }
                 if let Some(d) = &ck.model_dir {
                     ensure!(!mixed, "{} holds a full model: only adapters can be mixed", dir.display());
                     model = ModelDir::open(d, max_len)?;

@@ -17,16 +17,16 @@ pub struct Bert<W> {
     pub layers: Vec<Layer<W>>,
 }
 
-/// The prefix under which a checkpoint stores the encoder: `""` (BertModel) or `"bert."`
-/// (task models and AdapterHub).
+/// The prefix under which a checkpoint stores the encoder: `""` (BertModel, RobertaModel),
+/// `"bert."` or `"roberta."` (task models and AdapterHub).
 pub fn detect_prefix(file: &WeightFile) -> Result<&'static str> {
-    for prefix in ["", "bert."] {
+    for prefix in crate::weights::ENCODER_PREFIXES {
         if file.contains(&format!("{prefix}embeddings.word_embeddings.weight")) {
             return Ok(prefix);
         }
     }
     bail!(
-        "{}: no BERT encoder found (expected `embeddings.word_embeddings.weight`, with or without a `bert.` prefix)",
+        "{}: no encoder found (expected `embeddings.word_embeddings.weight`, without a prefix or with `bert.` or `roberta.`)",
         file.path().display()
     )
 }
@@ -36,6 +36,13 @@ pub fn detect_prefix(file: &WeightFile) -> Result<&'static str> {
 pub fn check_config(file: &WeightFile, cfg: &BertConfig) -> Result<()> {
     let p = detect_prefix(file)?;
     let path = file.path().display();
+    if !p.is_empty() && p != cfg.family().prefix() {
+        bail!(
+            "{path}: the weights are a `{}` model's but config.json says model_type `{}`",
+            p.trim_end_matches('.'),
+            cfg.model_type
+        );
+    }
     // a checkpoint with more layers than the config is a mismatch, not something to ignore
     let layer_prefix = format!("{p}encoder.layer.");
     let mut layers = 0;
@@ -258,10 +265,11 @@ impl<W> Bert<W> {
         out
     }
 
-    /// Every tensor with its `bert.`-prefixed Hugging Face name (Q, K, V fused as [`QKV`]): what the
-    /// optimizer, the gradient buffers and the checkpoints walk.
+    /// Every tensor with its Hugging Face name under the family's prefix (`bert.`, `roberta.`; Q, K,
+    /// V fused as [`QKV`]): what the optimizer, the gradient buffers and the checkpoints walk.
     pub fn named_mut(&mut self) -> Vec<(String, &mut W)> {
-        let names = catalogue(&self.cfg).into_iter().map(|s| format!("bert.{}", s.name));
+        let prefix = self.cfg.family().prefix();
+        let names = catalogue(&self.cfg).into_iter().map(|s| format!("{prefix}{}", s.name));
         names.zip(self.tensors_mut()).collect()
     }
 
@@ -436,10 +444,9 @@ impl<W> Bert<W> {
                 bail!("adapter has {} layers, the model {}", a.layers.len(), self.layers.len());
             }
         }
-        let eps = self.cfg.layer_norm_eps as f32;
         let _range = profile::range(if keep { "encoder forward (training)" } else { "encoder forward" });
         let emb_range = profile::range("embeddings");
-        let mut x = be.embed(batch, &self.emb, eps, delta).context("embeddings")?;
+        let mut x = be.embed(batch, &self.emb, self.cfg.embed_spec(), delta).context("embeddings")?;
         if let Some(k) = plan.and_then(|p| p.embeddings()) {
             x = be.dropout(x, k)?;
         }
@@ -506,9 +513,9 @@ impl<W> Bert<W> {
         if let Some(k) = tape.plan.and_then(|p| p.embeddings()) {
             dy = be.dropout(dy, k)?;
         }
-        let eps = self.cfg.layer_norm_eps as f32;
+        let spec = self.cfg.embed_spec();
         let d_in =
-            be.embed_backward(&dy, batch, &self.emb, eps, tape.delta.as_ref(), bert.map(|b| &mut b.emb))?;
+            be.embed_backward(&dy, batch, &self.emb, spec, tape.delta.as_ref(), bert.map(|b| &mut b.emb))?;
         Ok(want_input_grad.then_some(d_in))
     }
 }

@@ -127,13 +127,14 @@ impl<B: Backend> Model<B> {
     pub fn params(&mut self) -> Vec<Param<'_, B>> {
         let mut weights = vec![];
         let mut grads = vec![];
+        let prefix = self.bert.cfg.family().prefix();
         if let Some(g) = self.grads.bert.as_mut() {
             weights.extend(self.bert.named_mut());
             grads.extend(g.named_mut());
         }
         if let (Some(a), Some(g)) = (self.adapter.as_mut(), self.grads.adapter.as_mut()) {
-            weights.extend(a.named_mut());
-            grads.extend(g.named_mut());
+            weights.extend(prefixed(prefix, a.named_mut()));
+            grads.extend(prefixed(prefix, g.named_mut()));
         }
         weights.extend(self.head.named_mut());
         grads.extend(self.grads.head.named_mut());
@@ -226,4 +227,9 @@ pub fn argmax(v: &[f32]) -> usize {
         .enumerate()
         .fold((0, f32::NEG_INFINITY), |best, (i, &p)| if p > best.1 { (i, p) } else { best })
         .0
+}
+
+/// `named` with `prefix` before every name.
+fn prefixed<T>(prefix: &'static str, named: Vec<(String, T)>) -> impl Iterator<Item = (String, T)> {
+    named.into_iter().map(move |(n, t)| (format!("{prefix}{n}"), t))
 }

@@ -1,9 +1,56 @@
-//! `config.json` of a BERT-family encoder (Hugging Face format).
+//! `config.json` of a BERT-family encoder (Hugging Face format): BERT and RoBERTa, which share
+//! the architecture and differ in how the embedding layer numbers positions, in the checkpoint's
+//! prefix and in the tokenizer's special tokens ([`Family`]).
 
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
+
+use crate::backend::{EmbedSpec, Positions};
+
+/// The encoder families admix runs: one architecture, described by what differs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// BERT (`model_type: "bert"`): position `s` for token `s`, token types, `bert.` checkpoints.
+    Bert,
+    /// RoBERTa (`model_type: "roberta"`): positions counted from `padding_idx + 1` over the
+    /// non-pad tokens (pads at `padding_idx`), one token type, `roberta.` checkpoints.
+    Roberta { padding_idx: u32 },
+}
+
+impl Family {
+    /// The prefix of the encoder's tensors in task models and AdapterHub checkpoints.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Family::Bert => "bert.",
+            Family::Roberta { .. } => "roberta.",
+        }
+    }
+
+    /// `model_type` as Hugging Face writes it.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Family::Bert => "bert",
+            Family::Roberta { .. } => "roberta",
+        }
+    }
+
+    /// AdapterHub's model class for this family (`adapter_config.json`'s `model_class`).
+    pub fn adapter_model_class(self) -> &'static str {
+        match self {
+            Family::Bert => "BertAdapterModel",
+            Family::Roberta { .. } => "RobertaAdapterModel",
+        }
+    }
+
+    pub fn positions(self) -> Positions {
+        match self {
+            Family::Bert => Positions::Absolute,
+            Family::Roberta { padding_idx } => Positions::AfterPadding { padding_idx },
+        }
+    }
+}
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 pub struct BertConfig {
@@ -27,6 +74,9 @@ pub struct BertConfig {
     pub hidden_dropout_prob: f64,
     #[serde(default = "default_dropout")]
     pub attention_probs_dropout_prob: f64,
+    /// the padding token's id (RoBERTa numbers positions from it)
+    #[serde(default)]
+    pub pad_token_id: Option<u32>,
 }
 
 fn default_dropout() -> f64 {
@@ -67,6 +117,45 @@ impl BertConfig {
             position_embedding_type: default_position_type(),
             hidden_dropout_prob: default_dropout(),
             attention_probs_dropout_prob: default_dropout(),
+            pad_token_id: Some(0),
+        }
+    }
+
+    /// roberta-base's shape: bert-base's, with 50,265 byte-level BPE tokens, 514 positions
+    /// (`padding_idx` 1), one token type and LayerNorm eps 1e-5 (benchmarks).
+    pub fn roberta_base() -> Self {
+        BertConfig {
+            model_type: "roberta".into(),
+            vocab_size: 50265,
+            max_position_embeddings: 514,
+            type_vocab_size: 1,
+            layer_norm_eps: 1e-5,
+            pad_token_id: Some(1),
+            ..Self::bert_base()
+        }
+    }
+
+    /// The family `model_type` names (validated by [`BertConfig::validate`]).
+    pub fn family(&self) -> Family {
+        match self.model_type.as_str() {
+            "roberta" => Family::Roberta { padding_idx: self.pad_token_id.unwrap_or(1) },
+            _ => Family::Bert,
+        }
+    }
+
+    /// What the embedding layer computes besides its tables.
+    pub fn embed_spec(&self) -> EmbedSpec {
+        EmbedSpec { positions: self.family().positions(), eps: self.layer_norm_eps as f32 }
+    }
+
+    /// The longest sequence the position table holds, special tokens included (RoBERTa's first
+    /// `padding_idx + 1` rows are not positions of tokens).
+    pub fn max_tokens(&self) -> usize {
+        match self.family() {
+            Family::Bert => self.max_position_embeddings,
+            Family::Roberta { padding_idx } => {
+                self.max_position_embeddings.saturating_sub(padding_idx as usize + 1)
+            }
         }
     }
 
@@ -74,17 +163,28 @@ impl BertConfig {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read model config {}", path.display()))?;
         let cfg: BertConfig = serde_json::from_str(&text)
-            .with_context(|| format!("{}: not a BERT config.json", path.display()))?;
+            .with_context(|| format!("{}: not a BERT or RoBERTa config.json", path.display()))?;
         cfg.validate().with_context(|| format!("{}", path.display()))?;
         Ok(cfg)
     }
 
     pub fn validate(&self) -> Result<()> {
-        if self.model_type != "bert" {
+        if !matches!(self.model_type.as_str(), "bert" | "roberta") {
             bail!(
-                "model_type `{}` is not supported: admix runs BERT-family encoders (model_type \"bert\")",
+                "model_type `{}` is not supported: admix runs BERT-family encoders (model_type \"bert\" or \"roberta\")",
                 self.model_type
             );
+        }
+        if let Family::Roberta { padding_idx } = self.family() {
+            if padding_idx as usize >= self.vocab_size {
+                bail!("pad_token_id {padding_idx} is outside the vocabulary ({})", self.vocab_size);
+            }
+            if self.max_tokens() == 0 {
+                bail!(
+                    "max_position_embeddings {} leaves no position after padding_idx {padding_idx}",
+                    self.max_position_embeddings
+                );
+            }
         }
         if self.position_embedding_type != "absolute" {
             bail!(

@@ -1,4 +1,5 @@
-//! The encoder: config, weights (mmap), tokenizer and the BERT orchestration.
+//! The encoder: config, weights (mmap), tokenizer and the BERT-family orchestration (BERT and
+//! RoBERTa, [`config::Family`]).
 
 pub mod bert;
 pub mod classify;
@@ -39,8 +40,8 @@ impl ModelDir {
             );
         }
         let config = BertConfig::from_file(&dir.join("config.json"))?;
-        if max_len > config.max_position_embeddings {
-            bail!("max length {max_len} exceeds the model's {} positions", config.max_position_embeddings);
+        if max_len > config.max_tokens() {
+            bail!("max length {max_len} exceeds the model's {} positions", config.max_tokens());
         }
         let weights_path = dir.join("model.safetensors");
         if !weights_path.exists() {
@@ -56,6 +57,16 @@ impl ModelDir {
                 tokenizer.vocab_size(),
                 config.vocab_size
             );
+        }
+        if let config::Family::Roberta { padding_idx } = config.family() {
+            // RoBERTa tells pads from tokens by their id when it numbers positions
+            if tokenizer.pad_id() != padding_idx {
+                bail!(
+                    "{}: the tokenizer pads with id {} but config.json's pad_token_id is {padding_idx}",
+                    dir.display(),
+                    tokenizer.pad_id()
+                );
+            }
         }
         Ok(ModelDir { dir: dir.to_path_buf(), config, weights, tokenizer })
     }

@@ -14,15 +14,16 @@ fn bottleneck<'a, W>(out: &mut Vec<(String, &'a mut W)>, base: &str, b: &'a mut 
 }
 
 impl<W> Adapter<W> {
-    /// `bert.encoder.layer.{l}.[attention.]output.adapters.{name}.…` (AdapterHub names).
+    /// `encoder.layer.{l}.[attention.]output.adapters.{name}.…`: AdapterHub's names under the
+    /// encoder's prefix (`bert.`, `roberta.`), which the model adds ([`crate::model::classify::Model::params`]).
     pub fn named_mut(&mut self) -> Vec<(String, &mut W)> {
         let mut out = vec![];
         for (l, layer) in self.layers.iter_mut().enumerate() {
             if let Some(a) = layer.attention.as_mut() {
-                let base = format!("bert.encoder.layer.{l}.attention.output.adapters.{}", self.name);
+                let base = format!("encoder.layer.{l}.attention.output.adapters.{}", self.name);
                 bottleneck(&mut out, &base, a);
             }
-            let base = format!("bert.encoder.layer.{l}.output.adapters.{}", self.name);
+            let base = format!("encoder.layer.{l}.output.adapters.{}", self.name);
             bottleneck(&mut out, &base, &mut layer.output);
         }
         out

@@ -36,6 +36,42 @@ pub struct TextTokenizer {
     inner: Tokenizer,
     max_len: usize,
     pad_id: u32,
+    template: Option<Template>,
+    spaces_are_pieces: bool,
+}
+
+/// The special tokens the tokenizer's post-processor puts around texts: BERT's `[CLS] a [SEP]` and
+/// `[CLS] a [SEP] b [SEP]`, RoBERTa's `<s> a </s>` and `<s> a </s></s> b </s>`. Read off the
+/// tokenizer itself (see [`TextTokenizer::template`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Template {
+    /// before the first text
+    pub first: Vec<u32>,
+    /// between the two texts of a pair
+    pub between: Vec<u32>,
+    /// after the (last) text
+    pub last: Vec<u32>,
+    /// the second text of a pair is token type 1 (BERT; RoBERTa has one token type)
+    pub typed_pairs: bool,
+}
+
+impl Template {
+    /// `first pieces last` (pieces truncated as the tokenizer truncates a single text to
+    /// `max_len`).
+    pub fn single(&self, mut pieces: Vec<u32>, max_len: usize) -> Vec<u32> {
+        pieces.truncate(max_len.saturating_sub(self.first.len() + self.last.len()));
+        [&self.first[..], &pieces, &self.last].concat()
+    }
+
+    /// `first a between b last`.
+    pub fn pair(&self, a: &[u32], b: &[u32]) -> Vec<u32> {
+        [&self.first[..], a, &self.between, b, &self.last].concat()
+    }
+
+    /// How many special tokens a pair has.
+    pub fn pair_specials(&self) -> usize {
+        self.first.len() + self.between.len() + self.last.len()
+    }
 }
 
 impl TextTokenizer {
@@ -61,8 +97,51 @@ impl TextTokenizer {
                 stride: 0,
             }))
             .map_err(|e| anyhow!("cannot set truncation: {e}"))?;
-        let pad_id = inner.token_to_id("[PAD]").unwrap_or(0);
-        Ok(TextTokenizer { inner, max_len, pad_id })
+        // BERT's `[PAD]`, RoBERTa's `<pad>`
+        let pad_id = ["[PAD]", "<pad>"].iter().find_map(|t| inner.token_to_id(t)).unwrap_or(0);
+        let mut tok = TextTokenizer { inner, max_len, pad_id, template: None, spaces_are_pieces: false };
+        tok.template = tok.read_template();
+        tok.spaces_are_pieces = tok.pieces(" ").is_ok_and(|p| !p.is_empty());
+        Ok(tok)
+    }
+
+    /// Whether a space is part of the piece after it (byte-level BPE's `Ġword`, RoBERTa) rather
+    /// than dropped between pieces (WordPiece, BERT): then a word tokenizes alike in a text only
+    /// together with the separator before it.
+    pub fn spaces_are_pieces(&self) -> bool {
+        self.spaces_are_pieces
+    }
+
+    /// The special tokens around texts, read off two probes (`a`, and the pair `a`, `b`): what the
+    /// tokenizer adds around the probes' own pieces. `None` when the encodings do not have that
+    /// shape (then callers tokenize whole texts).
+    fn read_template(&self) -> Option<Template> {
+        let a = self.pieces("a").ok()?;
+        let b = self.pieces("b").ok()?;
+        let single = self.encode_rows(&[TextInput::single("a")]).ok()?.remove(0).0;
+        let (pair, types, _) = self.encode_rows(&[TextInput::pair("a", "b")]).ok()?.remove(0);
+        let at = single.windows(a.len()).position(|w| w == a.as_slice())?;
+        let (first, last) = (&single[..at], &single[at + a.len()..]);
+        let rest = pair.strip_prefix(first)?.strip_prefix(&a[..])?.strip_suffix(last)?;
+        let between = rest.strip_suffix(&b[..])?.to_vec();
+        Some(Template {
+            first: first.to_vec(),
+            between,
+            last: last.to_vec(),
+            typed_pairs: types.contains(&1),
+        })
+    }
+
+    /// The token that ends a pair's first segment when the second text is token type 1
+    /// (BERT's first `[SEP]`); `None` when pairs are one segment (RoBERTa) or the template is
+    /// unknown.
+    pub fn segment_end(&self) -> Option<u32> {
+        self.template.as_ref().filter(|t| t.typed_pairs).and_then(|t| t.between.first().copied())
+    }
+
+    /// The special tokens the tokenizer puts around texts, if they have the usual shape.
+    pub fn template(&self) -> Option<&Template> {
+        self.template.as_ref()
     }
 
     pub fn max_len(&self) -> usize {
@@ -81,10 +160,25 @@ impl TextTokenizer {
         self.inner.id_to_token(id)
     }
 
+    /// The word vocabulary entry `id` spells where it stands after a space: the entry itself for
+    /// WordPiece; for byte-level BPE the entry without its leading `Ġ` (the byte-level form of a
+    /// space), and `None` for entries without one (they continue a word or start a text).
+    pub fn spelled_word(&self, id: u32) -> Option<String> {
+        let t = self.id_to_token(id)?;
+        if self.spaces_are_pieces {
+            t.strip_prefix('\u{120}').map(str::to_string)
+        } else {
+            Some(t)
+        }
+    }
+
     /// What kind of wordpiece each id is (the learned router's text statistics).
     pub fn piece_table(&self) -> crate::adapter::router::features::PieceTable {
         let n = self.vocab_size() as u32;
-        crate::adapter::router::features::PieceTable::new((0..n).map(|id| self.id_to_token(id)))
+        crate::adapter::router::features::PieceTable::new(
+            (0..n).map(|id| self.id_to_token(id)),
+            self.spaces_are_pieces,
+        )
     }
 
     /// The id of a token of the vocabulary (e.g. `[CLS]`).

@@ -216,6 +216,7 @@ pub fn run(a: &TrainJob) -> Result<Summary> {
     let init_kind = a.init;
     let meta = Meta {
         base_model: model_dir.clone(),
+        family: cfg_m.family(),
         hidden: cfg_m.hidden_size,
         labels: labels.clone(),
         reduction: kind.map(|_| a.reduction),

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use admix::weights::WeightFile;
 
 pub mod cli;
+pub mod serve;
 pub mod tiny;
 
 /// Every tensor of a safetensors file as (name, shape, f32 data), in the file's name order.
@@ -40,6 +41,34 @@ pub fn fixture_dir() -> PathBuf {
 
 pub fn fixture(name: &str) -> WeightFile {
     WeightFile::open(&fixture_dir().join(name)).unwrap()
+}
+
+/// The tiny RoBERTa made by scripts/make-roberta-fixture.py, with its reference outputs
+/// (tests/fixtures/roberta-tiny/README.md).
+pub fn roberta_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/roberta-tiny")
+}
+
+/// The RoBERTa fixture's reference outputs.
+pub fn roberta_oracle() -> WeightFile {
+    WeightFile::open(&roberta_dir().join("oracle.safetensors")).unwrap()
+}
+
+/// The RoBERTa fixture's sentences and sentence pairs.
+pub fn roberta_inputs() -> (Vec<admix::model::tokenizer::TextInput>, Vec<admix::model::tokenizer::TextInput>)
+{
+    use admix::model::tokenizer::TextInput;
+    let text = std::fs::read_to_string(roberta_dir().join("inputs.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let s =
+        v["sentences"].as_array().unwrap().iter().map(|s| TextInput::single(s.as_str().unwrap())).collect();
+    let p = v["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| TextInput::pair(p[0].as_str().unwrap(), p[1].as_str().unwrap()))
+        .collect();
+    (s, p)
 }
 
 /// The fetched MiniLM (`admix fetch`, or the README's test command, puts it there).

@@ -49,30 +49,42 @@ const SINGLE: u8 = 8;
 const PUNCT: u8 = 16;
 const SPECIAL: u8 = 32;
 
-/// Per vocabulary id, what kind of piece it is (WordPiece: `##` continues a word, `[…]` is a
-/// special token). Built from the tokenizer's vocabulary
-/// ([`crate::model::tokenizer::TextTokenizer::piece_table`]), not stored with the router.
+/// Per vocabulary id, what kind of piece it is. WordPiece (BERT): `##` continues a word, `[…]` is
+/// a special token. Byte-level BPE (RoBERTa): a piece that starts with `Ġ` (a space) or is
+/// punctuation starts a word and any other continues one, `<…>` is a special token. Built from
+/// the tokenizer's vocabulary ([`crate::model::tokenizer::TextTokenizer::piece_table`]), not
+/// stored with the router.
 #[derive(Clone, Debug)]
 pub struct PieceTable {
     flags: Vec<u8>,
 }
 
 impl PieceTable {
-    /// The table of a vocabulary, each id's token in id order (`None`: an id without a token).
-    pub fn new(tokens: impl Iterator<Item = Option<String>>) -> Self {
-        PieceTable { flags: tokens.map(|t| t.map_or(SPECIAL, |t| Self::classify(&t))).collect() }
+    /// The table of a vocabulary, each id's token in id order (`None`: an id without a token);
+    /// `byte_level`: the tokens are byte-level BPE's.
+    pub fn new(tokens: impl Iterator<Item = Option<String>>, byte_level: bool) -> Self {
+        PieceTable { flags: tokens.map(|t| t.map_or(SPECIAL, |t| Self::classify(&t, byte_level))).collect() }
     }
 
-    fn classify(t: &str) -> u8 {
-        if t == "[UNK]" {
+    fn classify(t: &str, byte_level: bool) -> u8 {
+        if t == "[UNK]" || t == "<unk>" {
             return UNK;
         }
-        if t.len() > 2 && t.starts_with('[') && t.ends_with(']') {
+        let bracketed = |open, close| t.len() > 2 && t.starts_with(open) && t.ends_with(close);
+        if bracketed('[', ']') || (byte_level && bracketed('<', '>')) {
             return SPECIAL;
         }
-        let (cont, body) = match t.strip_prefix("##") {
-            Some(b) if !b.is_empty() => (CONT, b),
-            _ => (0, t),
+        let (cont, body) = if byte_level {
+            match t.strip_prefix('\u{120}') {
+                Some(b) => (0, b),
+                None if t.chars().all(|c| !c.is_alphanumeric()) => (0, t),
+                None => (CONT, t),
+            }
+        } else {
+            match t.strip_prefix("##") {
+                Some(b) if !b.is_empty() => (CONT, b),
+                _ => (0, t),
+            }
         };
         let mut f = cont;
         if body.chars().any(|c| c.is_ascii_digit()) {
@@ -131,7 +143,7 @@ mod tests {
     #[test]
     fn wordpiece_statistics_count_split_words_and_odd_pieces() {
         let vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "the", "film", "##m", "##s", "f", "1", ","];
-        let table = PieceTable { flags: vocab.iter().map(|t| PieceTable::classify(t)).collect() };
+        let table = PieceTable { flags: vocab.iter().map(|t| PieceTable::classify(t, false)).collect() };
         // [CLS] the f ##m ##s 1 , [UNK] [SEP]: 7 pieces, 5 words (the, f##m##s, 1, ",", [UNK]), one split
         let s = table.stats(&[2, 4, 8, 6, 7, 9, 10, 1, 3]);
         let want = [1.0 / 5.0, 7.0 / 5.0, 1.0 / 7.0, 1.0 / 7.0, 3.0 / 7.0, 1.0 / 7.0];
@@ -140,5 +152,30 @@ mod tests {
         }
         // a clean sentence: nothing split, nothing odd
         assert_eq!(table.stats(&[2, 4, 5, 3]), [0.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn byte_level_statistics_read_spaces_as_word_starts() {
+        let vocab = [
+            "<s>",
+            "<pad>",
+            "</s>",
+            "<unk>",
+            "\u{120}the",
+            "\u{120}film",
+            "m",
+            "s",
+            "\u{120}f",
+            "\u{120}1",
+            ",",
+        ];
+        let table = PieceTable::new(vocab.iter().map(|t| Some(t.to_string())), true);
+        // <s> Ġthe Ġf m s Ġ1 , <unk> </s>: the same pieces and words as the WordPiece test's
+        let s = table.stats(&[0, 4, 8, 6, 7, 9, 10, 3, 2]);
+        let want = [1.0 / 5.0, 7.0 / 5.0, 1.0 / 7.0, 1.0 / 7.0, 3.0 / 7.0, 1.0 / 7.0];
+        for (g, w) in s.iter().zip(want) {
+            assert!((g - w).abs() < 1e-6, "{s:?} vs {want:?}");
+        }
+        assert_eq!(table.stats(&[0, 4, 5, 2]), [0.0, 1.0, 0.0, 0.0, 0.0, 0.0]);
     }
 }

@@ -1,16 +1,23 @@
-//! Embedding gather (word + position + token type) fused with the embedding LayerNorm.
+//! Embedding gather (word + position + token type) fused with the embedding LayerNorm; positions
+//! as the model family numbers them ([`EmbedSpec`]).
 
 use anyhow::{ensure, Result};
 use rayon::prelude::*;
 
 use super::layernorm::{layernorm_row, layernorm_row_backward};
 use super::{Mat, ROW_CHUNK};
-use crate::backend::EmbeddingWeights;
 use crate::backend::TokenBatch;
+use crate::backend::{EmbedSpec, EmbeddingWeights};
 use crate::weights::Tensor;
 
-pub fn embed(batch: &TokenBatch, w: &EmbeddingWeights<Tensor>, eps: f32, delta: Option<&Mat>) -> Result<Mat> {
-    let mut out = sums(batch, w, delta)?;
+pub fn embed(
+    batch: &TokenBatch,
+    w: &EmbeddingWeights<Tensor>,
+    spec: EmbedSpec,
+    delta: Option<&Mat>,
+) -> Result<Mat> {
+    let mut out = sums(batch, w, spec, delta)?;
+    let eps = spec.eps;
     let (g, b) = (w.ln_gamma.data(), w.ln_beta.data());
     let h = out.cols;
     out.data.par_chunks_mut(h * ROW_CHUNK).for_each(|rows| {
@@ -27,11 +34,12 @@ pub fn embed_backward(
     dy: &Mat,
     batch: &TokenBatch,
     w: &EmbeddingWeights<Tensor>,
-    eps: f32,
+    spec: EmbedSpec,
     delta: Option<&Mat>,
     grads: Option<&mut EmbeddingWeights<Mat>>,
 ) -> Result<Mat> {
-    let x = sums(batch, w, delta)?;
+    let x = sums(batch, w, spec, delta)?;
+    let eps = spec.eps;
     let h = x.cols;
     ensure!(
         dy.rows == x.rows && dy.cols == h,
@@ -66,9 +74,12 @@ pub fn embed_backward(
                     eps,
                     Some((dgamma, dbeta)),
                 );
-                let (id, tt, s) = (batch.ids[t] as usize, batch.type_ids[t] as usize, t % batch.seq);
+                let (id, tt) = (batch.ids[t], batch.type_ids[t] as usize);
+                let s = spec.positions.row(id, t % batch.seq);
                 let d = &dx.data[r];
-                for (table, row) in [(&mut gr.word, id), (&mut gr.position, s), (&mut gr.token_type, tt)] {
+                for (table, row) in
+                    [(&mut gr.word, id as usize), (&mut gr.position, s), (&mut gr.token_type, tt)]
+                {
                     table.data[row * h..(row + 1) * h].iter_mut().zip(d).for_each(|(a, b)| *a += b);
                 }
             }
@@ -77,13 +88,23 @@ pub fn embed_backward(
     Ok(dx)
 }
 
-/// `(word[id] + δ) + position[s] + token_type[tt]` for every token, with the ids validated.
-fn sums(batch: &TokenBatch, w: &EmbeddingWeights<Tensor>, delta: Option<&Mat>) -> Result<Mat> {
+/// `(word[id] + δ) + position[p] + token_type[tt]` for every token, with the ids validated.
+fn sums(
+    batch: &TokenBatch,
+    w: &EmbeddingWeights<Tensor>,
+    spec: EmbedSpec,
+    delta: Option<&Mat>,
+) -> Result<Mat> {
     let h = w.word.shape()[1];
     let vocab = w.word.shape()[0];
     let max_pos = w.position.shape()[0];
     let n_types = w.token_type.shape()[0];
-    ensure!(batch.seq <= max_pos, "sequence length {} exceeds the model's {max_pos} positions", batch.seq);
+    ensure!(
+        spec.positions.rows_needed(batch.seq) <= max_pos,
+        "sequence length {} exceeds the model's {} positions",
+        batch.seq,
+        max_pos.saturating_sub(spec.positions.rows_needed(0))
+    );
     if let Some(&bad) = batch.ids.iter().find(|&&id| id as usize >= vocab) {
         anyhow::bail!("token id {bad} is outside the vocabulary ({vocab})");
     }
@@ -104,8 +125,9 @@ fn sums(batch: &TokenBatch, w: &EmbeddingWeights<Tensor>, delta: Option<&Mat>) -
     out.data.par_chunks_mut(h * ROW_CHUNK).enumerate().for_each(|(c, rows)| {
         for (i, row) in rows.chunks_mut(h).enumerate() {
             let t = c * ROW_CHUNK + i;
-            let (id, tt, s) = (batch.ids[t] as usize, batch.type_ids[t] as usize, t % batch.seq);
-            let (we, pe, te) = (&word[id * h..][..h], &pos[s * h..][..h], &typ[tt * h..][..h]);
+            let (id, tt) = (batch.ids[t], batch.type_ids[t] as usize);
+            let s = spec.positions.row(id, t % batch.seq);
+            let (we, pe, te) = (&word[id as usize * h..][..h], &pos[s * h..][..h], &typ[tt * h..][..h]);
             match delta {
                 None => (0..h).for_each(|j| row[j] = we[j] + pe[j] + te[j]),
                 Some(d) => {

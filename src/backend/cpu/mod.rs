@@ -19,7 +19,7 @@ mod pooling;
 
 use anyhow::{ensure, Result};
 
-use super::{Activation, AdamWStep, Backend, DropKey, EmbeddingWeights, PgdStep, TopkFlips};
+use super::{Activation, AdamWStep, Backend, DropKey, EmbedSpec, EmbeddingWeights, PgdStep, TopkFlips};
 use crate::backend::TokenBatch;
 use crate::weights::Tensor;
 
@@ -110,10 +110,10 @@ impl Backend for Cpu {
         &self,
         batch: &TokenBatch,
         w: &EmbeddingWeights<Tensor>,
-        eps: f32,
+        spec: EmbedSpec,
         delta: Option<&Mat>,
     ) -> Result<Mat> {
-        embedding::embed(batch, w, eps, delta)
+        embedding::embed(batch, w, spec, delta)
     }
 
     fn linear(
@@ -205,11 +205,11 @@ impl Backend for Cpu {
         dy: &Mat,
         batch: &TokenBatch,
         w: &EmbeddingWeights<Tensor>,
-        eps: f32,
+        spec: EmbedSpec,
         delta: Option<&Mat>,
         grads: Option<&mut EmbeddingWeights<Mat>>,
     ) -> Result<Mat> {
-        embedding::embed_backward(dy, batch, w, eps, delta, grads)
+        embedding::embed_backward(dy, batch, w, spec, delta, grads)
     }
 
     fn attention_backward(

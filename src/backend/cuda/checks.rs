@@ -11,7 +11,7 @@ use super::Cuda;
 use crate::backend::bf16;
 use crate::backend::cpu::{Cpu, Mat};
 use crate::backend::TokenBatch;
-use crate::backend::{Activation, Backend, EmbeddingWeights, Norm, PgdStep, TopkFlips};
+use crate::backend::{Activation, Backend, EmbedSpec, EmbeddingWeights, Norm, PgdStep, Positions, TopkFlips};
 use crate::weights::Tensor;
 
 /// Relative error bound of bf16 paths.
@@ -167,14 +167,31 @@ pub fn check_embed(cuda: &Cuda, seed: u64) -> Result<f64> {
     let type_ids = (0..batch * seq).map(|i| (i % seq > 3) as u32).collect();
     let tb = TokenBatch { batch, seq, ids, type_ids, lens, truncated: vec![false; batch] };
     let dw = on_device(cuda, &w)?;
-    let want = Cpu.embed(&tb, &w, 1e-12, None)?;
-    let got = cuda.embed(&tb, &dw, 1e-12, None)?;
-    let plain = compare("embed 3x7x48", cuda, &got, &want)?;
-    // with an attack's perturbation of the word rows (f32 on the device)
-    let delta = r.vec(batch * seq * h, 0.05);
-    let want = Cpu.embed(&tb, &w, 1e-12, Some(&Cpu.upload(batch * seq, h, &delta)?))?;
-    let got = cuda.embed(&tb, &dw, 1e-12, Some(&cuda.upload_state(batch * seq, h, &delta)?))?;
-    Ok(plain.max(compare("embed 3x7x48 + δ", cuda, &got, &want)?))
+    let mut worst: f64 = 0.0;
+    // BERT's positions, and RoBERTa's (counted from padding_idx + 1, pads at padding_idx)
+    let roberta = EmbedSpec { positions: Positions::AfterPadding { padding_idx: 1 }, eps: 1e-5 };
+    let padded = with_pads(&tb, 1);
+    for (name, spec, tb) in [("", EmbedSpec::absolute(1e-12), &tb), (", RoBERTa positions", roberta, &padded)]
+    {
+        let want = Cpu.embed(tb, &w, spec, None)?;
+        let got = cuda.embed(tb, &dw, spec, None)?;
+        worst = worst.max(compare(&format!("embed 3x7x48{name}"), cuda, &got, &want)?);
+        // with an attack's perturbation of the word rows (f32 on the device)
+        let delta = r.vec(batch * seq * h, 0.05);
+        let want = Cpu.embed(tb, &w, spec, Some(&Cpu.upload(batch * seq, h, &delta)?))?;
+        let got = cuda.embed(tb, &dw, spec, Some(&cuda.upload_state(batch * seq, h, &delta)?))?;
+        worst = worst.max(compare(&format!("embed 3x7x48 + δ{name}"), cuda, &got, &want)?);
+    }
+    Ok(worst)
+}
+
+/// `tb` with the ids past each row's length set to `pad` (RoBERTa tells pads by their id).
+fn with_pads(tb: &TokenBatch, pad: u32) -> TokenBatch {
+    let mut out = tb.clone();
+    for (b, &len) in tb.lens.iter().enumerate() {
+        out.ids[b * tb.seq + len..(b + 1) * tb.seq].fill(pad);
+    }
+    out
 }
 
 pub fn check_attention(cuda: &Cuda, seed: u64) -> Result<f64> {
@@ -491,31 +508,46 @@ pub fn check_embedding_backward(cuda: &Cuda, seed: u64) -> Result<f64> {
             ln_beta: be(1, h)?,
         })
     };
-    let mut cgrads = EmbeddingWeights {
-        word: Cpu.zeros(vocab, h)?,
-        position: Cpu.zeros(positions, h)?,
-        token_type: Cpu.zeros(2, h)?,
-        ln_gamma: Cpu.zeros(1, h)?,
-        ln_beta: Cpu.zeros(1, h)?,
+    let cgrads_zero = || -> Result<_> {
+        Ok(EmbeddingWeights {
+            word: Cpu.zeros(vocab, h)?,
+            position: Cpu.zeros(positions, h)?,
+            token_type: Cpu.zeros(2, h)?,
+            ln_gamma: Cpu.zeros(1, h)?,
+            ln_beta: Cpu.zeros(1, h)?,
+        })
     };
-    // through a perturbed forward (δ changes the LayerNorm's statistics, so its backward)
-    let delta = r.vec(batch * seq * h, 0.05);
-    let (cd, gd) = (Cpu.upload(batch * seq, h, &delta)?, cuda.upload_state(batch * seq, h, &delta)?);
-    let want =
-        Cpu.embed_backward(&Cpu.upload(batch * seq, h, &dy)?, &tb, &w, 1e-12, Some(&cd), Some(&mut cgrads))?;
-    let mut ggrads = zeros(&|r, c| cuda.zeros(r, c))?;
+    // through a perturbed forward (δ changes the LayerNorm's statistics, so its backward); BERT's
+    // positions, then RoBERTa's (9 rows: padding_idx 1 + 1 + 7 tokens)
+    let roberta = EmbedSpec { positions: Positions::AfterPadding { padding_idx: 1 }, eps: 1e-5 };
+    let padded = with_pads(&tb, 1);
     let dw = on_device(cuda, &w)?;
-    let dy = cuda.upload(batch * seq, h, &dy)?;
-    let got = cuda.embed_backward(&dy, &tb, &dw, 1e-12, Some(&gd), Some(&mut ggrads))?;
-    worst = worst.max(compare("embedding backward", cuda, &got, &want)?);
-    for (name, g, c) in [
-        ("word", &ggrads.word, &cgrads.word),
-        ("position", &ggrads.position, &cgrads.position),
-        ("token type", &ggrads.token_type, &cgrads.token_type),
-        ("LayerNorm γ", &ggrads.ln_gamma, &cgrads.ln_gamma),
-        ("LayerNorm β", &ggrads.ln_beta, &cgrads.ln_beta),
-    ] {
-        worst = worst.max(compare(&format!("embedding {name} gradient"), cuda, g, c)?);
+    for (spec, tb) in [(EmbedSpec::absolute(1e-12), &tb), (roberta, &padded)] {
+        let mut cgrads = cgrads_zero()?;
+        let delta = r.vec(batch * seq * h, 0.05);
+        let (cd, gd) = (Cpu.upload(batch * seq, h, &delta)?, cuda.upload_state(batch * seq, h, &delta)?);
+        let want = Cpu.embed_backward(
+            &Cpu.upload(batch * seq, h, &dy)?,
+            tb,
+            &w,
+            spec,
+            Some(&cd),
+            Some(&mut cgrads),
+        )?;
+        let mut ggrads = zeros(&|r, c| cuda.zeros(r, c))?;
+        let gdy = cuda.upload(batch * seq, h, &dy)?;
+        let got = cuda.embed_backward(&gdy, tb, &dw, spec, Some(&gd), Some(&mut ggrads))?;
+        let tag = if spec.positions == Positions::Absolute { "" } else { ", RoBERTa positions" };
+        worst = worst.max(compare(&format!("embedding backward{tag}"), cuda, &got, &want)?);
+        for (name, g, c) in [
+            ("word", &ggrads.word, &cgrads.word),
+            ("position", &ggrads.position, &cgrads.position),
+            ("token type", &ggrads.token_type, &cgrads.token_type),
+            ("LayerNorm γ", &ggrads.ln_gamma, &cgrads.ln_gamma),
+            ("LayerNorm β", &ggrads.ln_beta, &cgrads.ln_beta),
+        ] {
+            worst = worst.max(compare(&format!("embedding {name} gradient{tag}"), cuda, g, c)?);
+        }
     }
     Ok(worst)
 }

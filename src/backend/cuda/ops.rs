@@ -13,7 +13,7 @@ use super::Cuda;
 use crate::backend::bf16;
 use crate::backend::cpu::Cpu;
 use crate::backend::{shapes, TokenBatch};
-use crate::backend::{Activation, Backend, DropKey, EmbeddingWeights, PgdStep, TopkFlips, Work};
+use crate::backend::{Activation, Backend, DropKey, EmbedSpec, EmbeddingWeights, PgdStep, TopkFlips, Work};
 use crate::weights::Tensor;
 
 /// Activations (and their gradients) must be bf16: an f32 matrix (a parameter gradient) here is a
@@ -114,12 +114,17 @@ impl Backend for Cuda {
         &self,
         batch: &TokenBatch,
         w: &EmbeddingWeights<DevTensor>,
-        eps: f32,
+        spec: EmbedSpec,
         delta: Option<&DevMat>,
     ) -> Result<DevMat> {
         let (vocab, h) = (w.word.shape[0], w.word.shape[1]);
         let (positions, types) = (w.position.shape[0], w.token_type.shape[0]);
-        ensure!(batch.seq <= positions, "embed: sequence length {} > {positions} positions", batch.seq);
+        ensure!(
+            spec.positions.rows_needed(batch.seq) <= positions,
+            "embed: sequence length {} needs {} of the {positions} position rows",
+            batch.seq,
+            spec.positions.rows_needed(batch.seq)
+        );
         if let Some(id) = batch.ids.iter().find(|&&i| i as usize >= vocab) {
             bail!("embed: token id {id} outside the vocabulary of {vocab}");
         }
@@ -131,7 +136,7 @@ impl Backend for Cuda {
         let ids = self.ints(batch.ids.iter().map(|&i| i as usize))?;
         let tys = self.ints(batch.type_ids.iter().map(|&i| i as usize))?;
         let out = self.mat(rows, h)?;
-        launch::embed(self.exec(), &out.buf, &ids, &tys, w, delta.map(|d| d.buf()), rows, batch.seq, eps)?;
+        launch::embed(self.exec(), &out.buf, &ids, &tys, w, delta.map(|d| d.buf()), rows, batch.seq, spec)?;
         Ok(out)
     }
 
@@ -350,7 +355,7 @@ impl Backend for Cuda {
         dy: &DevMat,
         batch: &TokenBatch,
         w: &EmbeddingWeights<DevTensor>,
-        eps: f32,
+        spec: EmbedSpec,
         delta: Option<&DevMat>,
         grads: Option<&mut EmbeddingWeights<DevMat>>,
     ) -> Result<DevMat> {
@@ -394,7 +399,7 @@ impl Backend for Cuda {
             w,
             delta.map(|d| d.buf()),
             shape,
-            eps,
+            spec,
             bufs.as_ref(),
         )?;
         Ok(dsum)

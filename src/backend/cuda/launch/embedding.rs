@@ -5,10 +5,10 @@ use anyhow::Result;
 use super::{elementwise, ROWS_PER_BLOCK};
 use crate::backend::cuda::executor::{Args, DevBuf, Executor, Launch};
 use crate::backend::cuda::tensor::DevTensor;
-use crate::backend::EmbeddingWeights;
+use crate::backend::{EmbedSpec, EmbeddingWeights};
 
-/// Embedding gather + LayerNorm of `rows` tokens (sequences of `seq`); ids must be in range;
-/// `delta` (f32 `[rows, h]`) perturbs the word rows.
+/// Embedding gather + LayerNorm of `rows` tokens (sequences of `seq`), positions numbered as `spec`
+/// says; ids must be in range; `delta` (f32 `[rows, h]`) perturbs the word rows.
 #[allow(clippy::too_many_arguments)]
 pub fn embed(
     exec: &dyn Executor,
@@ -19,7 +19,7 @@ pub fn embed(
     delta: Option<&DevBuf>,
     rows: usize,
     seq: usize,
-    eps: f32,
+    spec: EmbedSpec,
 ) -> Result<()> {
     let h = w.word.shape[1];
     let dims = Launch::linear(rows.div_ceil(ROWS_PER_BLOCK) as u32, 128, (ROWS_PER_BLOCK * h * 4) as u32);
@@ -37,8 +37,9 @@ pub fn embed(
             .buf(w.ln_beta.buf())
             .i32(rows as i32)
             .i32(seq as i32)
+            .i32(spec.positions.kernel_arg())
             .i32(h as i32)
-            .f32(eps)
+            .f32(spec.eps)
             .launch(exec, "embed_layernorm_bf16", dims)
     }
 }
@@ -56,7 +57,7 @@ pub fn embed_backward(
     w: &EmbeddingWeights<DevTensor>,
     delta: Option<&DevBuf>,
     (rows, seq): (usize, usize),
-    eps: f32,
+    spec: EmbedSpec,
     grads: Option<&EmbeddingWeights<&DevBuf>>,
 ) -> Result<()> {
     let h = w.word.shape[1];
@@ -76,8 +77,9 @@ pub fn embed_backward(
             .buf(w.ln_gamma.buf())
             .i32(rows as i32)
             .i32(seq as i32)
+            .i32(spec.positions.kernel_arg())
             .i32(h as i32)
-            .f32(eps)
+            .f32(spec.eps)
             .launch(exec, "embed_backward_bf16", dims)?;
     }
     let Some(g) = grads else { return Ok(()) };
@@ -96,10 +98,11 @@ pub fn embed_backward(
             .buf(w.token_type.buf())
             .i32(rows as i32)
             .i32(seq as i32)
+            .i32(spec.positions.kernel_arg())
             .i32(h as i32)
             .launch(exec, "embed_param_grads_f32", Launch::linear(h.div_ceil(128) as u32, 128, 0))?;
     }
-    // SAFETY: embed_table_grads_f32(dword, dposition, dtype, dsum, ids, type_ids, rows, seq, cols).
+    // SAFETY: embed_table_grads_f32(dword, dposition, dtype, dsum, ids, type_ids, rows, seq, padding_idx, cols).
     unsafe {
         Args::new()
             .buf(g.word)
@@ -110,6 +113,7 @@ pub fn embed_backward(
             .buf(type_ids)
             .i32(rows as i32)
             .i32(seq as i32)
+            .i32(spec.positions.kernel_arg())
             .i32(h as i32)
             .launch(exec, "embed_table_grads_f32", elementwise(rows * h))
     }
