@@ -1,6 +1,6 @@
 """Cross-check admix checkpoints with Python AdapterHub, both ways.
 
-    python scripts/check-adapterhub.py runs/clean/best [--model DIR] [--data /tmp/mr] [--limit 200]
+    python scripts/check-adapterhub.py runs/clean/best [--model DIR] [--data /tmp/mr | --texts FILE] [--limit 200]
 
 Loads the base model (`--model`, a BERT or RoBERTa directory; by default the MiniLM that
 `admix fetch` installs), then `load_adapter(checkpoint)` (which also loads
@@ -22,6 +22,7 @@ def main():
     ap.add_argument("checkpoint")
     ap.add_argument("--model", help="the base model's directory (default: the fetched MiniLM)")
     ap.add_argument("--data", default="/tmp/mr")
+    ap.add_argument("--texts", help="a TSV file with a header and text<TAB>label rows, instead of MR test")
     ap.add_argument("--limit", type=int, default=200)
     ap.add_argument("--admix", default="target/release/admix")
     args = ap.parse_args()
@@ -29,9 +30,18 @@ def main():
     model_dir = args.model or os.path.join(home, "models", "all-MiniLM-L6-v2")
     info = json.load(open(os.path.join(args.checkpoint, "admix.json")))
     max_len = info.get("max_len", 128)
-    subprocess.run([args.admix, "mr", "--export", args.data], check=True, stdout=subprocess.DEVNULL)
-    rows = [json.loads(l) for l in open(os.path.join(args.data, "test.jsonl"))][: args.limit]
-    texts, labels = [r["text"] for r in rows], [r["label"] for r in rows]
+    if args.texts:
+        rows = [l.rstrip("\n").split("\t") for l in open(args.texts)][1:][: args.limit]
+        texts, label_names = [r[0] for r in rows], [r[1] for r in rows]
+        head = json.load(open(os.path.join(args.checkpoint, "head_config.json")))
+        label2id = head["config"]["label2id"]
+        labels = [label2id[l] for l in label_names]
+        source = args.texts
+    else:
+        subprocess.run([args.admix, "mr", "--export", args.data], check=True, stdout=subprocess.DEVNULL)
+        rows = [json.loads(l) for l in open(os.path.join(args.data, "test.jsonl"))][: args.limit]
+        texts, labels = [r["text"] for r in rows], [r["label"] for r in rows]
+        source = "MR test"
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoAdapterModel.from_pretrained(model_dir)
@@ -52,7 +62,7 @@ def main():
     ours = admix_logits(args.checkpoint)
     acc = lambda logits: sum(int(p) == y for p, y in zip(logits.argmax(-1), labels)) / len(labels)
     print(f"adapter `{name}` from {args.checkpoint} on {model.config.model_type} {model_dir}: "
-          f"{len(texts)} MR test texts")
+          f"{len(texts)} texts of {source}")
     print(f"max |logit difference| admix vs AdapterHub: {(ours - ref).abs().max().item():.2e}")
     print(f"accuracy: admix {100 * acc(ours):.2f}%, AdapterHub {100 * acc(ref):.2f}%")
     with tempfile.TemporaryDirectory() as saved:

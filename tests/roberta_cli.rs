@@ -47,7 +47,8 @@ fn embed_score_and_serve_give_the_references_outputs() {
     let m = model();
     let stdin = sentences().join("\n") + "\n";
     let oracle = common::roberta_oracle();
-    let got: Vec<f64> = lines(&admix(&["embed", "--model", &m, "--max-len", "40"], stdin.as_bytes()))
+    // without --max-len: 128 capped at the model's 40 positions
+    let got: Vec<f64> = lines(&admix(&["embed", "--model", &m], stdin.as_bytes()))
         .iter()
         .flat_map(|r| floats(&r["embedding"]))
         .collect();
@@ -59,10 +60,7 @@ fn embed_score_and_serve_give_the_references_outputs() {
     let (_, logits) = oracle.f64s("houlsby.logits_f64").unwrap();
     let adapter = common::roberta_dir().join("houlsby");
     let adapter = adapter.to_str().unwrap();
-    let rows = lines(&admix(
-        &["score", "-", "--model", &m, "--adapter", adapter, "--max-len", "40"],
-        stdin.as_bytes(),
-    ));
+    let rows = lines(&admix(&["score", "-", "--model", &m, "--adapter", adapter], stdin.as_bytes()));
     assert_eq!(rows.len(), 6);
     for (i, r) in rows.iter().enumerate() {
         let want = softmax(&logits[3 * i..3 * i + 3]);
@@ -70,7 +68,7 @@ fn embed_score_and_serve_give_the_references_outputs() {
         assert!(err < 1e-5, "score, sentence {i}: max abs error {err:.2e}");
     }
 
-    let srv = Serve::start(std::path::Path::new(&m), &["--adapter", adapter, "--max-len", "40"]);
+    let srv = Serve::start(std::path::Path::new(&m), &["--adapter", adapter]);
     let preds = srv.score(&sentences());
     for (i, p) in preds.iter().enumerate() {
         let want = softmax(&logits[3 * i..3 * i + 3]);

@@ -26,7 +26,8 @@ use crate::model::mixture::Mixture;
 use crate::model::ModelDir;
 use crate::weights::{Tensor, WeightFile};
 
-/// The token limit when neither the command nor the checkpoint (`admix.json`) gives one.
+/// The token limit when neither the command nor the checkpoint (`admix.json`) gives one (or the
+/// model's positions, if fewer).
 pub const DEFAULT_MAX_LEN: usize = 128;
 
 /// Where one classifier (an adapter with its head, or a whole fine-tuned model) comes from.
@@ -171,15 +172,15 @@ pub fn trained_max_len(dir: &Path) -> Option<usize> {
 
 /// Reads the sources of `spec` onto the host. `model` is the base model directory (default: the
 /// fetched MiniLM); `max_len` the token limit (default: the first checkpoint's trained length, else
-/// [`DEFAULT_MAX_LEN`]).
+/// [`DEFAULT_MAX_LEN`] capped at the model's positions).
 pub fn load(spec: &ClassifierSpec, model: Option<&Path>, max_len: Option<usize>) -> Result<Loaded> {
     spec.check()?;
     let dirs: Vec<Option<PathBuf>> =
         spec.sources.iter().map(|s| s.path.is_dir().then(|| s.checkpoint_dir())).collect();
-    let max_len =
-        max_len.or_else(|| dirs.iter().flatten().find_map(|d| trained_max_len(d))).unwrap_or(DEFAULT_MAX_LEN);
+    let max_len = max_len.or_else(|| dirs.iter().flatten().find_map(|d| trained_max_len(d)));
     let base = model.map(Path::to_path_buf).unwrap_or_else(crate::assets::default_model_dir);
-    let mut model = ModelDir::open(&base, max_len)?;
+    let mut model = ModelDir::open_or_default(&base, max_len, DEFAULT_MAX_LEN)?;
+    let max_len = model.tokenizer.max_len();
     let (layers, hidden) = (model.config.num_hidden_layers, model.config.hidden_size);
     let mixed = spec.sources.len() > 1;
     let mut members = Vec::new();

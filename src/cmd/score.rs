@@ -61,13 +61,14 @@ pub struct SimilarityArgs {
 fn embeddings(a: &RunArgs) -> Result<(Vec<Record>, Vec<Vec<f32>>)> {
     let inputs = read_inputs(&a.input, a.format.as_deref())?;
     a.rt.init()?;
-    let model = ModelDir::open(&a.rt.model_dir(), a.max_len.get().unwrap_or(classifier::DEFAULT_MAX_LEN))?;
+    let model = ModelDir::open_or_default(&a.rt.model_dir(), a.max_len.get(), classifier::DEFAULT_MAX_LEN)?;
+    let max_len = model.tokenizer.max_len();
     let texts: Vec<TextInput> = inputs.iter().map(|r| r.input.clone()).collect();
     let (emb, truncated) = admix::with_backend!(a.rt.device.open(a.rt.precision)?, be => {
         let engine = Engine::new(be, model, None, None)?;
         run_batches(&engine.tokenizer, &texts, a.batch_size as usize, |b| engine.embed_batch(b))?
     });
-    note_truncated(truncated, a.max_len.get().unwrap_or(classifier::DEFAULT_MAX_LEN));
+    note_truncated(truncated, max_len);
     Ok((inputs, emb))
 }
 

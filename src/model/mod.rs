@@ -26,6 +26,19 @@ pub struct ModelDir {
 }
 
 impl ModelDir {
+    /// [`ModelDir::open`] with `max_len`, or when it is `None` with `default` capped at the
+    /// model's positions (a small model's limit is its own).
+    pub fn open_or_default(dir: &Path, max_len: Option<usize>, default: usize) -> Result<Self> {
+        match max_len {
+            Some(n) => Self::open(dir, n),
+            None => {
+                let positions =
+                    BertConfig::from_file(&dir.join("config.json")).map_or(default, |c| c.max_tokens());
+                Self::open(dir, default.min(positions.max(1)))
+            }
+        }
+    }
+
     pub fn open(dir: &Path, max_len: usize) -> Result<Self> {
         if dir.is_file() {
             bail!(
