@@ -1,6 +1,7 @@
 //! Training on the CUDA path, run by the SIMT emulator, against the CPU: a tiny random BERT's loss,
 //! every parameter gradient and the weights after three AdamW steps (with dropout, whose masks are
-//! the same on both), for a seq_bn adapter, a double_seq_bn adapter, and full fine-tuning.
+//! the same on both), for a seq_bn adapter, a double_seq_bn adapter, and full fine-tuning; and the
+//! MiniLM and tiny RoBERTa fixtures' adapter gradients against PyTorch.
 //! (`admix train --device emu` end to end is in train_cli.rs.)
 
 mod common;
@@ -201,4 +202,54 @@ fn minilm_adapter_gradients_on_the_emulator_match_adapterhub() {
         assert!(err <= GRAD_TOL, "gradient of {}: relative error {err:.2e}", p.name);
     }
     eprintln!("MiniLM fixture on the emulator: worst adapter/head gradient error {worst:.2e}");
+}
+
+/// The tiny RoBERTa's AdapterHub adapters (both placements) on the emulator against PyTorch's
+/// f64 gradients (tests/fixtures/roberta-tiny): RoBERTa's positions and one token type in the
+/// backward kernels too. Held to the bounds above, per tensor and over all tensors together.
+#[test]
+fn roberta_adapter_gradients_on_the_emulator_match_adapterhub() {
+    let dir = common::roberta_dir();
+    let m = ModelDir::open(&dir.join("model"), 40).unwrap();
+    let (single, _) = common::roberta_inputs();
+    let batch = m.tokenizer.encode(&single).unwrap();
+    let oracle = common::roberta_oracle();
+    let cuda = Cuda::emulator().unwrap();
+    for name in ["pfeiffer", "houlsby"] {
+        let ck = admix::classifier::checkpoint::load(&dir.join(name), 3, 32).unwrap();
+        let labels: Vec<u32> =
+            oracle.ints(&format!("{name}.labels")).unwrap().1.iter().map(|&l| l as u32).collect();
+        let bert = m.bert().unwrap().to_backend(&cuda).unwrap();
+        let adapter = ck.adapter.as_ref().map(|a| a.to_backend(&cuda).unwrap());
+        let mut model = Model::new(&cuda, bert, adapter, ck.head.to_backend(&cuda).unwrap(), false).unwrap();
+        model.zero_grads(&cuda).unwrap();
+        let out = model.forward_backward(&cuda, &batch, &labels, None, false).unwrap();
+        let loss_ref = oracle.f64s(&format!("{name}.loss_f64")).unwrap().1[0];
+        assert!(
+            (out.loss as f64 - loss_ref).abs() < 1e-2 * loss_ref.abs(),
+            "{name}: loss {} vs {loss_ref}",
+            out.loss
+        );
+        let (mut got_all, mut want_all, mut worst) = (vec![], vec![], 0.0f64);
+        for p in model.params() {
+            let reference: Vec<f32> = oracle
+                .f64s(&format!("{name}.grad_f64.{}", p.name))
+                .unwrap()
+                .1
+                .iter()
+                .map(|&v| v as f32)
+                .collect();
+            let got = cuda.download(p.grad).unwrap().2;
+            let err = rel_err(&got, &reference).unwrap();
+            worst = worst.max(err);
+            assert!(err <= GRAD_TOL, "{name}: gradient of {}: relative error {err:.2e}", p.name);
+            got_all.extend(got);
+            want_all.extend(reference);
+        }
+        let all = rel_err(&got_all, &want_all).unwrap();
+        eprintln!(
+            "tiny RoBERTa + {name} on the emulator: worst gradient {worst:.2e}, all together {all:.2e}"
+        );
+        assert!(all <= GRAD_TOL_ALL, "{name}: all gradients together, relative error {all:.2e}");
+    }
 }
