@@ -6,26 +6,25 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::process::Output;
 
 use admix::attack::words::{is_stopword, levenshtein, Text};
 use common::cli::{admix, assert_error};
-use common::tiny;
-use safetensors::Dtype;
+use common::ToyDir;
 
-struct Env {
-    dir: tempfile::TempDir,
+struct Env(ToyDir);
+
+impl std::ops::Deref for Env {
+    type Target = ToyDir;
+    fn deref(&self) -> &ToyDir {
+        &self.0
+    }
 }
 
 impl Env {
     /// A tiny model, trained on the toy task into `run/`.
     fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        tiny::write_model(&dir.path().join("model"), 21, Dtype::F32, "");
-        std::fs::write(dir.path().join("train.tsv"), common::toy_dataset(128, 1)).unwrap();
-        std::fs::write(dir.path().join("dev.tsv"), common::toy_dataset(24, 2)).unwrap();
-        let env = Env { dir };
+        let env = Env(ToyDir::new(&[("train.tsv", 128, 1), ("dev.tsv", 24, 2)]).with_tiny_model());
         let (model, train, dev, run) = (env.s("model"), env.s("train.tsv"), env.s("dev.tsv"), env.s("run"));
         let out = admix(
             &[
@@ -53,12 +52,6 @@ impl Env {
         );
         ok(&out);
         env
-    }
-    fn p(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-    fn s(&self, name: &str) -> String {
-        self.p(name).to_str().unwrap().to_string()
     }
     fn attack(&self, attack: &str, data: &str, out: &str, extra: &[&str]) -> Output {
         let (model, run, data, out) = (self.s("model"), self.s("run"), self.s(data), self.s(out));

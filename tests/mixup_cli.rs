@@ -4,31 +4,23 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Output;
 
 use common::cli::{admix, assert_error, assert_error_after_progress};
-use common::tiny;
-use safetensors::Dtype;
+use common::ToyDir;
 
-struct Env {
-    dir: tempfile::TempDir,
+struct Env(ToyDir);
+
+impl std::ops::Deref for Env {
+    type Target = ToyDir;
+    fn deref(&self) -> &ToyDir {
+        &self.0
+    }
 }
 
 impl Env {
     fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        tiny::write_model(&dir.path().join("model"), 21, Dtype::F32, "");
-        std::fs::write(dir.path().join("train.tsv"), common::toy_dataset(96, 1)).unwrap();
-        std::fs::write(dir.path().join("dev.tsv"), common::toy_dataset(24, 2)).unwrap();
-        std::fs::write(dir.path().join("test.tsv"), common::toy_dataset(32, 3)).unwrap();
-        Env { dir }
-    }
-    fn p(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-    fn s(&self, name: &str) -> String {
-        self.p(name).to_str().unwrap().to_string()
+        Env(ToyDir::new(&[("train.tsv", 96, 1), ("dev.tsv", 24, 2), ("test.tsv", 32, 3)]).with_tiny_model())
     }
     fn mixup(&self, out: &str, extra: &[&str]) -> Output {
         self.mixup_on("train.tsv", Some("dev.tsv"), "test.tsv", out, extra)

@@ -5,11 +5,11 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Output;
 
 use common::cli::admix;
 use common::serve::Serve;
+use common::ToyDir;
 use serde_json::Value;
 
 fn model() -> String {
@@ -80,29 +80,9 @@ fn embed_score_and_serve_give_the_references_outputs() {
     assert!(stopped, "{rest}");
 }
 
-struct Env {
-    dir: tempfile::TempDir,
-}
-
-impl Env {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("train.tsv"), common::toy_dataset(96, 1)).unwrap();
-        std::fs::write(dir.path().join("dev.tsv"), common::toy_dataset(24, 2)).unwrap();
-        std::fs::write(dir.path().join("test.tsv"), common::toy_dataset(32, 3)).unwrap();
-        Env { dir }
-    }
-    fn p(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-    fn s(&self, name: &str) -> String {
-        self.p(name).to_str().unwrap().to_string()
-    }
-}
-
 #[test]
 fn trains_evaluates_attacks_and_runs_the_pipeline() {
-    let env = Env::new();
+    let env = ToyDir::new(&[("train.tsv", 96, 1), ("dev.tsv", 24, 2), ("test.tsv", 32, 3)]);
     let m = model();
     let (train, dev, test, run) = (env.s("train.tsv"), env.s("dev.tsv"), env.s("test.tsv"), env.s("run"));
     // a random 32-wide RoBERTa with a 400-token vocabulary learns the toy task with a wider

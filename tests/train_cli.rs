@@ -4,30 +4,24 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
 use common::cli::{admix, assert_error};
-use common::tiny;
-use safetensors::Dtype;
+use common::ToyDir;
 
-struct Env {
-    dir: tempfile::TempDir,
+struct Env(ToyDir);
+
+impl std::ops::Deref for Env {
+    type Target = ToyDir;
+    fn deref(&self) -> &ToyDir {
+        &self.0
+    }
 }
 
 impl Env {
     fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        tiny::write_model(&dir.path().join("model"), 21, Dtype::F32, "");
-        std::fs::write(dir.path().join("train.tsv"), common::toy_dataset(128, 1)).unwrap();
-        std::fs::write(dir.path().join("dev.tsv"), common::toy_dataset(40, 2)).unwrap();
-        Env { dir }
-    }
-    fn p(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-    fn s(&self, name: &str) -> String {
-        self.p(name).to_str().unwrap().to_string()
+        Env(ToyDir::new(&[("train.tsv", 128, 1), ("dev.tsv", 40, 2)]).with_tiny_model())
     }
     fn train(&self, out: &str, extra: &[&str]) -> Output {
         let (model, train, dev, out) = (self.s("model"), self.s("train.tsv"), self.s("dev.tsv"), self.s(out));

@@ -258,6 +258,12 @@ pub struct SeedRow {
     pub method: String,
     pub clean: Spread,
     pub transfer: BTreeMap<String, Spread>,
+    /// mean over the known attacks' sets (absent from reports written before it was added)
+    #[serde(default)]
+    pub robust_known: Spread,
+    /// mean over the unseen attacks' sets
+    #[serde(default)]
+    pub robust_unseen: Spread,
     pub robust: Spread,
     pub score: Spread,
 }
@@ -301,6 +307,8 @@ pub fn seed_rows(methods: &[Vec<MethodRow>]) -> Vec<SeedRow> {
                     .keys()
                     .map(|k| (k.clone(), over(&|m| m.transfer.get(k).copied().unwrap_or(f64::NAN))))
                     .collect(),
+                robust_known: over(&|m| m.robust_known),
+                robust_unseen: over(&|m| m.robust_unseen),
                 robust: over(&|m| m.robust),
                 score: over(&|m| m.score),
             }
@@ -965,6 +973,9 @@ mod tests {
         assert_eq!(rows.len(), 3);
         assert_eq!(rows[0].clean, Spread { mean: 81.0, sd: 2f64.sqrt(), n: 2 });
         assert_eq!(rows[0].transfer["deepwordbug"].mean, 15.0);
+        // deepwordbug is known, pwws unseen: each has its own spread
+        assert_eq!(rows[1].robust_known, Spread { mean: 62.0, sd: 8f64.sqrt(), n: 2 });
+        assert_eq!(rows[1].robust_unseen, Spread { mean: 42.0, sd: 8f64.sqrt(), n: 2 });
         assert_eq!(rows[2].method, "AdpMixup, entropy β (τ = ·, dev-tuned)");
         // the dev-tuned row of seed 42 with the configured row of seed 43
         assert_eq!((rows[2].clean.mean, rows[2].transfer["pwws"].mean, rows[2].clean.n), (79.5, 47.0, 2));

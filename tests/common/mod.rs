@@ -148,6 +148,36 @@ pub fn toy_dataset(n: usize, seed: u64) -> String {
     out
 }
 
+/// A temporary directory for the command-line tests: toy-task files, optionally the tiny random
+/// BERT as `model/`, and whatever the commands write there. `p` is a path inside it, `s` the same
+/// as a command-line argument.
+pub struct ToyDir(tempfile::TempDir);
+
+impl ToyDir {
+    /// Writes each `(file name, examples, seed)` toy dataset (`toy_dataset`) into a new directory.
+    pub fn new(files: &[(&str, usize, u64)]) -> ToyDir {
+        let dir = ToyDir(tempfile::tempdir().unwrap());
+        for &(name, n, seed) in files {
+            std::fs::write(dir.p(name), toy_dataset(n, seed)).unwrap();
+        }
+        dir
+    }
+
+    /// Adds the tiny random BERT (seed 21, f32 weights) as `model/`.
+    pub fn with_tiny_model(self) -> ToyDir {
+        tiny::write_model(&self.p("model"), 21, safetensors::Dtype::F32, "");
+        self
+    }
+
+    pub fn p(&self, name: &str) -> PathBuf {
+        self.0.path().join(name)
+    }
+
+    pub fn s(&self, name: &str) -> String {
+        self.p(name).to_str().unwrap().to_string()
+    }
+}
+
 /// A router over the fixture's two adapters (MiniLM, two labels) with seeded random weights and a
 /// standardisation that is not the identity, saved in `dir`.
 pub fn random_router(dir: &Path) {
