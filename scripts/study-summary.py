@@ -5,8 +5,8 @@ study's four targets per run, read from the report.json that `admix mixup` write
         "SST-2 (b), m = 1=docs/runs/glue-sst2-advonly-2026-12-07" ...
 
 Each argument is LABEL=RUN_DIR (a directory holding report.json); each run's label links to its
-report.md, relative to --links-from (the directory of the page the tables go into). Multi-seed runs give mean ± sd
-over their seeds; single-seed runs the one value. The methods shown are those chosen without the
+report.md, relative to --links-from (the directory of the page the tables go into). Multi-seed
+runs give mean ± sd over their seeds; single-seed runs the one value. The methods shown are those chosen without the
 test sets (the upper bounds and the configured-τ entropy row are in each run's own report).
 Standard library only.
 """
@@ -38,12 +38,12 @@ def kind(name):
         return None
     if name.startswith("AdpMixup, entropy β") and "dev-tuned" not in name:
         return None  # the configured τ; the dev-tuned row is the study's
-    if name.startswith("adversarial adapter (all") or name.startswith("adv-all"):
-        return "adv-all"
+    if name.startswith("adversarial training, adapter"):
+        return "adv-all"  # one adapter on clean + every known attack's examples
     for k in sorted(ORDER, key=len, reverse=True):
         if name.startswith(k):
             return k
-    return None
+    sys.exit(f"error: a method this script does not know: `{name}`")
 
 
 def fmt(mean, sd=None, n=1):
@@ -130,6 +130,7 @@ def target_cells(report):
     cheap = ratio is not None and ratio < 1 / 3
     short = top["rule"].replace("AdpMixup, ", "").split(" (")[0]
     time = "no full AT" if ratio is None else f"{ratio:.2f}× full AT's time"
+
     def meets_all(r):
         k, u = worst_known(r), r.get("unseen")
         return r["clean"] >= -1.5 and (k is None or k >= -3.0) and (u is None or u >= 0.0)
