@@ -61,14 +61,13 @@ def rows(report):
     """(kind, name, clean, known, unseen, adaptive, params, seconds) per method shown."""
     known = [s["attack"] for s in report["sets"] if s["known"]]
     unseen = [s["attack"] for s in report["sets"] if not s["known"]]
-    seeds = {r["method"]: r for r in report.get("seed_rows") or []}
+    # admix writes one seed row per method of the first seed's table, in its order
+    seed_rows = report.get("seed_rows") or [None] * len(report["methods"])
     out = []
-    for m in report["methods"]:
+    for m, s in zip(report["methods"], seed_rows):
         k = kind(m["name"])
         if k is None:
             continue
-        fam = family(m["name"])
-        s = seeds.get(fam) or seeds.get(fam.replace(", dev-tuned", ""))
         if s:
             def spread(key, sets):
                 if key in s and s[key].get("n"):
@@ -77,33 +76,18 @@ def rows(report):
                     t = s["transfer"][sets[0]]
                     return fmt(t["mean"], t["sd"], t["n"])
                 return fmt(mean([s["transfer"][a]["mean"] for a in sets]))
+
             clean = fmt(s["clean"]["mean"], s["clean"]["sd"], s["clean"]["n"])
             kn, un = spread("robust_known", known), spread("robust_unseen", unseen)
         else:
             clean, kn, un = fmt(m["clean"]), fmt(m["robust_known"]), fmt(m["robust_unseen"])
         adaptive = m.get("adaptive") or {}
         adv = fmt(mean(list(adaptive.values()))) if adaptive else "–"
-        # over several seeds the values chosen on dev differ: the family name (τ = ·)
+        # over several seeds the values chosen on dev differ: the seed row's name (τ = ·)
         name = s["method"] if s else m["name"]
         out.append((k, name, clean, kn, un, adv, m["trainable_params"], m["train_seconds"]))
     out.sort(key=lambda r: ORDER.index(r[0]))
     return out
-
-
-def family(name):
-    """admix's own `family`: a method's name without the values chosen for it (τ = 0.01 → τ = ·)."""
-    out, rest = "", name
-    while "= " in rest:
-        i = rest.index("= ")
-        out += rest[: i + 2]
-        rest = rest[i + 2 :]
-        end = 0
-        while end < len(rest) and (rest[end].isdigit() or rest[end] in ".-"):
-            end += 1
-        if end:
-            out += "·"
-        rest = rest[end:]
-    return out + rest
 
 
 def params(n):
